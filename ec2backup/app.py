@@ -1,0 +1,83 @@
+"""What every command works with: the database, the config file's path, the data directory and
+the adapters to the outside world. Nothing heavy is imported here (CLI start-up)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ports import Ec2, RemoteConnector, Syncer
+from .store import Store
+
+CONFIG_ENV = "EC2BACKUP_CONFIG"
+
+
+def default_config_path() -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    from platformdirs import user_config_path
+
+    return user_config_path("ec2backup") / "config.toml"
+
+
+DATA_ENV = "EC2BACKUP_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    from platformdirs import user_data_path
+
+    return user_data_path("ec2backup")
+
+
+@dataclass
+class Adapters:
+    """Factories for the outside world, replaceable in tests."""
+
+    ec2: Callable[[str, str | None], Ec2]
+    connector: Callable[[], RemoteConnector]
+    syncer: Callable[[], Syncer]
+
+    @classmethod
+    def real(cls) -> Adapters:
+        # Imported when first called, not here: every App builds these, and read-only
+        # commands (`runs`, `show`) must not pay for boto3 and asyncssh (~0.3 s).
+        def ec2(region: str, run_id: str | None) -> Ec2:
+            from .aws import make_ec2
+
+            return make_ec2(region, run_id)
+
+        def connector() -> RemoteConnector:
+            from .remote import AsyncsshConnector
+
+            return AsyncsshConnector()
+
+        def syncer() -> Syncer:
+            from .sync import RsyncSyncer
+
+            return RsyncSyncer()
+
+        return cls(ec2=ec2, connector=connector, syncer=syncer)
+
+
+@dataclass
+class App:
+    store: Store
+    config_path: Path
+    data_dir: Path = field(default_factory=default_data_dir)
+    adapters: Adapters = field(default_factory=Adapters.real)
+    progress: Callable[[str], None] = lambda _line: None
+    on_state: Callable[[str], None] = lambda _state: None
+
+    def run_dir(self, run_id: str) -> Path:
+        # Owner-only all the way down: run directories hold private keys.
+        runs = self.data_dir / "runs"
+        for directory in (self.data_dir, runs):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)
+        return runs / run_id

@@ -1,0 +1,285 @@
+"""The configuration file: TOML with named profiles.
+
+    [profiles.laptop]
+    region = "us-east-1"
+    availability_zone = "us-east-1a"
+    volume_id = "vol-0123456789abcdef0"
+    sources = [{ path = "/home/me/docs", dest = "docs" }]
+
+Every other field has a default (see docs/configuration.md). A bad value is reported with its
+file, profile and field. Reading uses ``tomllib``; writing (``init``) uses ``tomlkit`` so a
+user's comments and layout survive.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .app import CONFIG_ENV, default_config_path
+from .errors import ConfigError
+
+__all__ = ["CONFIG_ENV", "default_config_path"]
+
+DEFAULT_AMI = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+
+_AZ = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+_VOLUME = re.compile(r"^vol-[0-9a-f]{8,17}$")
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    dest: str = Field(min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+    @field_validator("dest")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        parts = Path(v).parts
+        if Path(v).is_absolute() or ".." in parts:
+            raise ValueError("must be a relative path under the mount point, without '..'")
+        return v.strip("/")
+
+
+class Retention(BaseModel):
+    """Which snapshots ``prune`` keeps (restic's ``forget`` rules); applied after each run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_last: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> Retention:
+        if not any((self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly)):
+            raise ValueError(
+                "needs at least one of keep_last, keep_daily, keep_weekly, keep_monthly above 0"
+            )
+        return self
+
+
+class Profile(BaseModel):
+    """One backup target: a volume in an AZ and the local directories copied onto it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    region: str
+    availability_zone: str
+    volume_id: str | None = None  # set by `init`
+    instance_type: str = "t3.micro"
+    # Tried in order when AWS has no capacity for instance_type in the volume's zone.
+    fallback_instance_types: tuple[str, ...] = ()
+    ami: str = DEFAULT_AMI
+    ssh_user: str = "ubuntu"
+    mount_point: str = "/mnt/ec2backup"
+    sources: tuple[Source, ...] = ()
+    excludes: tuple[str, ...] = ()
+    rsync_args: tuple[str, ...] = ()
+    snapshot: bool = True
+    tags: dict[str, str] = Field(default_factory=dict)
+    security_group_ids: tuple[str, ...] = ()
+    subnet_id: str | None = None
+    # Bounds for each wait, in seconds: a step that does not finish in time fails the run.
+    boot_timeout: float = Field(default=600, gt=0)
+    attach_timeout: float = Field(default=300, gt=0)
+    detach_timeout: float = Field(default=300, gt=0)
+    ssh_timeout: float = Field(default=300, gt=0)
+    # Snapshot retention applied after each successful run (none: keep every snapshot).
+    retention: Retention | None = None
+    # Dead-man's switch: the instance powers itself off (and so terminates) this many minutes
+    # after boot, even if no ec2backup process ever comes back for it.
+    instance_lifetime_minutes: int = Field(default=720, ge=1, le=10080)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not _REGION.match(v):
+            raise ValueError(f"{v!r} is not a region name like 'us-east-1'")
+        return v
+
+    @field_validator("availability_zone")
+    @classmethod
+    def _az(cls, v: str) -> str:
+        if not _AZ.match(v):
+            raise ValueError(f"{v!r} is not an availability zone like 'us-east-1a'")
+        return v
+
+    @field_validator("volume_id")
+    @classmethod
+    def _volume(cls, v: str | None) -> str | None:
+        if v is not None and not _VOLUME.match(v):
+            raise ValueError(f"{v!r} is not a volume id like 'vol-0123456789abcdef0'")
+        return v
+
+    @field_validator("ami")
+    @classmethod
+    def _ami(cls, v: str) -> str:
+        if not (v.startswith(("ami-", "/", "resolve:ssm:"))):
+            raise ValueError("must be an AMI id (ami-...) or an SSM parameter name (/aws/...)")
+        return v
+
+    @field_validator("mount_point")
+    @classmethod
+    def _mount_point(cls, v: str) -> str:
+        if not v.startswith("/") or v.rstrip("/") in ("", "/mnt") or ".." in v:
+            raise ValueError("must be an absolute directory such as /mnt/ec2backup")
+        return v.rstrip("/")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.lower().startswith(("aws:", "ec2backup:")):
+                raise ValueError(f"tag key {key!r} is reserved")
+        return v
+
+    def region_matches_az(self) -> bool:
+        return self.availability_zone[:-1] == self.region
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_profile(name: str, data: dict[str, Any], file: str) -> Profile:
+    try:
+        profile = Profile.model_validate({**data, "name": name})
+    except ValidationError as exc:
+        # A misspelt key also shows up as a missing one: report the misspelling.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
+        field = _field_path(first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            message = "is required"
+        elif first["type"] == "extra_forbidden":
+            message = "is not a known setting (see docs/configuration.md)"
+        raise ConfigError(message, file=file, profile=name, field=field) from None
+    if not profile.region_matches_az():
+        raise ConfigError(
+            f"availability zone {profile.availability_zone} is not in region {profile.region}",
+            file=file,
+            profile=name,
+            field="availability_zone",
+            hint=f"set availability_zone to a zone of {profile.region} "
+            f"(e.g. {profile.region}a), or set region to {profile.availability_zone[:-1]}",
+        )
+    return profile
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            "file not found",
+            file=str(path),
+            hint="create a profile with `ec2backup init`, or pass --config PATH",
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"not valid TOML: {exc}", file=str(path), hint="fix the syntax at that line"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror}", file=str(path)) from None
+
+
+def load_profile(path: Path, name: str) -> Profile:
+    document = read_document(path)
+    profiles = document.get("profiles")
+    if not isinstance(profiles, dict):
+        raise ConfigError(
+            "has no [profiles.NAME] table", file=str(path), hint="see docs/configuration.md"
+        )
+    if name not in profiles:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise ConfigError(
+            f"unknown profile {name!r} (known: {known})",
+            file=str(path),
+            hint="pass --profile with one of them, or create it with `ec2backup init`",
+        )
+    data = profiles[name]
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", file=str(path), profile=name)
+    return parse_profile(name, data, str(path))
+
+
+def require_backup_ready(profile: Profile, file: str) -> None:
+    """What a backup run needs beyond a valid profile."""
+    if profile.volume_id is None:
+        raise ConfigError(
+            "is required for a backup",
+            file=file,
+            profile=profile.name,
+            field="volume_id",
+            hint="run `ec2backup init` to create the volume, or set volume_id",
+        )
+    if not profile.sources:
+        raise ConfigError(
+            "lists no directory to back up",
+            file=file,
+            profile=profile.name,
+            field="sources",
+            hint='add sources = [{ path = "/abs/dir", dest = "name" }]',
+        )
+
+
+def profile_to_toml(profile: Profile) -> dict[str, Any]:
+    """The profile as it is written to the file: only what differs from the defaults."""
+    data = profile.model_dump(mode="json", exclude={"name"}, exclude_defaults=True)
+    for key in ("region", "availability_zone"):
+        data[key] = getattr(profile, key)
+    if profile.sources:
+        data["sources"] = [{"path": str(s.path), "dest": s.dest} for s in profile.sources]
+    return data
+
+
+def write_profile(path: Path, profile: Profile) -> None:
+    """Add or replace one profile, keeping the rest of the file (comments included)."""
+    import tomlkit
+
+    document = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
+    profiles = document.setdefault("profiles", tomlkit.table(is_super_table=True))
+    table = tomlkit.table()
+    for key, value in profile_to_toml(profile).items():
+        if key == "sources":
+            array = tomlkit.array()
+            for source in value:
+                inline = tomlkit.inline_table()
+                inline.update(source)
+                array.append(inline)
+            table[key] = array
+        else:
+            table[key] = value
+    profiles[profile.name] = table
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(tomlkit.dumps(document))
+    tmp.replace(path)

@@ -1,0 +1,74 @@
+"""The per-run SSH key pair: made once per run, reused when the run resumes.
+
+The private key never exists with wider permissions than 0600, not even for an instant: it is
+written to a file created with that mode and then renamed into place, so a crash half-way
+never leaves a truncated key that a resumed run would try to reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+import asyncssh
+
+PRIVATE_KEY_NAME = "id_ed25519"
+PUBLIC_KEY_NAME = "id_ed25519.pub"
+
+
+def _write_private(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically, the file created with ``mode`` from the start."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        # The umask can only narrow the mode; fchmod makes it exact (ssh wants exactly 0600).
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def _public_line(key: asyncssh.SSHKey) -> str:
+    return key.export_public_key("openssh").decode("ascii").strip()
+
+
+def generate_run_key(directory: Path) -> tuple[Path, str]:
+    """Return ``(private key path, OpenSSH public key line)`` for the run in ``directory``.
+
+    Creates the directory (mode 0700) and a fresh ed25519 key pair the first time; later calls
+    return the existing key so a resumed run keeps the key its instance already trusts.
+    """
+    directory = Path(directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode is filtered by the umask and ignored for an existing directory.
+    os.chmod(directory, 0o700)
+    private = directory / PRIVATE_KEY_NAME
+    public = directory / PUBLIC_KEY_NAME
+
+    if private.exists():
+        key = asyncssh.read_private_key(private)
+        # A key copied around may have picked up looser permissions; ssh refuses those.
+        os.chmod(private, 0o600)
+    else:
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=f"ec2backup-{directory.name}")
+        _write_private(private, key.export_private_key("openssh"), 0o600)
+
+    line = _public_line(key)
+    # The .pub file is a convenience for humans; the line returned is derived from the
+    # private key itself, so a stale or missing .pub file cannot mislead.
+    if not public.exists() or public.read_text(encoding="ascii").strip() != line:
+        _write_private(public, (line + "\n").encode("ascii"), 0o644)
+    return private, line
+
+
+def remove_run_dir(directory: Path) -> None:
+    """Delete a run's key directory; a directory already gone is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(directory)

@@ -1,0 +1,218 @@
+"""The small interfaces the service layer drives, and the plain values they return.
+
+The engine (``engine.py``) and the steps (``steps.py``) only see these. ``aws.py`` implements
+``Ec2`` with boto3, ``remote.py`` implements ``RemoteConnector`` with asyncssh and ``sync.py``
+implements ``Syncer`` with the system rsync. Tests pass fakes for single steps and the real
+adapters against the local cloud for whole runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+# Tag keys that mark what ec2backup owns. Reap relies on them alone.
+TAG_MANAGED = "ec2backup:managed"
+TAG_RUN_ID = "ec2backup:run-id"
+TAG_PROFILE = "ec2backup:profile"
+TAG_KIND = "ec2backup:kind"
+TAG_EXPIRES_AT = "ec2backup:expires-at"
+# The backup volume is tagged role=data: an instance's root volume carries the run's tags too.
+TAG_ROLE = "ec2backup:role"
+
+# EC2 instance states in which an instance may still bill or hold the volume.
+LIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    state: str  # pending | running | shutting-down | terminated | stopping | stopped
+    availability_zone: str
+    public_ip: str | None = None
+    private_ip: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    launch_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    instance_id: str
+    device: str
+    state: str  # attaching | attached | detaching | detached | busy
+
+
+@dataclass(frozen=True)
+class Volume:
+    id: str
+    state: str  # creating | available | in-use | deleting | deleted | error
+    availability_zone: str
+    size_gib: int
+    attachments: tuple[Attachment, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    encrypted: bool = False
+
+    def attachment_to(self, instance_id: str) -> Attachment | None:
+        return next((a for a in self.attachments if a.instance_id == instance_id), None)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    state: str  # pending | completed | error
+    volume_id: str
+    started_at: datetime | None = None
+    size_gib: int | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    image_id: str
+    instance_type: str
+    availability_zone: str
+    client_token: str  # <= 64 ASCII characters; same token -> same instance
+    tags: Mapping[str, str]
+    user_data: str = ""
+    security_group_ids: Sequence[str] = ()
+    subnet_id: str | None = None
+
+
+class Ec2(Protocol):
+    """The EC2 calls a run makes. ``get_*`` return None for an id that does not exist;
+    ``wait_*`` poll quickly and raise ``WaitTimeoutError`` after ``timeout`` seconds."""
+
+    def resolve_image(self, ami: str) -> str: ...
+    def run_instance(self, spec: LaunchSpec) -> Instance: ...
+    def get_instance(self, instance_id: str) -> Instance | None: ...
+    def find_instances(
+        self, tags: Mapping[str, str], states: Sequence[str] = LIVE_INSTANCE_STATES
+    ) -> list[Instance]: ...
+    def terminate_instance(self, instance_id: str) -> str | None: ...
+    def get_console_output(self, instance_id: str) -> str: ...
+
+    def get_volume(self, volume_id: str) -> Volume | None: ...
+    def find_volumes(self, tags: Mapping[str, str]) -> list[Volume]: ...
+    def create_volume(
+        self,
+        availability_zone: str,
+        size_gib: int,
+        tags: Mapping[str, str],
+        client_token: str,
+        volume_type: str = "gp3",
+        encrypted: bool = True,
+        snapshot_id: str | None = None,
+    ) -> Volume: ...
+    def delete_volume(self, volume_id: str) -> None: ...
+    def attach_volume(self, volume_id: str, instance_id: str, device: str) -> None: ...
+    def detach_volume(self, volume_id: str, instance_id: str, force: bool = False) -> None: ...
+
+    def create_snapshot(
+        self, volume_id: str, description: str, tags: Mapping[str, str]
+    ) -> Snapshot: ...
+    def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]: ...
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None: ...
+    def ensure_security_group(self, name: str, ssh_cidr: str, tags: Mapping[str, str]) -> str: ...
+
+    def wait_instance_running(self, instance_id: str, timeout: float) -> Instance: ...
+    def wait_volume_available(self, volume_id: str, timeout: float) -> Volume: ...
+    def wait_volume_attached(self, volume_id: str, instance_id: str, timeout: float) -> Volume: ...
+    def wait_instance_terminated(self, instance_id: str, timeout: float) -> None: ...
+
+    # Batch calls for reap and prune, and read-only checks for doctor.
+    def terminate_instances(self, instance_ids: Sequence[str]) -> None:
+        """Terminate many instances (at most 1000 per call); unknown ids are success."""
+        ...
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete a snapshot; one that is already gone is success."""
+        ...
+
+    def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
+        """Those of ``group_ids`` that do not exist in the region."""
+        ...
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+class RemoteShell(Protocol):
+    """An open SSH session to an instance."""
+
+    def run(self, command: str, *, sudo: bool = False, check: bool = True) -> CommandResult:
+        """Run ``command`` through the remote shell (with ``sudo -n`` when asked and the user
+        is not root). ``check`` raises ``RemoteCommandError`` on a non-zero exit."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    user: str
+    key_path: Path  # private key, mode 0600
+    known_hosts_path: Path  # pinned host keys; written on trust-on-first-use
+    port: int = 22
+
+
+class RemoteConnector(Protocol):
+    def connect(
+        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
+    ) -> RemoteShell:
+        """Connect, retrying refused/reset connections and not-yet-installed keys until
+        ``deadline`` (a ``time.monotonic()`` value). Host keys are checked against
+        ``target.known_hosts_path``; with ``trust_on_first_use`` and an empty file, the key
+        presented is written there and pinned."""
+        ...
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    files_transferred: int
+    bytes_sent: int
+    total_size: int
+    exit_code: int  # 0, or 24 (some source files vanished: recorded as a warning)
+
+
+class Syncer(Protocol):
+    def check_available(self) -> None:
+        """Raise ``ToolMissingError`` if rsync or ssh is missing or rsync is openrsync."""
+        ...
+
+    def sync(
+        self,
+        source: Path,
+        target: SshTarget,
+        remote_dir: str,
+        *,
+        excludes: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        remote_sudo: bool = False,
+        on_progress: Callable[[str], None] | None = None,
+        pull: bool = False,
+    ) -> SyncStats:
+        """Mirror ``source``'s contents into ``remote_dir`` (archive mode, deletions
+        mirrored); with ``pull``, copy ``remote_dir``'s contents into ``source`` (a restore:
+        nothing local is deleted). Raises ``SyncError`` for any exit but 0 and 24."""
+        ...
+
+    def compare(
+        self,
+        source: Path,
+        target: SshTarget,
+        remote_dir: str,
+        *,
+        excludes: Sequence[str] = (),
+        remote_sudo: bool = False,
+    ) -> list[str]:
+        """Differences between ``source`` and ``remote_dir`` by checksum (a dry run), as
+        rsync's itemized lines; [] when they match."""
+        ...

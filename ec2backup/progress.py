@@ -1,0 +1,240 @@
+"""Progress on a terminal: the run's current state on a live line and, during the sync, a bar
+with bytes, rate and ETA read from rsync's ``--info=progress2`` lines.
+
+Everything goes to stderr, and only when stderr is a terminal; on a pipe or a file nothing is
+drawn at all (``make_progress(False)`` returns a sink that does nothing). rsync emits a line per
+file, which for a tree of small files is thousands a second: lines are only remembered, and
+parsed and drawn at most ``min_interval`` apart (and once more on a state change or close).
+
+    sink = make_progress(sys.stderr.isatty())
+    sink.state("syncing")
+    syncer.sync(..., on_progress=sink.on_progress)
+    sink.close()
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# "  1,234,567  45%   12.34MB/s    0:00:12 (xfr#12, to-chk=0/200)", or with -h "  1.23G  45% ..."
+_LINE_RE = re.compile(
+    r"^\s*(?P<bytes>[0-9][0-9,.]*)(?P<unit>[KMGTP]?)\s+(?P<pct>\d{1,3})%"
+    r"\s+(?P<rate>[0-9][0-9,.]*)(?P<rate_unit>[kKMGTP]?)B/s"
+    r"\s+(?P<time>\d+:\d{2}:\d{2})"
+    r"(?:\s+\(xfr#(?P<xfr>\d+),\s*(?:to|ir)-chk=(?P<left>\d+)/(?P<total>\d+)\))?"
+)
+# rsync's rates are 1024-based ("kB/s" = KiB/s); its -h sizes are 1000-based.
+_RATE_UNIT = {"": 1, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+_SIZE_UNIT = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5}
+
+DEFAULT_MIN_INTERVAL = 0.1  # seconds between redraws: 10 per second is smooth enough
+
+
+@dataclass(frozen=True)
+class Progress2:
+    """One ``--info=progress2`` line."""
+
+    bytes_done: int
+    percent: int
+    rate: float  # bytes per second, as rsync reports it (its average so far)
+    seconds: int  # rsync's time field: ETA mid-file, elapsed time on a file's last line
+    files_done: int | None = None  # xfr#
+    to_check: int | None = None  # files still to check
+    files_total: int | None = None
+
+    @property
+    def total_estimate(self) -> int | None:
+        """The transfer's total size, from bytes and percent. rsync truncates the percent,
+        so the total lies in (bytes*100/(pct+1), bytes*100/pct]: take the middle."""
+        if self.percent >= 100:
+            return self.bytes_done
+        if self.percent <= 0 or self.bytes_done <= 0:
+            return None
+        high = self.bytes_done * 100 / self.percent
+        low = self.bytes_done * 100 / (self.percent + 1)
+        return int((high + low) / 2)
+
+
+def _number(text: str) -> float:
+    # Plain numbers carry thousands separators ("1,234,567"); -h gives decimals ("1.23").
+    if "," in text:
+        return float(text.replace(",", ""))
+    return float(text)
+
+
+def parse_progress2(line: str) -> Progress2 | None:
+    """The fields of a progress2 line, or None if it is not one."""
+    m = _LINE_RE.match(line)
+    if m is None:
+        return None
+    try:
+        size = _number(m.group("bytes")) * _SIZE_UNIT[m.group("unit")]
+        rate = _number(m.group("rate")) * _RATE_UNIT[m.group("rate_unit")]
+    except ValueError:
+        return None
+    h, mnt, s = (int(x) for x in m.group("time").split(":"))
+    xfr, left, total = m.group("xfr"), m.group("left"), m.group("total")
+    return Progress2(
+        bytes_done=int(size),
+        percent=min(int(m.group("pct")), 100),
+        rate=rate,
+        seconds=h * 3600 + mnt * 60 + s,
+        files_done=int(xfr) if xfr is not None else None,
+        to_check=int(left) if left is not None else None,
+        files_total=int(total) if total is not None else None,
+    )
+
+
+class ProgressSink(Protocol):
+    def on_progress(self, line: str) -> None: ...
+
+    def state(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullProgress:
+    """Not a terminal: draw nothing, keep nothing."""
+
+    def on_progress(self, line: str) -> None:
+        pass
+
+    def state(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TerminalProgress:
+    """A live display on stderr: the state line, and the transfer bar once rsync reports."""
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.console = console or Console(stderr=True)
+        self.min_interval = min_interval
+        self.clock = clock
+        self._state = ""
+        self._state_since = clock()
+        self._pending: str | None = None  # the newest line not drawn yet
+        self._last_draw = float("-inf")
+        self.draws = 0  # redraws done (for tests and benchmarks)
+        self.last: Progress2 | None = None
+        self._bar = Progress(
+            TextColumn("  rsync"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[files]}"),
+            console=self.console,
+            get_time=clock,
+            auto_refresh=False,
+        )
+        self._task = self._bar.add_task("sync", total=None, start=True, files="", visible=False)
+        self._live = Live(
+            self,
+            console=self.console,
+            auto_refresh=False,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=True,  # log lines print above the live display, not through it
+        )
+        self._live.start()
+        self._closed = False
+
+    # rich renders the live display through this.
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        elapsed = self.clock() - self._state_since
+        line = Text.assemble(("state ", "dim"), (self._state or "-", "bold"), f"  {elapsed:.0f} s")
+        if self.last is None:
+            return line
+        return Group(line, self._bar)
+
+    def state(self, name: str) -> None:
+        if self._closed:
+            return
+        if name != self._state:
+            self._state = name
+            self._state_since = self.clock()
+        self._flush(force=True)
+
+    def on_progress(self, line: str) -> None:
+        if self._closed:
+            return
+        self._pending = line
+        if self.clock() - self._last_draw >= self.min_interval:
+            self._flush(force=False)
+
+    def _apply(self, line: str) -> None:
+        parsed = parse_progress2(line)
+        if parsed is None:
+            return
+        self.last = parsed
+        total = parsed.total_estimate
+        files = ""
+        if parsed.files_total is not None and parsed.to_check is not None:
+            files = f"{parsed.files_total - parsed.to_check:,}/{parsed.files_total:,} files"
+        self._bar.update(
+            self._task, completed=parsed.bytes_done, total=total, files=files, visible=True
+        )
+
+    def _flush(self, *, force: bool) -> None:
+        if self._pending is not None:
+            self._apply(self._pending)
+            self._pending = None
+        now = self.clock()
+        if force or now - self._last_draw >= self.min_interval:
+            self._last_draw = now
+            self.draws += 1
+            self._live.refresh()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._flush(force=True)
+        self._closed = True
+        self._live.stop()
+
+
+def make_progress(
+    console_is_tty: bool,
+    *,
+    console: Console | None = None,
+    min_interval: float = DEFAULT_MIN_INTERVAL,
+    clock: Callable[[], float] = time.monotonic,
+) -> ProgressSink:
+    """A terminal display if ``console_is_tty`` (pass ``sys.stderr.isatty()``), else a sink
+    that does nothing. ``console`` (default: rich's on stderr), ``min_interval`` and ``clock``
+    are for tests."""
+    if not console_is_tty:
+        return NullProgress()
+    return TerminalProgress(console, min_interval=min_interval, clock=clock)

@@ -1,0 +1,182 @@
+"""The local cloud ("sandbox"): an EC2 that ec2backup's end-to-end tests and `make demo` run
+against, on this machine, as root. No AWS account is involved.
+
+Usage::
+
+    with Sandbox.start(Path("/tmp/sb")) as sandbox:
+        os.environ.update(sandbox.env)    # AWS_ENDPOINT_URL, keys, region
+        ...                               # boto3 / ec2backup as against AWS
+
+    # or, from a shell:  eval "$(ec2backup sandbox start --dir D)"
+
+    # faults and timing, at start or later (the same names):
+    with Sandbox.start(D, throttle_rate=0.1, error_rate=0.05, latency=0.05, boot_delay=3,
+                       attach_delay=1, detach_delay=1, terminate_delay=2, fault_seed=7) as sb:
+        sb.configure_faults(no_capacity=("t3.micro@us-east-1a",), instance_limit=2)
+        with sb.configured(cut_ssh_after=2, cut_ssh_on="rsync"): ...
+        sb.cut_ssh(instance_id)
+    # IAM enforced; env holds an administrator's key:
+    with Sandbox.start(D, iam=True) as sb:
+        keys = sb.create_iam_user("backup", policy_document)  # AWS_ACCESS_KEY_ID/..._SECRET_...
+
+Processes
+---------
+* The *server* (``server.py``): one detached process (its own session) running moto's
+  ``ThreadedMotoServer`` on 127.0.0.1:<random port>. It holds all cloud state, so the state
+  survives the death of any ec2backup process (the crash tests SIGKILL ec2backup).
+* One *instance* per running EC2 instance: ``unshare --mount --pid --fork --kill-child
+  --mount-proc`` running a shell that sets up the instance's private mounts and then execs
+  ``sshd -D`` on ``127.0.X.Y:22``, which becomes pid 1 of the instance's pid namespace.
+  Killing that sshd kills every process of the instance (SSH sessions, rsync) and so ends its
+  mount namespace and every mount made over SSH. The server is the parent of these.
+* ``Sandbox`` (``api.py``) and the CLI (``cli.py``) only start/stop the server, read D and
+  write ``D/settings.json``; they import neither moto nor boto3 (``create_iam_user`` imports
+  boto3 when called).
+
+What an instance looks like from SSH
+------------------------------------
+* Private tmpfs on ``/mnt``, ``/dev/disk/by-id`` and ``/home``: mounts and device links made
+  inside are invisible on the host and in other instances.
+* User ``ubuntu`` (uid 1000), existing only inside the instance: private copies of
+  /etc/passwd, /etc/group, /etc/shadow (replacing whatever holds uid 1000 on the host) and of
+  /etc/sudoers.d (``ubuntu ALL=(ALL) NOPASSWD:ALL``) are bind-mounted over the host's. So
+  ``sudo -n`` works and a command that forgot sudo fails, as on an Ubuntu AMI. Root login is
+  refused. Authorized keys: the top-level ``ssh_authorized_keys`` of the ``#cloud-config``
+  user data, plus the public key of the ``KeyName`` key pair if moto knows it.
+* Each instance has its own empty blkid cache (a tmpfs on /run/blkid), as a new instance
+  has: the host's cache describes whatever last had a /dev/loopN name.
+* An attached volume is a loop device over the volume's image, linked (with ``nsenter`` into
+  the instance's mount namespace) as
+  ``/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<id without dash>``, the Nitro name.
+
+What is changed in moto, and why (``hooks.py``: one layer, one lock)
+--------------------------------------------------------------------
+* ``random_public_ip`` (where moto makes a network interface) returns a fresh 127.0.X.Y, so
+  the RunInstances response carries an address that is ours. moto's random public addresses
+  belong to real internet hosts and must never be connected to.
+* RunInstances: honours ``ClientToken`` (same token -> same reservation, also after the
+  instance terminated; same token, other parameters -> ``IdempotentParameterMismatch``), then
+  boots an sshd per instance. CreateVolume honours ``ClientToken`` the same way.
+* TerminateInstances: kills the instance's sshd (ending namespace and mounts), releases its
+  loop devices; moto itself makes the volumes ``available``.
+* GetConsoleOutput: a cloud-init style boot log with the sshd's real host key between
+  ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``, or an
+  impostor key if ``Sandbox.fake_console_host_key()`` asked for one (man in the middle).
+* CreateVolume/DeleteVolume: create/remove a sparse image of the volume's size (a volume made
+  from a snapshot starts as a copy of the snapshot's image).
+* AttachVolume: the zone/in-use/running checks EC2 makes, then loop device + device link.
+* DetachVolume: while a filesystem on the device is mounted in the instance, the attachment
+  stays ``detaching`` (volume ``in-use``) as on AWS; the reconcile loop completes the detach
+  once it is unmounted or the instance terminates. ``Force=True`` detaches at once.
+* CreateSnapshot/DeleteSnapshot: copy the volume's image sparsely / remove the copy; moto
+  keeps the metadata (tags from TagSpecifications).
+* DescribeSnapshots: honours ``OwnerIds`` (moto ignores it), so ``self`` lists the account's
+  own snapshots only, not the one behind Canonical's AMI.
+* Seeded at start, in an account that is otherwise empty like a new one (moto's ~200 default
+  AMIs are not loaded): an Ubuntu 24.04 AMI (owner Canonical) and the SSM public parameter
+  ``/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id``
+  naming it (``Sandbox.default_ami_id``).
+* Extension points: ``LocalCloud.before_action``/``after_action`` (every EC2 call) and
+  ``LocalCloud.reconcile`` (every 0.2 s, under the same lock as the hooks).
+
+Faults and timing (``settings.py``: ``CloudSettings``; flags of ``sandbox start``, keyword
+arguments of ``Sandbox.start``, changed live by ``Sandbox.configure_faults``/``configured`` or
+``sandbox configure``, which rewrite ``D/settings.json``; the server re-reads it before the next
+EC2 call)
+-----------------------------------------------------------------------------------------------
+* EC2 call faults, decided before the call runs (outside the lock): ``latency`` seconds added;
+  ``throttle_rate`` -> 503 ``RequestLimitExceeded``; ``error_rate`` -> 500 ``InternalError``
+  or 503 ``Unavailable`` (nothing done); ``lost_response_rate`` -> the call does its work and
+  answers 500 ``InternalError`` (a ClientToken retry must find it). ``fault_actions`` limits
+  them to some actions. Seeded: the n-th call of an action after a (re)configuration gets the
+  outcome drawn from ``Random(f"{fault_seed}:{action}:{n}")``, whatever else runs meanwhile.
+* Delays (seconds, default 0 = at once): ``boot_delay`` (``pending`` -> ``running``; the sshd
+  starts only then, so port 22 of a pending instance is closed and its console empty),
+  ``attach_delay`` (``attaching`` -> ``attached``; the device appears then),
+  ``detach_delay`` (``detaching`` -> volume ``available``; still never while mounted unless
+  forced), ``terminate_delay`` (``shutting-down`` -> ``terminated``; the machine is gone at
+  once, its volumes stay ``in-use`` until terminated; also ``stopping`` -> ``stopped``).
+* Dead-man's switch: at boot the user data is searched for a power-off (``shutdown -P +N``
+  in cloud-config ``bootcmd``/``runcmd``, ``power_state``, or a shell script; see
+  ``console.shutdown_minutes``); N minutes later, one minute lasting ``minute_seconds`` s
+  (default 60), a still-running instance powers off with no API call: by its
+  ``InstanceInitiatedShutdownBehavior``, ``terminate`` -> shutting-down -> terminated (volumes
+  detached), else ``stop`` -> stopping -> stopped; StateReason
+  ``Client.InstanceInitiatedShutdown``. The ``ec2backup:expires-at`` tag is ec2backup's own
+  (its reaper reads it); EC2 ignores tags, and so does the sandbox.
+* SSH: ``Sandbox.cut_ssh(id)`` kills the per-connection sshd processes of the instance (not
+  the listening sshd), as a dropped connection: clients see it end, session processes (rsync)
+  see EOF, new connections are accepted. ``cut_ssh_after`` does it by itself, once per
+  instance (per configuration), that many seconds after an SSH connection (or a process named
+  ``cut_ssh_on``, e.g. ``rsync``) is seen running in it.
+* Capacity: ``no_capacity`` (``t3.micro`` or ``t3.micro@us-east-1a``) -> RunInstances answers
+  500 ``InsufficientInstanceCapacity`` with EC2's message (a server error, as on AWS: botocore
+  retries it unless told otherwise); ``instance_limit`` -> 400 ``InstanceLimitExceeded`` when
+  live (pending, running, stopping, shutting-down) + MinCount would exceed it. Checked after
+  the ClientToken, so a replay of an earlier launch still answers.
+* StopInstances kills the machine (the volumes stay attached in the API); StartInstances is
+  refused (``UnsupportedOperation``): the sandbox cannot boot a stopped instance again.
+
+IAM mode (``--iam``, ``Sandbox.start(iam=True)``)
+-------------------------------------------------
+moto's own enforcement (``moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0``, as
+``set_initial_no_auth_action_count(0)`` does): every request must carry a SigV4 signature by
+a known IAM access key (else 401 ``AuthFailure``) and the user's policies must allow the action
+(moto checks actions and resources "*", not conditions). It is switched on after the seeding,
+which writes to moto's backends directly. An administrator (``sandbox-admin``, ``*:*``) is made
+then; its key is in ``state.json`` (mode 0600) and in ``Sandbox.env``.
+``Sandbox.create_iam_user(name, policy)`` makes users with it. EC2 denials are answered as EC2
+does: 403 ``UnauthorizedOperation`` (moto would say ``AccessDenied``).
+
+Files in the directory D
+------------------------
+::
+
+    server.pid, server.log       the server process and its log (faults injected are logged)
+    state.json                   endpoint, region, AMI id (IAM: the admin key); exists while
+                                 the server answers
+    settings.json                fault and timing settings (CloudSettings), re-read on change
+    volumes/<vol-id>.img         sparse image of each volume (kept after stop)
+    snapshots/<snap-id>.img      the volume's image when the snapshot was taken
+    instances/<i-id>/            host key, sshd_config, boot.sh, user database copies,
+                                 sshd.log, machine.json (pids and address: used by stop)
+    console-overrides/<i-id>     that instance's console shows an impostor host key;
+    console-overrides/next       ... the next instance launched gets one
+
+``stop`` asks the server to terminate everything (SIGTERM), then, whatever the server did,
+kills every instance process recorded in ``instances/*/machine.json`` (checking the command
+line first, against pid reuse) and detaches every loop device whose backing file lies in D.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import (
+        Sandbox,
+        SandboxError,
+        missing_tools,
+        require_root,
+        require_tools,
+        stop_sandbox,
+    )
+
+__all__ = [
+    "Sandbox",
+    "SandboxError",
+    "missing_tools",
+    "require_root",
+    "require_tools",
+    "stop_sandbox",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: the main CLI imports ``sandbox.cli`` (and so this package) for
+    # every command, and most never touch the sandbox.
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,947 @@
+"""Everything the sandbox changes in moto, in one layer. Runs only inside the server process.
+
+moto keeps the EC2 model (ids, states, tags, filters, waiters); this layer adds what ec2backup's
+correctness depends on and moto lacks:
+
+* ``random_public_ip`` (called where moto makes a network interface) hands out 127.0.X.Y, so
+  the RunInstances response already carries an address that is safe to connect to;
+* the EC2 actions listed in ``LocalCloud.action_hooks`` are wrapped: each hook gets the moto
+  response object (request parameters, backend) and moto's own handler, and does the real
+  work on the host around it (sshd, loop devices, images) and the missing semantics
+  (ClientToken, detach hanging while mounted, host keys on the console);
+* ``before_action`` sees every EC2 call first (after re-reading ``D/settings.json`` if it
+  changed): added latency, throttling and 5xx errors, seeded; ``after_action`` sees its answer
+  (lost responses);
+* ``reconcile`` runs every ``RECONCILE_INTERVAL`` seconds and finishes what takes time on AWS:
+  pending -> running (then the sshd boots), attaching -> attached, detaching -> available
+  (never while mounted unless forced), shutting-down -> terminated, stopping -> stopped; it
+  fires the shutdown timers found in user data (the dead-man's switch) and cuts SSH
+  connections when ``cut_ssh_after`` says so;
+* in IAM mode (``enable_iam``), moto's own IAM enforcement is switched on after the seeding,
+  and EC2's denials are answered as EC2 answers them (403 ``UnauthorizedOperation``).
+
+One lock serialises the hooks and the reconcile step, since the moto server is threaded.
+Faults and latency are decided outside it, so a slow call does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from xml.sax.saxutils import escape
+
+from moto import settings as moto_settings
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.authorization import ActionAuthenticatorMixin
+from moto.core.exceptions import AccessDeniedError
+from moto.core.responses import ActionResult
+from moto.core.types import Base64EncodedString
+from moto.core.utils import utcnow
+from moto.ec2.exceptions import (
+    EC2ClientError,
+    InvalidParameterCombination,
+    OperationNotPermitted4,
+    VolumeInUseError,
+)
+from moto.ec2.models import ec2_backends
+from moto.ec2.models import elastic_network_interfaces as moto_enis
+from moto.ec2.models.amis import Ami
+from moto.ec2.models.instances import StateReason
+from moto.ec2.responses import EC2Response
+from moto.ec2.utils import random_ami_id
+from moto.iam.models import iam_backends
+from moto.ssm.models import Parameter, ssm_backends
+
+from . import console
+from .host import (
+    AddressPool,
+    HostError,
+    Machine,
+    attach_loop,
+    boot_machine,
+    copy_sparse,
+    detach_loop,
+    make_host_key,
+    make_sparse,
+    nitro_device_name,
+    release_loops_under,
+)
+from .layout import NEXT_INSTANCE, Layout
+from .settings import CloudSettings
+
+log = logging.getLogger("ec2backup.sandbox")
+
+RECONCILE_INTERVAL = 0.2
+UBUNTU_AMI_PARAMETER = (
+    "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+)
+UBUNTU_AMI_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20251101"
+CANONICAL_OWNER_ID = "099720109477"
+ADMIN_USER = "sandbox-admin"
+ADMIN_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+}
+STATE_CODES = {
+    "pending": 0,
+    "running": 16,
+    "shutting-down": 32,
+    "terminated": 48,
+    "stopping": 64,
+    "stopped": 80,
+}
+# Counted by instance_limit: what still holds capacity.
+LIVE_STATES = ("pending", "running", "stopping", "shutting-down")
+SERVER_ERRORS = (
+    (500, "InternalError", "An internal error has occurred."),
+    (503, "Unavailable", "The server is overloaded and can't handle the request."),
+)
+INSTANCE_SHUTDOWN = StateReason(
+    "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+    "Client.InstanceInitiatedShutdown",
+)
+
+# (moto response, moto's own handler) -> result
+Original = Callable[[], ActionResult]
+Hook = Callable[[EC2Response, Original], ActionResult]
+
+
+@dataclass(frozen=True)
+class TokenUse:
+    fingerprint: str
+    resource_id: str  # reservation id for RunInstances, volume id for CreateVolume
+
+
+@dataclass(frozen=True)
+class Device:
+    instance_id: str
+    loop: str  # /dev/loopK holding the volume's image
+
+
+@dataclass(frozen=True)
+class PendingDetach:
+    backend: Any
+    instance_id: str
+    device: str
+    due: float = 0.0  # time.monotonic() before which it does not complete
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class PendingAttach:
+    backend: Any
+    instance_id: str
+    due: float
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """Something due to happen to an instance at ``due`` (time.monotonic())."""
+
+    backend: Any
+    instance: Any
+    due: float
+
+
+@dataclass(frozen=True)
+class PowerOff(Scheduled):
+    final: str  # "terminated" or "stopped"
+    reason: StateReason | None  # None: user initiated (moto's reason)
+
+
+class CloudFault(Exception):
+    """An EC2 error answer with an HTTP status of our choosing (moto would say 400)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def response(self) -> tuple[int, dict[str, str], str]:
+        request_id = str(uuid.uuid4())
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Response><Errors><Error><Code>{escape(self.code)}</Code>"
+            f"<Message>{escape(self.message)}</Message></Error></Errors>"
+            f"<RequestID>{request_id}</RequestID></Response>"
+        )
+        headers = {
+            "status": str(self.status),
+            "Content-Type": "text/xml;charset=UTF-8",
+            "x-amzn-RequestId": request_id,
+            "server": "AmazonEC2",
+        }
+        return self.status, headers, body
+
+
+class LocalCloud:
+    def __init__(self, layout: Layout, region: str) -> None:
+        self.layout = layout
+        self.region = region
+        self.lock = threading.RLock()
+        self.addresses = AddressPool()
+        self.machines: dict[str, Machine] = {}  # live instances by id
+        self.devices: dict[str, Device] = {}  # attached volumes by id
+        self.pending_detaches: dict[str, PendingDetach] = {}  # volume id -> detach to finish
+        self.tokens: dict[tuple[str, str, str, str], TokenUse] = {}
+        self.default_ami_id = ""
+        # Delayed state changes and timers, by instance id (attaches by volume id).
+        self.pending_boots: dict[str, Scheduled] = {}
+        self.pending_attaches: dict[str, PendingAttach] = {}
+        self.power_offs: dict[str, PowerOff] = {}
+        self.shutdown_timers: dict[str, Scheduled] = {}
+        self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
+        self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)
+        # Settings (re-read when D/settings.json changes) and the fault counters they reset.
+        self.settings = CloudSettings()
+        self._settings_key: tuple[int, int, int] | None = None
+        self._fault_lock = threading.Lock()
+        self._calls: dict[str, int] = {}
+
+    # --- installation ------------------------------------------------------------------------
+
+    def action_hooks(self) -> dict[str, Hook]:
+        """EC2Response method name -> hook. Add a hook here to change one more action."""
+        return {
+            "run_instances": self.run_instances,
+            "terminate_instances": self.terminate_instances,
+            "stop_instances": self.stop_instances,
+            "start_instances": self.start_instances,
+            "get_console_output": self.get_console_output,
+            "create_volume": self.create_volume,
+            "delete_volume": self.delete_volume,
+            "attach_volume": self.attach_volume,
+            "detach_volume": self.detach_volume,
+            "create_snapshot": self.create_snapshot,
+            "delete_snapshot": self.delete_snapshot,
+            "describe_snapshots": self.describe_snapshots,
+        }
+
+    def install(self) -> None:
+        moto_enis.random_public_ip = self.allocate_address
+        for action, hook in self.action_hooks().items():
+            self._wrap(action, hook)
+
+        original_call_action = EC2Response.call_action
+        cloud = self
+
+        def call_action(response: EC2Response) -> Any:
+            try:
+                early = cloud.before_action(response)
+                if early is not None:
+                    return early
+                return cloud.after_action(response, original_call_action(response))
+            except CloudFault as fault:
+                return fault.response()
+
+        setattr(EC2Response, "call_action", call_action)  # noqa: B010 (mypy rejects assigning to a method)
+
+        original_authorize = EC2Response._authenticate_and_authorize_normal_action
+
+        def authorize(response: EC2Response, resource: str = "*") -> None:
+            try:
+                original_authorize(response, resource)
+            except AccessDeniedError as denied:  # what EC2 answers instead of AccessDenied
+                raise CloudFault(
+                    403,
+                    "UnauthorizedOperation",
+                    f"You are not authorized to perform this operation. {denied.message}",
+                ) from None
+
+        setattr(EC2Response, "_authenticate_and_authorize_normal_action", authorize)  # noqa: B010
+
+    def _wrap(self, action: str, hook: Hook) -> None:
+        original = getattr(EC2Response, action)
+        lock = self.lock
+
+        def wrapper(response: EC2Response) -> ActionResult:
+            with lock:
+                return hook(response, lambda: original(response))
+
+        wrapper.__name__ = action
+        setattr(EC2Response, action, wrapper)
+
+    def before_action(self, response: EC2Response) -> Any:
+        """Return a response (``(status, headers, body)``) to answer an EC2 call without
+        running it, or None to run it: latency, throttling and server errors."""
+        settings = self.refresh_settings()
+        action = response._get_action()
+        if not settings.faults_apply_to(action):
+            return None
+        if settings.latency > 0:
+            time.sleep(settings.latency)
+        draw = self._draw(settings, action)
+        first, second, lost = draw.random(), draw.random(), draw.random()
+        if first < settings.throttle_rate:
+            log.info("fault: %s throttled", action)
+            return CloudFault(503, "RequestLimitExceeded", "Request limit exceeded.").response()
+        if first < settings.throttle_rate + settings.error_rate:
+            status, code, message = SERVER_ERRORS[int(second * len(SERVER_ERRORS))]
+            log.info("fault: %s answered %s %s", action, status, code)
+            return CloudFault(status, code, message).response()
+        response._sandbox_lose_response = lost < settings.lost_response_rate  # type: ignore[attr-defined]
+        return None
+
+    def after_action(self, response: EC2Response, answer: Any) -> Any:
+        """The answer to an EC2 call that ran, or the error that replaces it (lost response)."""
+        if getattr(response, "_sandbox_lose_response", False) and int(answer[0]) < 400:
+            log.info("fault: %s did its work, its response is lost", response._get_action())
+            return CloudFault(500, "InternalError", "An internal error has occurred.").response()
+        return answer
+
+    def _draw(self, settings: CloudSettings, action: str) -> random.Random:
+        """The random source of the n-th call of ``action`` since the settings changed."""
+        with self._fault_lock:
+            n = self._calls.get(action, 0)
+            self._calls[action] = n + 1
+        return random.Random(f"{settings.fault_seed}:{action}:{n}")
+
+    def refresh_settings(self) -> CloudSettings:
+        """Re-read ``D/settings.json`` if it was replaced since the last look."""
+        path = self.layout.settings
+        try:
+            st = os.stat(path)
+            key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        if key == self._settings_key:
+            return self.settings
+        with self._fault_lock:
+            if key != self._settings_key:
+                try:
+                    settings = CloudSettings.load(path)
+                except (TypeError, ValueError) as e:
+                    log.error("ignoring %s: %s", path, e)
+                    settings = self.settings
+                self._settings_key = key
+                if settings != self.settings:
+                    log.info("settings: %s", settings)
+                self.settings = settings
+                self._calls.clear()  # the same seed replays the same faults
+                self.ssh_cut.clear()
+                self.ssh_watch.clear()
+        return self.settings
+
+    def enable_iam(self) -> tuple[str, str]:
+        """Switch on moto's IAM enforcement (signatures and actions, not conditions) and return
+        the access key of an administrator made for the sandbox. Call after ``seed``: the
+        seeding goes to the backends directly, never through the checks."""
+        iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        iam.create_user(region_name=self.region, user_name=ADMIN_USER)
+        iam.put_user_policy(ADMIN_USER, "administrator", json.dumps(ADMIN_POLICY))
+        key = iam.create_access_key(ADMIN_USER)
+        ActionAuthenticatorMixin.request_count = 0
+        moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+        return key.access_key_id, key.secret_access_key
+
+    def allocate_address(self) -> str:
+        with self.lock:
+            return self.addresses.allocate()
+
+    def seed(self) -> str:
+        """Register the Ubuntu AMI and the SSM public parameter that names it."""
+        backend = ec2_backends[DEFAULT_ACCOUNT_ID][self.region]
+        ami = Ami(
+            backend,
+            random_ami_id(),
+            name=UBUNTU_AMI_NAME,
+            description="Canonical, Ubuntu, 24.04, amd64 noble image",
+            owner_id=CANONICAL_OWNER_ID,
+            public=True,
+            virtualization_type="hvm",
+            architecture="x86_64",
+            hypervisor="xen",
+            root_device_type="ebs",
+            root_device_name="/dev/sda1",
+            region_name=f"{self.region}a",
+        )
+        backend.amis[ami.id] = ami
+        ssm = ssm_backends[DEFAULT_ACCOUNT_ID][self.region]
+        ssm._parameters[UBUNTU_AMI_PARAMETER].append(
+            Parameter(  # type: ignore[abstract]
+                account_id=DEFAULT_ACCOUNT_ID,
+                name=UBUNTU_AMI_PARAMETER,
+                value=ami.id,
+                parameter_type="String",
+                description=None,
+                allowed_pattern=None,
+                keyid=None,
+                last_modified_date=utcnow(),
+                version=1,
+                data_type="aws:ec2:image",
+            )
+        )
+        self.default_ami_id = ami.id
+        return ami.id
+
+    # --- instances ---------------------------------------------------------------------------
+
+    def run_instances(self, response: EC2Response, original: Original) -> ActionResult:
+        backend = response.ec2_backend
+        known = self._check_token(response, "RunInstances")
+        if known is not None:
+            # A replay shows the instances as they are now; moto would always say "pending".
+            transformers = dict(response.RESPONSE_KEY_PATH_TO_TRANSFORMER)
+            transformers.pop("RunInstances.Reservation.Instances.Instance.State", None)
+            response.RESPONSE_KEY_PATH_TO_TRANSFORMER = transformers
+            return ActionResult(backend.reservations[known])
+        self._check_capacity(response)
+        result = original()
+        reservation: Any = result.result
+        self._remember_token(response, "RunInstances", reservation.id)
+        delay = self.settings.boot_delay
+        for instance in reservation.instances:
+            self._give_address(instance)
+            if delay > 0:
+                _set_state(instance, "pending")
+                self.pending_boots[instance.id] = Scheduled(
+                    backend, instance, time.monotonic() + delay
+                )
+            else:
+                self._boot(backend, instance)
+        return result
+
+    def _check_capacity(self, response: EC2Response) -> None:
+        settings = self.settings
+        backend = response.ec2_backend
+        instance_type = response._get_param("InstanceType") or "m1.small"
+        zone = response._get_param("Placement.AvailabilityZone")
+        subnet_id = response._get_param("SubnetId")
+        if not zone and subnet_id:
+            with contextlib.suppress(EC2ClientError):  # gone meanwhile
+                zone = backend.get_subnet(subnet_id).availability_zone
+        if zone and settings.no_capacity_for(instance_type, zone):
+            others = [
+                z.name
+                for z in backend.describe_availability_zones()
+                if z.name != zone and not settings.no_capacity_for(instance_type, z.name)
+            ]
+            message = (
+                f"We currently do not have sufficient {instance_type} capacity in the"
+                f" Availability Zone you requested ({zone}). Our system will be working on"
+                " provisioning additional capacity."
+            )
+            if others:
+                message += (
+                    f" You can currently get {instance_type} capacity by not specifying an"
+                    f" Availability Zone in your request or choosing {', '.join(others)}."
+                )
+            raise CloudFault(500, "InsufficientInstanceCapacity", message)
+        if not zone and instance_type in settings.no_capacity:
+            raise CloudFault(500, "InsufficientInstanceCapacity", "Insufficient capacity.")
+        if settings.instance_limit is not None:
+            live = sum(1 for i in backend.all_instances() if i.state in LIVE_STATES)
+            wanted = live + int(response._get_param("MinCount") or 1)
+            if wanted > settings.instance_limit:
+                raise CloudFault(
+                    400,
+                    "InstanceLimitExceeded",
+                    f"You have requested more instances ({wanted}) than your current instance"
+                    f" limit of {settings.instance_limit} allows for the specified instance"
+                    " type. Please visit http://aws.amazon.com/contact-us/ec2-request to"
+                    " request an adjustment to this limit.",
+                )
+
+    def _give_address(self, instance: Any) -> None:
+        address = instance.public_ip
+        if not address or not address.startswith("127."):
+            # Launched without a public address: give it one anyway, it is our only way in.
+            instance.nics[0].public_ip = self.allocate_address()
+
+    def _boot(self, backend: Any, instance: Any) -> None:
+        self._give_address(instance)
+        address = instance.public_ip
+        user_data = _user_data_text(instance.user_data)
+        keys = console.authorized_keys(user_data)
+        if instance.key_name and instance.key_name in backend.key_pairs:
+            keys.append(backend.key_pairs[instance.key_name].public_key)
+        hostname = "ip-" + str(instance.private_ip).replace(".", "-")
+        directory = self.layout.instance_dir(instance.id)
+        log.info("booting %s on %s:22", instance.id, address)
+        self.machines[instance.id] = boot_machine(directory, instance.id, address, hostname, keys)
+        next_override = self.layout.console_overrides / NEXT_INSTANCE
+        if next_override.exists():
+            next_override.rename(self.layout.console_overrides / instance.id)
+        minutes = console.shutdown_minutes(user_data)
+        if minutes is not None:
+            seconds = minutes * self.settings.minute_seconds
+            log.info("%s powers off in %g minutes (%.1f s here)", instance.id, minutes, seconds)
+            self.shutdown_timers[instance.id] = Scheduled(
+                backend, instance, time.monotonic() + seconds
+            )
+
+    def terminate_instances(self, response: EC2Response, original: Original) -> ActionResult:
+        delay = self.settings.terminate_delay
+        if delay <= 0:
+            result = original()
+            for item in result.result["TerminatingInstances"]:  # type: ignore[index]
+                self._shut_down(item["InstanceId"])
+                self.power_offs.pop(item["InstanceId"], None)
+            return result
+        # As on AWS: shutting-down at once (the machine is gone), terminated a while later.
+        backend = response.ec2_backend
+        instance_ids = response._get_param("InstanceIds", [])
+        if not instance_ids:
+            raise InvalidParameterCombination("No instances specified")
+        response.error_on_dryrun()
+        instances = backend.get_multi_instances_by_id(instance_ids)
+        for instance in instances:
+            if instance.disable_api_termination is True:
+                raise OperationNotPermitted4(instance.id)
+        items = []
+        for instance in instances:
+            previous = _state_of(instance)
+            pending = self.power_offs.get(instance.id)
+            terminating = pending is not None and pending.final == "terminated"
+            if instance.state != "terminated" and not terminating:
+                self._power_off(backend, instance, "terminated", None, delay)
+            items.append(
+                {
+                    "InstanceId": instance.id,
+                    "CurrentState": _state_of(instance),
+                    "PreviousState": previous,
+                }
+            )
+        return ActionResult({"TerminatingInstances": items})
+
+    def stop_instances(self, response: EC2Response, original: Original) -> ActionResult:
+        result = original()
+        for item in result.result["StoppingInstances"]:  # type: ignore[index]
+            self._shut_down(item["InstanceId"])
+        return result
+
+    def start_instances(self, response: EC2Response, original: Original) -> ActionResult:
+        raise EC2ClientError(
+            "UnsupportedOperation",
+            "The local cloud cannot start a stopped instance again; launch a new one.",
+        )
+
+    def _power_off(
+        self,
+        backend: Any,
+        instance: Any,
+        final: str,
+        reason: StateReason | None,
+        delay: float,
+    ) -> None:
+        """The instance's OS is gone at once; EC2 shows it ``final`` after ``delay`` s."""
+        log.info("%s: shutting down, %s in %.1f s", instance.id, final, delay)
+        self._shut_down(instance.id)
+        _set_state(instance, "shutting-down" if final == "terminated" else "stopping")
+        if reason is not None:
+            instance.state_reason = reason
+        power_off = PowerOff(backend, instance, time.monotonic() + delay, final, reason)
+        if delay > 0:
+            self.power_offs[instance.id] = power_off
+        else:
+            self._finish_power_off(power_off)
+
+    def _finish_power_off(self, power_off: PowerOff) -> None:
+        instance = power_off.instance
+        self.power_offs.pop(instance.id, None)
+        if power_off.final == "terminated":
+            power_off.backend.terminate_instances([instance.id])  # detaches its volumes
+        else:
+            instance.stop()
+        self._record_change(
+            "terminate" if power_off.final == "terminated" else "stop", instance.id, power_off.due
+        )
+        if power_off.reason is not None:
+            instance.state_reason = power_off.reason
+            instance._reason = ""
+        log.info("%s is %s", instance.id, power_off.final)
+
+    def _shut_down(self, instance_id: str) -> None:
+        """The instance's machine stops: kill its sshd (and every process and mount in it),
+        release its loop devices, finish detaches that waited for it; forget its timers."""
+        self.pending_boots.pop(instance_id, None)
+        self.shutdown_timers.pop(instance_id, None)
+        self.ssh_watch.pop(instance_id, None)
+        for volume_id, attach in list(self.pending_attaches.items()):
+            if attach.instance_id == instance_id:
+                del self.pending_attaches[volume_id]
+                _set_attachment_status(attach.backend, volume_id, instance_id, "attached")
+        machine = self.machines.pop(instance_id, None)
+        if machine is not None:
+            log.info("%s: machine stopped", instance_id)
+            machine.kill()  # ends its namespaces, and with them every mount made over SSH
+        for volume_id, pending in list(self.pending_detaches.items()):
+            if pending.instance_id == instance_id:
+                self._complete_detach(volume_id, pending)
+        for volume_id, device in list(self.devices.items()):
+            if device.instance_id == instance_id:
+                self._release_device(volume_id)
+
+    def get_console_output(self, response: EC2Response, original: Original) -> ActionResult:
+        instance = response.ec2_backend.get_instance(response._get_param("InstanceId"))
+        directory = self.layout.instance_dir(instance.id)
+        machine = self.machines.get(instance.id) or Machine.load(directory)
+        if machine is None and instance.state == "pending":
+            # Nothing printed yet: EC2 answers without Output.
+            return ActionResult({"InstanceId": instance.id, "Timestamp": utcnow()})
+        if machine is None:
+            return original()
+        host_key = machine.host_key_public
+        if (self.layout.console_overrides / instance.id).exists():
+            impostor = directory / "impostor_host_key"
+            if impostor.exists():
+                host_key = impostor.with_suffix(".pub").read_text().strip()
+            else:
+                host_key = make_host_key(impostor, host_key.split()[-1])
+        text = console.boot_log(instance.private_ip, instance.launch_time, [host_key])
+        return ActionResult(
+            {
+                "InstanceId": instance.id,
+                "Timestamp": utcnow(),
+                "Output": Base64EncodedString.from_raw_string(text),
+            }
+        )
+
+    # --- volumes -----------------------------------------------------------------------------
+
+    def create_volume(self, response: EC2Response, original: Original) -> ActionResult:
+        backend = response.ec2_backend
+        known = self._check_token(response, "CreateVolume")
+        if known is not None:
+            return ActionResult(backend.get_volume(known))
+        result = original()
+        volume: Any = result.result
+        self._remember_token(response, "CreateVolume", volume.id)
+        image = self.layout.volume_image(volume.id)
+        snapshot_image = self.layout.snapshot_image(volume.snapshot_id or "none")
+        if volume.snapshot_id and snapshot_image.exists():
+            copy_sparse(snapshot_image, image)  # a volume restored from a snapshot
+        make_sparse(image, int(volume.size))
+        return result
+
+    def delete_volume(self, response: EC2Response, original: Original) -> ActionResult:
+        result = original()
+        self.layout.volume_image(response._get_param("VolumeId")).unlink(missing_ok=True)
+        return result
+
+    def attach_volume(self, response: EC2Response, original: Original) -> ActionResult:
+        backend = response.ec2_backend
+        volume_id = response._get_param("VolumeId")
+        instance_id = response._get_param("InstanceId")
+        volume = backend.get_volume(volume_id)
+        instance = backend.get_instance(instance_id)
+        # Checks real EC2 makes and moto does not.
+        if volume.attachment is not None:
+            raise VolumeInUseError(volume_id, volume.attachment.instance.id)
+        if instance.state != "running":
+            raise EC2ClientError("IncorrectState", f"Instance '{instance_id}' is not 'running'.")
+        if volume.zone is not None and volume.zone.name != instance.placement.zone:
+            raise EC2ClientError(
+                "InvalidVolume.ZoneMismatch",
+                f"The volume '{volume_id}' is not in the same availability zone as instance"
+                f" '{instance_id}'",
+            )
+        result = original()
+        delay = self.settings.attach_delay
+        if delay > 0:
+            _set_attachment_status(backend, volume_id, instance_id, "attaching")  # see reconcile()
+            self.pending_attaches[volume_id] = PendingAttach(
+                backend, instance_id, time.monotonic() + delay
+            )
+            return result
+        self._connect_device(backend, volume_id, instance_id)
+        return result
+
+    def _connect_device(self, backend: Any, volume_id: str, instance_id: str) -> None:
+        """Make the volume a block device inside the instance (its Nitro name)."""
+        volume = backend.get_volume(volume_id)
+        machine = self.machines.get(instance_id)
+        if machine is None or not machine.alive():
+            return
+        image = self.layout.volume_image(volume_id)
+        if not image.exists():  # e.g. a root volume moto made by itself
+            make_sparse(image, int(volume.size))
+        loop = attach_loop(image)
+        try:
+            machine.link_device(loop, nitro_device_name(volume_id))
+        except HostError:
+            detach_loop(loop)
+            backend.detach_volume(volume_id, instance_id, volume.attachment.device)
+            raise
+        self.devices[volume_id] = Device(instance_id, loop)
+        log.info("attached %s to %s as %s", volume_id, instance_id, loop)
+
+    def detach_volume(self, response: EC2Response, original: Original) -> ActionResult:
+        backend = response.ec2_backend
+        volume_id = response._get_param("VolumeId")
+        attachment = backend.get_volume(volume_id).attachment
+        # InstanceId is optional in EC2 (moto requires it): default to the attachment's.
+        instance_id = response._get_param("InstanceId") or (
+            attachment.instance.id if attachment is not None else None
+        )
+        if attachment is None or instance_id != attachment.instance.id:
+            return original()  # moto answers the error cases itself
+        answer = ActionResult(
+            {
+                "VolumeId": volume_id,
+                "InstanceId": instance_id,
+                "Device": attachment.device,
+                "State": "detaching",
+                "AttachTime": attachment.attach_time,
+            }
+        )
+        force = bool(response._get_bool_param("Force", False))
+        self.pending_attaches.pop(volume_id, None)  # a detach while attaching: never attached
+        device = self.devices.get(volume_id)
+        machine = self.machines.get(instance_id)
+        mounted = bool(device and machine and machine.has_mounted(device.loop))
+        delay = self.settings.detach_delay
+        if (mounted and not force) or delay > 0:
+            # As on AWS: the detach takes a while, and waits while the filesystem is mounted;
+            # reconcile() ends it.
+            attachment.status = "detaching"
+            earlier = self.pending_detaches.get(volume_id)
+            self.pending_detaches[volume_id] = PendingDetach(
+                backend,
+                instance_id,
+                attachment.device,
+                earlier.due if earlier else time.monotonic() + delay,
+                force or bool(earlier and earlier.force),
+            )
+            if mounted and not force:
+                log.info("detach of %s waits: still mounted in %s", volume_id, instance_id)
+            return answer
+        self.pending_detaches.pop(volume_id, None)
+        backend.detach_volume(volume_id, instance_id, attachment.device)
+        self._release_device(volume_id)
+        return answer
+
+    def _complete_detach(self, volume_id: str, pending: PendingDetach) -> None:
+        self.pending_detaches.pop(volume_id, None)
+        volume = pending.backend.get_volume(volume_id)
+        attachment = volume.attachment
+        if attachment is not None and attachment.instance.id == pending.instance_id:
+            pending.backend.detach_volume(volume_id, pending.instance_id, pending.device)
+            self._record_change("detach", volume_id, pending.due)
+        self._release_device(volume_id)
+        log.info("detach of %s completed", volume_id)
+
+    def _release_device(self, volume_id: str) -> None:
+        device = self.devices.pop(volume_id, None)
+        if device is None:
+            return
+        machine = self.machines.get(device.instance_id)
+        if machine is not None:
+            try:
+                machine.unlink_device(nitro_device_name(volume_id))
+            except HostError as e:
+                log.warning("%s", e)
+        detach_loop(device.loop)
+        log.info("released %s (%s)", volume_id, device.loop)
+
+    def create_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
+        result = original()
+        snapshot: Any = result.result
+        image = self.layout.volume_image(snapshot.volume.id)
+        if image.exists():
+            copy_sparse(image, self.layout.snapshot_image(snapshot.id))
+        return result
+
+    def delete_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
+        result = original()
+        self.layout.snapshot_image(response._get_param("SnapshotId")).unlink(missing_ok=True)
+        return result
+
+    def describe_snapshots(self, response: EC2Response, original: Original) -> ActionResult:
+        """Honour OwnerIds, which moto ignores: with ``self`` AWS lists only the account's own
+        snapshots, not the public ones behind other owners' AMIs (the seeded Ubuntu AMI's)."""
+        result = original()
+        owners = response._get_param("OwnerIds", [])
+        if not owners:
+            return result
+        wanted = {DEFAULT_ACCOUNT_ID if owner == "self" else owner for owner in owners}
+        snapshots: Any = result.result["Snapshots"]  # type: ignore[index]
+        return ActionResult({"Snapshots": [s for s in snapshots if s.owner_id in wanted]})
+
+    # --- ClientToken -------------------------------------------------------------------------
+
+    def _token_key(self, response: EC2Response, action: str) -> tuple[str, str, str, str] | None:
+        token = response._get_param("ClientToken")
+        if not token:
+            return None
+        backend = response.ec2_backend
+        return (backend.account_id, backend.region_name, action, str(token))
+
+    def _check_token(self, response: EC2Response, action: str) -> str | None:
+        """The id made by an earlier call with this token, or None if the call is new."""
+        key = self._token_key(response, action)
+        known = self.tokens.get(key) if key else None
+        if known is None:
+            return None
+        if known.fingerprint != _fingerprint(response):
+            raise EC2ClientError(
+                "IdempotentParameterMismatch",
+                "Arguments on this idempotent request are inconsistent with arguments used in"
+                " previous request(s).",
+            )
+        return known.resource_id
+
+    def _remember_token(self, response: EC2Response, action: str, resource_id: str) -> None:
+        key = self._token_key(response, action)
+        if key is not None:
+            self.tokens[key] = TokenUse(_fingerprint(response), resource_id)
+
+    # --- background --------------------------------------------------------------------------
+
+    def _record_change(self, kind: str, resource_id: str, due: float) -> None:
+        """Append a state change just applied to ``D/state-changes.jsonl`` (what the detection
+        benchmark measures from): ``at`` is now, ``due`` when its delay ended (``due`` is a
+        time.monotonic(), turned into wall-clock time here), both ISO in UTC."""
+        now = time.monotonic()
+        at = datetime.now(UTC)
+        due_at = datetime.fromtimestamp(at.timestamp() - max(0.0, now - due), UTC)
+        line = json.dumps(
+            {"kind": kind, "id": resource_id, "at": at.isoformat(), "due": due_at.isoformat()}
+        )
+        try:
+            with open(self.layout.state_changes, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            log.warning("cannot record a state change: %s", e)
+
+    def reconcile(self) -> None:
+        """Finish what real EC2 finishes later. Called periodically by the server."""
+        settings = self.refresh_settings()
+        with self.lock:
+            now = time.monotonic()
+            for instance_id, boot in list(self.pending_boots.items()):
+                if now < boot.due:
+                    continue
+                del self.pending_boots[instance_id]
+                if boot.instance.state != "pending":
+                    continue
+                # Running first, then the sshd starts: port 22 of a pending instance is closed.
+                _set_state(boot.instance, "running")
+                self._record_change("boot", instance_id, boot.due)
+                try:
+                    self._boot(boot.backend, boot.instance)
+                except HostError:
+                    log.exception("%s: boot failed", instance_id)
+
+            for volume_id, attach in list(self.pending_attaches.items()):
+                if now < attach.due:
+                    continue
+                del self.pending_attaches[volume_id]
+                try:
+                    self._connect_device(attach.backend, volume_id, attach.instance_id)
+                except HostError:
+                    log.exception("attach of %s failed", volume_id)
+                    continue
+                _set_attachment_status(attach.backend, volume_id, attach.instance_id, "attached")
+                self._record_change("attach", volume_id, attach.due)
+
+            for volume_id, pending in list(self.pending_detaches.items()):
+                if now < pending.due:
+                    continue
+                device = self.devices.get(volume_id)
+                machine = self.machines.get(pending.instance_id)
+                if (
+                    not pending.force
+                    and device
+                    and machine
+                    and machine.alive()
+                    and machine.has_mounted(device.loop)
+                ):
+                    continue
+                self._complete_detach(volume_id, pending)
+
+            for instance_id, timer in list(self.shutdown_timers.items()):
+                if now < timer.due:
+                    continue
+                del self.shutdown_timers[instance_id]
+                instance = timer.instance
+                if instance.state != "running":
+                    continue
+                behaviour = instance.instance_initiated_shutdown_behavior or "stop"
+                final = "terminated" if behaviour == "terminate" else "stopped"
+                log.info("%s: shutdown timer fired (behaviour %s)", instance_id, behaviour)
+                self._power_off(
+                    timer.backend, instance, final, INSTANCE_SHUTDOWN, settings.terminate_delay
+                )
+
+            for _instance_id, power_off in list(self.power_offs.items()):
+                if now >= power_off.due:
+                    self._finish_power_off(power_off)
+
+            if settings.cut_ssh_after is not None:
+                self._cut_ssh_when_due(settings, now)
+
+    def _cut_ssh_when_due(self, settings: CloudSettings, now: float) -> None:
+        assert settings.cut_ssh_after is not None
+        for instance_id, machine in list(self.machines.items()):
+            if instance_id in self.ssh_cut:
+                continue
+            if settings.cut_ssh_on:
+                active = any(name == settings.cut_ssh_on for _, _, name in machine.processes())
+            else:
+                active = bool(machine.ssh_connections())
+            if not active:
+                self.ssh_watch.pop(instance_id, None)
+                continue
+            since = self.ssh_watch.setdefault(instance_id, now)
+            if now - since >= settings.cut_ssh_after:
+                cut = machine.cut_ssh()
+                self.ssh_cut.add(instance_id)
+                self.ssh_watch.pop(instance_id, None)
+                log.info("fault: cut %d SSH connection(s) to %s", cut, instance_id)
+
+    def cut_ssh(self, instance_id: str) -> int:
+        with self.lock:
+            machine = self.machines.get(instance_id)
+            return machine.cut_ssh() if machine is not None else 0
+
+    def shutdown(self) -> list[str]:
+        """Kill every instance and release every loop device; return loops left behind."""
+        with self.lock:
+            for instance_id in list(self.machines):
+                self._shut_down(instance_id)
+            self.pending_detaches.clear()
+            self.pending_attaches.clear()
+            self.pending_boots.clear()
+            self.power_offs.clear()
+            return release_loops_under(self.layout.root)
+
+
+def _set_state(instance: Any, name: str) -> None:
+    instance._state.name = name
+    instance._state.code = STATE_CODES[name]
+
+
+def _state_of(instance: Any) -> dict[str, Any]:
+    return {"Code": instance._state.code, "Name": instance._state.name}
+
+
+def _set_attachment_status(backend: Any, volume_id: str, instance_id: str, status: str) -> None:
+    with contextlib.suppress(EC2ClientError):  # gone meanwhile
+        attachment = backend.get_volume(volume_id).attachment
+        if attachment is not None and attachment.instance.id == instance_id:
+            attachment.status = status
+
+
+def _fingerprint(response: EC2Response) -> str:
+    params = {k: v for k, v in dict(response.params).items() if k != "ClientToken"}
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _user_data_text(user_data: Any) -> str:
+    if isinstance(user_data, list):  # older moto kept a list
+        user_data = user_data[0] if user_data else None
+    if isinstance(user_data, Base64EncodedString):
+        return user_data.decode()
+    return ""

@@ -1,0 +1,188 @@
+"""The whole job as an IAM user holding only docs/iam-policy.json's actions, with moto's IAM
+enforcement on. moto checks actions only: it evaluates every call against the resource "*" and
+ignores conditions, so the enforced policy keeps the documented actions with each Resource
+widened to "*"; the resource scoping and tag conditions are checked by tests/test_iam_policy.py
+(exact action set, tag conditions on destructive actions, the parliament linter)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.helpers import (
+    Cli,
+    ec2_client,
+    make_sample_tree,
+    mounted_read_only,
+    run_instances,
+    tree_digest,
+)
+
+pytestmark = pytest.mark.e2e
+DOCUMENTED = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs" / "iam-policy.json").read_text()
+)
+POLICY = {
+    "Version": DOCUMENTED["Version"],
+    "Statement": [
+        {"Effect": s["Effect"], "Action": s["Action"], "Resource": "*"}
+        for s in DOCUMENTED["Statement"]
+    ],
+}
+
+
+def cli_as(sandbox: Any, keys: dict[str, str], tmp_path: Path) -> Cli:
+    env = {
+        **sandbox.env,
+        **keys,
+        "EC2BACKUP_CONFIG": str(tmp_path / "config.toml"),
+        "EC2BACKUP_DB": f"sqlite:///{tmp_path / 'ec2backup.db'}",
+        "EC2BACKUP_DATA_DIR": str(tmp_path / "data"),
+    }
+    return Cli(env=env, cwd=tmp_path)
+
+
+def test_init_and_run_with_only_the_documented_policy(iam_sandbox: Any, tmp_path: Path) -> None:
+    keys = iam_sandbox.create_iam_user("ec2backup-least", POLICY)
+    cli = cli_as(iam_sandbox, keys, tmp_path)
+    source = tmp_path / "home"
+    source.mkdir()
+    make_sample_tree(source)
+    volume_id = cli(
+        "init", "--profile", "i", "--az", "us-east-1a", "--size", "1", "--source", str(source)
+    ).stdout.strip()
+    run_id = cli("run", "--profile", "i").stdout.strip()
+    assert cli.json("show", run_id)["state"] == "done"
+    with mounted_read_only(iam_sandbox.volume_image(volume_id)) as mnt:
+        assert tree_digest(mnt / "home") == tree_digest(source)
+
+
+def test_a_missing_permission_is_one_line_naming_the_action(
+    iam_sandbox: Any, tmp_path: Path
+) -> None:
+    policy = json.loads(json.dumps(POLICY))
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        if isinstance(actions, list) and "ec2:TerminateInstances" in actions:
+            actions.remove("ec2:TerminateInstances")
+    keys = iam_sandbox.create_iam_user("ec2backup-no-terminate", policy)
+    cli = cli_as(iam_sandbox, keys, tmp_path)
+    source = tmp_path / "home"
+    source.mkdir()
+    (source / "a").write_text("a")
+    result = cli(
+        "init",
+        "--profile",
+        "i",
+        "--az",
+        "us-east-1a",
+        "--size",
+        "1",
+        "--source",
+        str(source),
+        check=False,
+    )
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [  # without the log records (INFO/WARNING lines and their continuations)
+        ln
+        for ln in result.stderr.splitlines()
+        if not ln.startswith(("INFO", "WARNING", "ERROR", " "))
+    ]
+    assert len(lines) == 1 and lines[0].startswith("ec2backup: error: "), result.stderr
+    assert "not authorized to call ec2:TerminateInstances" in lines[0] and "grant" in lines[0]
+    # The run is recorded, failed at the step it could not do, and offers resume; its
+    # instance stays for an administrator (or reap) to end: ours, tagged, and reported.
+    (run,) = cli.json("runs")
+    assert (run["kind"], run["state"]) == ("init", "failed")
+    assert f"ec2backup resume {run['id']}" in lines[0]
+    ec2 = ec2_client(iam_sandbox)  # the administrator
+    (instance,) = run_instances(ec2, run["id"])
+    assert instance["State"]["Name"] == "running"
+    assert {t["Key"]: t["Value"] for t in instance["Tags"]}["ec2backup:managed"] == "true"
+    ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+
+
+# Loaded by every Python process the test starts (PYTHONPATH): appends "service:Operation" for
+# each API call botocore makes (paginators and waiters included; retries are one call) to the
+# file named by EC2BACKUP_TEST_CALLS.
+RECORDER = """
+import os
+
+_calls = os.environ.get("EC2BACKUP_TEST_CALLS")
+if _calls:
+    import botocore.client
+
+    _make_api_call = botocore.client.BaseClient._make_api_call
+
+    def _recording(self, operation_name, api_params):
+        with open(_calls, "a") as f:
+            f.write(f"{self.meta.service_model.signing_name}:{operation_name}\\n")
+        return _make_api_call(self, operation_name, api_params)
+
+    botocore.client.BaseClient._make_api_call = _recording
+"""
+
+# In the policy, never sent as a call of their own:
+NOT_CALLED = {
+    # tags go in the create calls' TagSpecifications, which AWS authorises as ec2:CreateTags
+    "ec2:CreateTags",
+    # asked only when a running instance has no public address (a subnet without
+    # MapPublicIpOnLaunch); every instance of the local cloud has one
+    "ec2:DescribeSubnets",
+}
+
+
+def _policy_actions() -> set[str]:
+    actions: set[str] = set()
+    for statement in DOCUMENTED["Statement"]:
+        action = statement["Action"]
+        actions |= {action} if isinstance(action, str) else set(action)
+    return actions
+
+
+def test_every_call_the_commands_send_is_in_the_policy(iam_sandbox: Any, tmp_path: Path) -> None:
+    """Every command, run as a user holding only the policy, with each AWS call recorded:
+    no call outside the policy, and no action in the policy that nothing calls (but
+    NOT_CALLED, explained there)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(RECORDER)
+    calls = tmp_path / "calls.txt"
+    keys = iam_sandbox.create_iam_user("ec2backup-recorded", POLICY)
+    cli = cli_as(iam_sandbox, keys, tmp_path)
+    cli = Cli(
+        env={
+            **cli.env,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(hook), os.environ.get("PYTHONPATH")) if p
+            ),
+            "EC2BACKUP_TEST_CALLS": str(calls),
+        },
+        cwd=tmp_path,
+    )
+    source = tmp_path / "home"
+    source.mkdir()
+    make_sample_tree(source)
+    # A profile name of its own: init then creates its security group (not reuses one).
+    cli("init", "--profile", "rec", "--az", "us-east-1a", "--size", "1", "--source", str(source))
+    assert calls.exists(), "the recorder did not load"
+    first = cli("run", "--profile", "rec").stdout.strip()
+    (source / "docs" / "later.txt").write_text("a second backup\n")
+    cli("run", "--profile", "rec")
+    cli("verify", "--profile", "rec")
+    cli("restore", "--run", first, "--to", str(tmp_path / "restored"))
+    cli("snapshots", "--profile", "rec")
+    cli("prune", "--profile", "rec", "--keep-last", "1", "--yes")
+    cli("reap", "--yes")
+    cli("cost", "--profile", "rec")
+    doctor = cli("doctor", "--profile", "rec", "--json", check=False)
+    assert doctor.returncode in (0, 3), doctor.stderr  # its checks are not the point here
+    recorded = set(calls.read_text().split())
+    policy = _policy_actions()
+    assert recorded - policy == set(), "calls the policy does not allow"
+    assert policy - recorded == NOT_CALLED, "actions in the policy that no command used"

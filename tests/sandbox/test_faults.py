@@ -1,0 +1,516 @@
+"""The local cloud's faults: throttling, server errors, latency and lost responses on EC2 calls;
+state changes that take time; the dead-man's switch; SSH connections cut; capacity and quota
+errors; IAM enforcement. All seeded or deterministic, so a failing run can be replayed.
+
+Settings are changed on the session sandbox (``sandbox_faults`` resets them after each test);
+IAM needs its own sandbox (``iam_sandbox``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from ec2backup.sandbox import Sandbox, stop_sandbox
+from ec2backup.sandbox.console import shutdown_minutes
+from ec2backup.sandbox.host import nitro_device_name
+from ec2backup.sandbox.settings import CloudSettings
+from ec2backup.steps import user_data as ec2backup_user_data
+from tests.conftest import sandbox_skip_reason
+from tests.sandbox.helpers import (
+    AZ,
+    UBUNTU_PARAMETER,
+    Launch,
+    client,
+    console_host_keys,
+    error_code,
+    instance_state,
+    known_hosts,
+    no_retries,
+    ssh,
+    ssh_args,
+    volume_state,
+    with_deadline,
+)
+
+# --- settings and parsing (no sandbox) ---------------------------------------------------------
+
+
+def test_settings_reject_nonsense_and_round_trip(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="throttle_rate"):
+        CloudSettings(throttle_rate=1.5)
+    with pytest.raises(ValueError, match="must not exceed 1"):
+        CloudSettings(throttle_rate=0.6, error_rate=0.6)
+    with pytest.raises(ValueError, match="boot_delay"):
+        CloudSettings(boot_delay=-1)
+    with pytest.raises(TypeError):
+        CloudSettings().replace(no_such_setting=1)
+    settings = CloudSettings(no_capacity=("t3.micro@us-east-1a",), fault_actions=("RunInstances",))
+    settings.save(tmp_path / "s.json")
+    assert CloudSettings.load(tmp_path / "s.json") == settings
+    assert settings.no_capacity_for("t3.micro", "us-east-1a")
+    assert not settings.no_capacity_for("t3.micro", "us-east-1b")
+    assert settings.faults_apply_to("RunInstances")
+    assert not settings.faults_apply_to("DescribeInstances")
+
+
+@pytest.mark.parametrize(
+    ("user_data", "minutes"),
+    [
+        (ec2backup_user_data("ssh-ed25519 AAAA k", 720), 720.0),
+        ('#cloud-config\nbootcmd:\n  - [shutdown, -P, "+5", "bye"]\n', 5.0),
+        ("#cloud-config\nruncmd:\n  - shutdown -h now\n", 0.0),
+        ("#cloud-config\nruncmd:\n  - [sudo, shutdown]\n", 1.0),  # systemd's default: +1
+        ("#cloud-config\npower_state:\n  mode: poweroff\n  delay: 30\n", 30.0),
+        ("#!/bin/sh\necho hi && /sbin/shutdown -P +7 'lifetime'\n", 7.0),
+        ("#cloud-config\nbootcmd:\n  - [shutdown, -r, '+1']\n", None),  # a reboot
+        ("#cloud-config\nbootcmd:\n  - [shutdown, -c]\n", None),
+        ("#cloud-config\nssh_authorized_keys: []\n", None),
+        ("", None),
+    ],
+)
+def test_shutdown_timer_is_read_from_user_data(user_data: str, minutes: float | None) -> None:
+    assert shutdown_minutes(user_data) == minutes
+
+
+def test_shutdown_at_a_clock_time_counts_from_now_in_utc() -> None:
+    now = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
+    assert shutdown_minutes("#cloud-config\nbootcmd:\n  - shutdown -P 16:30\n", now) == 30.0
+    assert shutdown_minutes("#cloud-config\nbootcmd:\n  - shutdown -P 15:00\n", now) == 23 * 60
+
+
+# --- EC2 API faults ------------------------------------------------------------------------------
+
+
+def _outcomes(ec2: Any, calls: int) -> list[str]:
+    seen = []
+    for _ in range(calls):
+        try:
+            ec2.describe_volumes()
+            seen.append("ok")
+        except ClientError as e:
+            status, code = error_code(e)
+            seen.append(f"{status} {code}")
+    return seen
+
+
+def test_throttling_and_server_errors_are_seeded(sandbox_faults: Sandbox) -> None:
+    bare = client(sandbox_faults, "ec2", config=no_retries())
+    sandbox_faults.configure_faults(
+        throttle_rate=0.3, error_rate=0.3, fault_seed=11, fault_actions=("DescribeVolumes",)
+    )
+    first = _outcomes(bare, 30)
+    assert "503 RequestLimitExceeded" in first
+    assert {"500 InternalError", "503 Unavailable"} & set(first)
+    assert "ok" in first
+    assert bare.describe_instances()["ResponseMetadata"]["HTTPStatusCode"] == 200  # not listed
+
+    sandbox_faults.configure_faults(fault_seed=11)  # a (re)configuration replays the sequence
+    assert _outcomes(bare, 30) == first
+    sandbox_faults.configure_faults(fault_seed=12)
+    assert _outcomes(bare, 30) != first
+
+
+@pytest.mark.parametrize("mode", ["standard", "adaptive"])
+def test_botocore_retries_ride_through_faults(
+    sandbox_faults: Sandbox, mode: Literal["standard", "adaptive"]
+) -> None:
+    ec2 = client(
+        sandbox_faults, "ec2", config=Config(retries={"mode": mode, "total_max_attempts": 10})
+    )
+    sandbox_faults.configure_faults(
+        throttle_rate=0.15, error_rate=0.1, fault_seed=3, fault_actions=("DescribeVolumes",)
+    )
+    retried = 0
+    for _ in range(6):
+        response = ec2.describe_volumes()
+        retried += response["ResponseMetadata"]["RetryAttempts"]
+    assert retried > 0  # faults were injected, and ridden through
+
+
+def test_latency_is_added_to_the_chosen_actions(sandbox_faults: Sandbox) -> None:
+    ec2 = client(sandbox_faults, "ec2")
+    # A latency far above a loaded machine's call time (0.4 s once failed on a busy CI host):
+    # the chosen action takes at least that long, the other far less.
+    sandbox_faults.configure_faults(latency=2.0, fault_actions=("DescribeVolumes",))
+    began = time.monotonic()
+    ec2.describe_volumes()
+    assert time.monotonic() - began >= 2.0
+    began = time.monotonic()
+    ec2.describe_instances()
+    assert time.monotonic() - began < 2.0
+
+
+def test_a_lost_response_did_the_work_and_client_token_finds_it(
+    sandbox_faults: Sandbox, ec2: Any
+) -> None:
+    sandbox_faults.configure_faults(lost_response_rate=1.0, fault_actions=("RunInstances",))
+    token = f"lost-{time.monotonic_ns()}"
+    bare = client(sandbox_faults, "ec2", config=no_retries())
+    params: dict[str, Any] = {
+        "ImageId": sandbox_faults.default_ami_id,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": token,
+        "Placement": {"AvailabilityZone": AZ},
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": [{"Key": "t", "Value": token}]}],
+    }
+    with pytest.raises(ClientError) as lost:
+        bare.run_instances(**params)
+    assert error_code(lost.value) == (500, "InternalError")
+    found = ec2.describe_instances(Filters=[{"Name": "tag:t", "Values": [token]}])
+    (made,) = [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
+    try:
+        sandbox_faults.reset_faults()
+        # The retry a client makes: same token, same parameters -> the same instance.
+        assert bare.run_instances(**params)["Instances"][0]["InstanceId"] == made
+    finally:
+        ec2.terminate_instances(InstanceIds=[made])
+
+
+# --- state changes that take time -------------------------------------------------------------
+
+
+def _observe(check: Any, until: Any, timeout: float = 10.0) -> list[Any]:
+    """The distinct values ``check()`` returned, polled until ``until(value)``."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if not seen or seen[-1] != value:
+            seen.append(value)
+        if until(value):
+            return seen
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout}s; seen {seen}")
+        time.sleep(0.03)
+
+
+def _port_22_open(address: str) -> bool:
+    assert address.startswith("127.")
+    try:
+        socket.create_connection((address, 22), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_state_changes_take_time_and_show_as_on_aws(
+    sandbox_faults: Sandbox,
+    launch: Launch,
+    ec2: Any,
+    volume: str,
+    ssh_key: Path,
+    tmp_path: Path,
+) -> None:
+    sandbox_faults.configure_faults(
+        boot_delay=1.0, attach_delay=0.4, detach_delay=0.4, terminate_delay=0.4
+    )
+    instance = launch()
+    instance_id, address = instance["InstanceId"], instance["PublicIpAddress"]
+    assert instance["State"]["Name"] == "pending"
+    # While pending, nothing answers on port 22 and the console is empty.
+    assert instance_state(ec2, instance_id) == "pending"
+    closed = not _port_22_open(address)
+    no_console = "Output" not in ec2.get_console_output(InstanceId=instance_id)
+    assert instance_state(ec2, instance_id) == "pending", "too slow a machine for this test"
+    assert closed and no_console
+    with pytest.raises(ClientError) as not_running:
+        ec2.attach_volume(VolumeId=volume, InstanceId=instance_id, Device="/dev/sdf")
+    assert error_code(not_running.value)[1] == "IncorrectState"
+
+    ec2.get_waiter("instance_running").wait(
+        InstanceIds=[instance_id], WaiterConfig={"Delay": 0.2, "MaxAttempts": 50}
+    )
+    known = known_hosts(tmp_path / "kh", address, console_host_keys(ec2, instance_id))
+    assert ssh(address, ssh_key, known, "true").returncode == 0
+
+    device = f"/dev/disk/by-id/{nitro_device_name(volume)}"
+    attached = ec2.attach_volume(VolumeId=volume, InstanceId=instance_id, Device="/dev/sdf")
+    assert attached["State"] == "attaching"
+    in_between = ssh(address, ssh_key, known, f"test -e {device}")
+    seen = _observe(lambda: volume_state(ec2, volume), lambda s: s == ("in-use", ["attached"]))
+    assert seen == [("in-use", ["attaching"]), ("in-use", ["attached"])]
+    assert in_between.returncode != 0  # the device appears when attached, not before
+    assert ssh(address, ssh_key, known, f"test -b {device}").returncode == 0
+
+    assert ec2.detach_volume(VolumeId=volume)["State"] == "detaching"
+    seen = _observe(lambda: volume_state(ec2, volume), lambda s: s == ("available", []))
+    assert seen == [("in-use", ["detaching"]), ("available", [])]
+
+    ec2.attach_volume(VolumeId=volume, InstanceId=instance_id, Device="/dev/sdf")
+    _observe(lambda: volume_state(ec2, volume), lambda s: s == ("in-use", ["attached"]))
+    (terminating,) = ec2.terminate_instances(InstanceIds=[instance_id])["TerminatingInstances"]
+    assert terminating["CurrentState"]["Name"] == "shutting-down"
+    assert terminating["PreviousState"]["Name"] == "running"
+    assert not _port_22_open(address)  # the machine is gone at once
+
+    def snapshot() -> tuple[str, tuple[str, list[str]]] | None:
+        # Two calls are not one: keep only samples where the instance did not change between.
+        before, volume_now = instance_state(ec2, instance_id), volume_state(ec2, volume)
+        return (before, volume_now) if instance_state(ec2, instance_id) == before else None
+
+    samples = _observe(snapshot, lambda s: s is not None and s[0] == "terminated")
+    seen = [s for i, s in enumerate(samples) if s is not None and s not in samples[:i]]
+    assert seen == [
+        ("shutting-down", ("in-use", ["attached"])),
+        ("terminated", ("available", [])),
+    ]
+
+
+# --- dead-man's switch ------------------------------------------------------------------------
+
+
+def test_an_instance_ends_itself_when_its_shutdown_timer_fires(
+    sandbox_faults: Sandbox, launch: Launch, ec2: Any, volume: str, ssh_key: Path
+) -> None:
+    sandbox_faults.configure_faults(minute_seconds=0.3)  # 2 minutes: 0.6 s
+    public_key = ssh_key.with_suffix(".pub").read_text().strip()
+    dead_man = ec2backup_user_data(public_key, 2)  # what ec2backup launches with
+    terminating = launch(UserData=dead_man, InstanceInitiatedShutdownBehavior="terminate")
+    stopping = launch(UserData=dead_man)  # EC2's default behaviour: stop
+    lasting = launch()  # no timer
+    ec2.attach_volume(VolumeId=volume, InstanceId=terminating["InstanceId"], Device="/dev/sdf")
+    assert instance_state(ec2, terminating["InstanceId"]) == "running"
+
+    # No API call but Describe from here on.
+    with_deadline(lambda: instance_state(ec2, terminating["InstanceId"]) == "terminated")
+    with_deadline(lambda: instance_state(ec2, stopping["InstanceId"]) == "stopped")
+    for instance in (terminating, stopping):
+        (reservation,) = ec2.describe_instances(InstanceIds=[instance["InstanceId"]])[
+            "Reservations"
+        ]
+        assert reservation["Instances"][0]["StateReason"]["Code"] == (
+            "Client.InstanceInitiatedShutdown"
+        )
+        assert not _port_22_open(instance["PublicIpAddress"])
+    assert volume_state(ec2, volume) == ("available", [])
+    assert instance_state(ec2, lasting["InstanceId"]) == "running"
+    assert _port_22_open(lasting["PublicIpAddress"])
+
+
+# --- SSH faults -------------------------------------------------------------------------------
+
+
+def test_cut_ssh_drops_connections_and_the_instance_stays_up(
+    sandbox: Sandbox, launch: Launch, ec2: Any, ssh_key: Path, tmp_path: Path
+) -> None:
+    instance = launch()
+    instance_id, address = instance["InstanceId"], instance["PublicIpAddress"]
+    known = known_hosts(tmp_path / "kh", address, console_host_keys(ec2, instance_id))
+    assert ssh(address, ssh_key, known, "true").returncode == 0
+    session = subprocess.Popen(
+        [*ssh_args(address, ssh_key, known), f"ubuntu@{address}", "sleep 60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with_deadline(lambda: sandbox.ssh_connections(instance_id) == 1)
+        assert sandbox.cut_ssh(instance_id) == 1
+        _, stderr = session.communicate(timeout=10)
+        assert session.returncode == 255, stderr
+    finally:
+        session.kill()
+        session.wait()
+    with_deadline(lambda: sandbox.ssh_connections(instance_id) == 0)
+    assert ssh(address, ssh_key, known, "echo again").stdout == "again\n"
+    with_deadline(lambda: sandbox.ssh_connections(instance_id) == 0)  # sshd ends after ssh
+    assert sandbox.cut_ssh(instance_id) == 0
+    assert sandbox.cut_ssh("i-00000000000000000") == 0
+
+
+def _rsync(source: Path, address: str, key: Path, known: Path, *extra: str) -> int:
+    remote_shell = " ".join(ssh_args(address, key, known))
+    return subprocess.run(
+        ["rsync", "-a", *extra, "-e", remote_shell, str(source), f"ubuntu@{address}:/home/ubuntu/"],
+        capture_output=True,
+        timeout=60,
+    ).returncode
+
+
+def test_cut_ssh_after_drops_a_running_rsync_once(
+    sandbox_faults: Sandbox, launch: Launch, ec2: Any, ssh_key: Path, tmp_path: Path
+) -> None:
+    sandbox_faults.configure_faults(cut_ssh_after=0.3, cut_ssh_on="rsync")
+    instance = launch()
+    instance_id, address = instance["InstanceId"], instance["PublicIpAddress"]
+    known = known_hosts(tmp_path / "kh", address, console_host_keys(ec2, instance_id))
+    assert ssh(address, ssh_key, known, "true").returncode == 0  # no rsync: not cut
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(3 * 1024 * 1024))
+    # 3 MB at 1 MB/s: still running when the cut comes.
+    assert _rsync(data, address, ssh_key, known, "--bwlimit=1000") in (12, 255)
+    assert _rsync(data, address, ssh_key, known) == 0  # once per instance
+    remote = ssh(address, ssh_key, known, "sha256sum /home/ubuntu/data.bin").stdout.split()[0]
+    assert remote == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+# --- capacity and quotas ----------------------------------------------------------------------
+
+
+def test_no_capacity_for_an_instance_type_in_a_zone(
+    sandbox_faults: Sandbox, launch: Launch
+) -> None:
+    sandbox_faults.configure_faults(no_capacity=("t3.micro@us-east-1a", "t3.nano"))
+    with pytest.raises(ClientError) as no_capacity:
+        client(sandbox_faults, "ec2", config=no_retries()).run_instances(
+            ImageId=sandbox_faults.default_ami_id,
+            InstanceType="t3.micro",
+            MinCount=1,
+            MaxCount=1,
+            Placement={"AvailabilityZone": "us-east-1a"},
+        )
+    # As on AWS, a server error (500): botocore retries it unless told otherwise.
+    assert error_code(no_capacity.value) == (500, "InsufficientInstanceCapacity")
+    message = no_capacity.value.response["Error"]["Message"]
+    assert "t3.micro capacity in the Availability Zone you requested (us-east-1a)" in message
+    assert "us-east-1b" in message
+    assert launch(InstanceType="t3.micro", Placement={"AvailabilityZone": "us-east-1b"})
+    assert launch(InstanceType="t3.small")  # another type, same zone
+    with pytest.raises(ClientError) as nowhere:
+        client(sandbox_faults, "ec2", config=no_retries()).run_instances(
+            ImageId=sandbox_faults.default_ami_id, InstanceType="t3.nano", MinCount=1, MaxCount=1
+        )
+    assert error_code(nowhere.value) == (500, "InsufficientInstanceCapacity")
+
+
+def test_instance_limit_counts_live_instances(
+    sandbox_faults: Sandbox, launch: Launch, ec2: Any
+) -> None:
+    live = [
+        i
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running", "stopping", "shutting-down")
+    ]
+    sandbox_faults.configure_faults(instance_limit=len(live) + 1)
+    token = f"limit-{time.monotonic_ns()}"
+    first = launch(ClientToken=token)
+    with pytest.raises(ClientError) as limit:
+        launch()
+    assert error_code(limit.value) == (400, "InstanceLimitExceeded")
+    assert "current instance limit of" in limit.value.response["Error"]["Message"]
+    assert launch(ClientToken=token)["InstanceId"] == first["InstanceId"]  # a replay is no launch
+    ec2.terminate_instances(InstanceIds=[first["InstanceId"]])
+    assert launch()  # a terminated instance no longer counts
+
+
+# --- IAM --------------------------------------------------------------------------------------
+
+
+def _policy(*actions: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": "*"}],
+    }
+
+
+def test_iam_mode_checks_each_call_against_the_users_policy(iam_sandbox: Sandbox) -> None:
+    # The sandbox's own seeding went around the checks: the administrator sees it.
+    admin_ec2 = client(iam_sandbox, "ec2")
+    assert admin_ec2.describe_images(ImageIds=[iam_sandbox.default_ami_id])["Images"]
+    parameter = client(iam_sandbox, "ssm").get_parameter(Name=UBUNTU_PARAMETER)["Parameter"]
+    assert parameter["Value"] == iam_sandbox.default_ami_id
+
+    suffix = time.monotonic_ns()
+    launch_only = iam_sandbox.create_iam_user(
+        f"launch-only-{suffix}", _policy("ec2:RunInstances", "ec2:Describe*")
+    )
+    full = iam_sandbox.create_iam_user(
+        f"full-{suffix}", _policy("ec2:RunInstances", "ec2:Describe*", "ec2:TerminateInstances")
+    )
+    weak = client(iam_sandbox, "ec2", launch_only, no_retries())
+    strong = client(iam_sandbox, "ec2", full, no_retries())
+    instance_id = weak.run_instances(
+        ImageId=iam_sandbox.default_ami_id, MinCount=1, MaxCount=1, InstanceType="t3.micro"
+    )["Instances"][0]["InstanceId"]
+    try:
+        with pytest.raises(ClientError) as denied:
+            weak.terminate_instances(InstanceIds=[instance_id])
+        assert error_code(denied.value) == (403, "UnauthorizedOperation")
+        assert "ec2:TerminateInstances" in denied.value.response["Error"]["Message"]
+        with pytest.raises(ClientError) as no_snapshot:
+            strong.create_snapshot(VolumeId="vol-00000000000000000")
+        assert error_code(no_snapshot.value)[1] == "UnauthorizedOperation"
+        strong.terminate_instances(InstanceIds=[instance_id])
+        assert instance_state(strong, instance_id) == "terminated"
+    finally:
+        admin_ec2.terminate_instances(InstanceIds=[instance_id])
+
+    stranger = client(
+        iam_sandbox,
+        "ec2",
+        {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+        no_retries(),
+    )
+    with pytest.raises(ClientError) as unknown:
+        stranger.describe_instances()
+    assert error_code(unknown.value) == (401, "AuthFailure")
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
+    reason = sandbox_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    directory = tmp_path / "cloud"
+    cli = [sys.executable, "-m", "ec2backup.sandbox"]
+    flags = "--throttle-rate 0.1 --error-rate 0.05 --latency 0.05 --boot-delay 3"
+    flags += " --attach-delay 1 --detach-delay 1 --terminate-delay 2 --fault-seed 9"
+    flags += " --minute-seconds 1 --cut-ssh-after 4 --cut-ssh-on rsync"
+    flags += " --no-capacity t3.micro --no-capacity t3.nano@us-east-1b --instance-limit 2 --iam"
+    started = subprocess.run(
+        [*cli, "start", "--dir", str(directory), *flags.split()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        sandbox = Sandbox.open(directory)
+        assert sandbox.iam
+        assert f"export AWS_ACCESS_KEY_ID={sandbox.access_key_id}" in started.stdout
+        assert sandbox.settings == CloudSettings(
+            throttle_rate=0.1,
+            error_rate=0.05,
+            latency=0.05,
+            boot_delay=3,
+            attach_delay=1,
+            detach_delay=1,
+            terminate_delay=2,
+            fault_seed=9,
+            minute_seconds=1,
+            cut_ssh_after=4,
+            cut_ssh_on="rsync",
+            no_capacity=("t3.micro", "t3.nano@us-east-1b"),
+            instance_limit=2,
+        )
+        changed = subprocess.run(
+            [*cli, "configure", "--dir", str(directory), "throttle_rate=0", "instance_limit=none"],
+            capture_output=True,
+            text=True,
+        )
+        assert changed.returncode == 0, changed.stderr
+        assert "instance_limit=none" in changed.stdout.splitlines()
+        assert sandbox.settings.throttle_rate == 0
+        assert sandbox.settings.boot_delay == 3
+        status = subprocess.run(
+            [*cli, "status", "--dir", str(directory)], capture_output=True, text=True
+        )
+        assert "IAM: enforced" in status.stdout
+        assert "boot_delay=3.0" in status.stdout
+    finally:
+        stop_sandbox(directory)
