@@ -99,6 +99,11 @@ class SshServer:
                     "PermitRootLogin prohibit-password",
                     "UseDNS no",
                     "LogLevel VERBOSE",
+                    # Sessions log in as this host's root: keep its dotfiles out. bash sources
+                    # ~/.bashrc for a command sent over SSH only as a top-level shell, and a
+                    # developer's .bashrc can cost far more than the command (pyenv init: 0.1 s
+                    # per command on the benchmark VM), skewing timings against raw rsync.
+                    "SetEnv SHLVL=1",
                     # Tests open many connections at once; do not throttle them.
                     "MaxStartups 100",
                     "",
