@@ -18,7 +18,15 @@ import time
 import traceback
 from pathlib import Path
 
-from .common import ROOT, Figure, Section, machine_line, machine_markdown, settle
+from .common import (
+    ROOT,
+    Figure,
+    Section,
+    byte_compile_package,
+    machine_line,
+    machine_markdown,
+    settle,
+)
 
 # In the numbering order; also the order of the blocks in the document.
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -90,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
 
+    byte_compile_package()
     sections: dict[str, str] = {"machine": "## Machine\n\n" + machine_markdown()}
     status = 0
     line = machine_line()

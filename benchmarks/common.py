@@ -8,6 +8,7 @@ are not tests.
 
 from __future__ import annotations
 
+import compileall
 import os
 import platform
 import re
@@ -263,3 +264,11 @@ def settle(limit_bytes: int = 16 << 20, timeout: float = 60.0) -> float:
     while pending_writeback_bytes() > limit_bytes and time.monotonic() - start < timeout:
         time.sleep(0.1)
     return time.monotonic() - start
+
+
+def byte_compile_package() -> None:
+    """Write ec2backup's bytecode, as pip does when it installs the wheel. A development
+    checkout run with PYTHONDONTWRITEBYTECODE=1 (as this VM's shell sets it) otherwise
+    compiles ec2backup's modules from source in every process: ~50 ms of each ``run`` that an
+    installed ec2backup never pays."""
+    compileall.compile_dir(ROOT / "ec2backup", quiet=1)
