@@ -14,6 +14,7 @@
     │   ├── CapacityError                       no capacity for (or no offer of) an instance type
     │   ├── ResourceNotFoundError               a volume / instance / AMI does not exist
     │   ├── InvalidResourceStateError           a resource is not in a valid origin state
+    │   │   └── UnformattedVolumeError          the volume has no filesystem (not from init)
     │   └── WaitTimeoutError                    a resource did not reach a state in time
     ├── RemoteError                     exit 6  SSH to the instance failed
     │   ├── SshConnectError                     could not connect before the deadline
@@ -134,6 +135,11 @@ class ResourceNotFoundError(CloudError):
 
 class InvalidResourceStateError(CloudError):
     pass
+
+
+class UnformattedVolumeError(InvalidResourceStateError):
+    # A backup never formats a volume: no resume can mount it, so the run is cleaned up at once.
+    resumable = False
 
 
 class WaitTimeoutError(CloudError):

@@ -4,6 +4,7 @@ Whole runs are tested against the local cloud (tests/e2e)."""
 from __future__ import annotations
 
 import itertools
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -229,28 +230,47 @@ class FakeShell:
 
     def run(self, command: str, *, sudo: bool = False, check: bool = True) -> CommandResult:
         self.host.commands.append(("sudo " if sudo else "") + command)
-        result = self._run(command, sudo)
+        result = self._script(command, sudo) if "\n" in command else self._run(command, sudo)
         if check and result.exit_status != 0:
             raise RemoteCommandError(f"{command} failed", exit_status=result.exit_status)
         return result
 
+    def _script(self, script: str, sudo: bool) -> CommandResult:
+        """A script of one statement per line, each optionally ending in `|| exit N` or
+        `&& exit N` (N may be `$?`), as the steps write them."""
+        stdout, last = "", CommandResult(0, "", "")
+        for line in script.splitlines():
+            match = re.fullmatch(r"(.*?) (\|\||&&) exit (\S+)", line)
+            body = match.group(1) if match else line
+            last = self._run(body, sudo)
+            if not re.search(r"(^|\s)>/dev/null", body):
+                stdout += last.stdout
+            if match and (match.group(2) == "||") == (last.exit_status != 0):
+                code = match.group(3)
+                status = last.exit_status if code == "$?" else int(code)
+                return CommandResult(status, stdout, last.stderr)
+        return CommandResult(last.exit_status, stdout, last.stderr)
+
     def _run(self, command: str, sudo: bool) -> CommandResult:
         ok = CommandResult(0, "", "")
+        if command == "exit 0":
+            return ok
         words = shlex.split(command.replace("||", " || ").replace("&&", " && "))
+        words[0] = words[0].lstrip("(")  # a subshell
         if words[0] == "readlink":
             for i, word in enumerate(words):
                 if word == "-e" and words[i + 1] in self.host.devices:
                     return CommandResult(0, words[i + 1] + "\n", "")
             return CommandResult(0, "", "")
-        if words[0] == "du":  # with df after it: both numbers in one call
-            free = self.host.free if self.host.df_output is None else self.host.df_output
-            return CommandResult(0, f"{self.host.used}\n{free}\n", "")
+        if words[0] == "du":
+            return CommandResult(0, f"{self.host.used}\n", "")
         if words[0] == "df":
-            return CommandResult(0, f"{self.host.free}\n", "")
+            free = self.host.free if self.host.df_output is None else self.host.df_output
+            return CommandResult(0, f"{free}\n", "")
         if words[0] == "pgrep":
             return CommandResult(1, "", "")
         if words[0] == "findmnt":
-            device = self.host.mounts.get(words[-1])
+            device = self.host.mounts.get(words[words.index("--mountpoint") + 1])
             return CommandResult(0, device + "\n", "") if device else CommandResult(1, "", "")
         if words[0] == "blkid":  # blkid -p -o export DEVICE
             fs = self.host.filesystems.get(words[-1])
@@ -267,6 +287,9 @@ class FakeShell:
         if words[0] == "mkfs.ext4":
             self.host.filesystems[words[-1]] = "ext4"
         elif words[0] == "mkdir" and "mount" in words:
+            fs = self.host.filesystems.get(words[-2], "!")
+            if fs.startswith("!") or fs in ("gpt", "dos"):  # as mount's own probe decides
+                return CommandResult(32, "", f"mount: {words[-1]}: wrong fs type")
             self.host.mounts[words[-1]] = words[-2]
         elif words[0] == "sync" and "umount" in words:
             self.host.mounts.pop(words[-1], None)

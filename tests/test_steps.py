@@ -15,6 +15,7 @@ from ec2backup.errors import (
     InvalidResourceStateError,
     RemoteCommandError,
     ResourceNotFoundError,
+    UnformattedVolumeError,
 )
 from ec2backup.models import Run
 from ec2backup.ports import TAG_MANAGED, TAG_RUN_ID, Attachment
@@ -181,9 +182,24 @@ def test_mount_refuses_a_volume_without_filesystem(ctx: StepContext) -> None:
     connector = ctx.connector
     assert isinstance(connector, FakeConnector)
     _attached_and_visible(ctx, connector)
-    with pytest.raises(InvalidResourceStateError, match="no filesystem"):
+    with pytest.raises(UnformattedVolumeError, match="no filesystem"):
         steps.ensure_mounted(ctx)
     assert not any("mkfs" in c for c in connector.host.commands)
+    assert connector.host.mounts == {}
+
+
+def test_mount_probes_the_filesystem_only_when_mount_fails(ctx: StepContext) -> None:
+    connector = ctx.connector
+    assert isinstance(connector, FakeConnector)
+    device = _attached_and_visible(ctx, connector)
+    connector.host.filesystems[device] = "gpt"
+    with pytest.raises(RemoteCommandError, match="could not mount"):
+        steps.ensure_mounted(ctx)
+    connector.host.filesystems[device] = "ext4"
+    before = len(connector.host.commands)
+    steps.ensure_mounted(ctx)
+    sudo = [c for c in connector.host.commands[before:] if c.startswith("sudo")]
+    assert len(sudo) == 1 and " mount " in sudo[0]
 
 
 def test_format_never_formats_over_an_existing_filesystem(ctx: StepContext) -> None:
@@ -248,12 +264,27 @@ def test_sync_refuses_to_copy_onto_the_root_disk(ctx: StepContext) -> None:
     assert isinstance(ctx.syncer, FakeSyncer) and ctx.syncer.calls == []
 
 
-def test_sync_ends_a_leftover_rsync_and_checks_space_in_one_call_each(ctx: StepContext) -> None:
+def test_sync_prepares_the_instance_in_one_call(ctx: StepContext) -> None:
     connector, _ = _mounted(ctx)
     before = len(connector.host.commands)
     steps.ensure_synced(ctx)
-    sent = [c.split()[:2] for c in connector.host.commands[before:]]
-    assert sent == [["findmnt", "-n"], ["sudo", "pkill"], ["sudo", "du"], ["sudo", "mkdir"]]
+    sent = connector.host.commands[before:]
+    assert len(sent) == 1 and sent[0].startswith("sudo findmnt")
+    assert [line.split()[0] for line in sent[0].splitlines()] == [
+        "sudo",  # findmnt: the mount point must be a mount
+        "(pkill",
+        "du",
+        "df",
+        "mkdir",
+    ]
+
+
+def test_unmount_is_one_call(ctx: StepContext) -> None:
+    connector, _ = _mounted(ctx)
+    before = len(connector.host.commands)
+    assert steps.ensure_unmounted(ctx) == "/mnt/ec2backup unmounted"
+    assert connector.host.mounts == {}
+    assert len(connector.host.commands[before:]) == 1
 
 
 def test_sync_stops_when_a_leftover_rsync_does_not_end(ctx: StepContext) -> None:

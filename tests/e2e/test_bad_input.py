@@ -117,6 +117,12 @@ def _volume_elsewhere(w: World, d: Path, env: dict[str, str]) -> None:
     (d / "config.toml").write_text(w.profile(volume_id=volume))
 
 
+def _unformatted_volume(w: World, d: Path, env: dict[str, str]) -> None:
+    """A volume made outside ec2backup (no `init`): blank, no filesystem on it."""
+    volume = w.ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    (d / "config.toml").write_text(w.profile(volume_id=volume))
+
+
 def _big_source(size: int) -> Callable[[World, Path, dict[str, str]], None]:
     def setup(w: World, d: Path, env: dict[str, str]) -> None:
         big = d / "big"
@@ -264,6 +270,15 @@ CASES = [
         "is in us-east-1b",
         'set availability_zone = "us-east-1b"',
         setup=_volume_elsewhere,
+    ),
+    Case(
+        "volume-unformatted",
+        ["run", "--profile", "p"],
+        5,
+        "has no filesystem",
+        "ec2backup init",
+        setup=_unformatted_volume,
+        creates_run=True,
     ),
     Case(
         "volume-attached-elsewhere",
