@@ -836,11 +836,13 @@ def ensure_unmounted(ctx: StepContext) -> str:
     mount_point = ctx.profile.mount_point
     q = shlex.quote(mount_point)
     mounted = f"findmnt -n -o SOURCE --mountpoint {q} >/dev/null"
-    # One round trip: not mounted is done already; else flush, unmount and confirm.
+    # One round trip: not mounted is done already; else unmount and confirm. No `sync`
+    # first: umount writes back everything of that filesystem before it returns, and a
+    # global sync would only flush the instance's root disk too.
     script = "\n".join(
         [
             f"{mounted} || exit 0",
-            f"sync && umount {q} || exit $?",
+            f"umount {q} || exit $?",
             f"{mounted} && exit {_STILL_MOUNTED}",
             "exit 0",
         ]

@@ -221,6 +221,7 @@ class FakeHost:
     used: int = 0  # bytes already in the backup's destinations
     free: int = 10 * 2**30  # bytes free on the mounted volume
     rsync_stuck: bool = False  # an rsync that outlives pkill
+    rsync_running: bool = False  # a leftover rsync holding the mount until pkill ends it
     df_output: str | None = None  # what df prints instead of the free bytes
 
 
@@ -283,7 +284,10 @@ class FakeShell:
         if not sudo:
             return CommandResult(1, "", "permission denied")
         if words[0] == "pkill":  # then waits on the instance until no rsync is left
-            return CommandResult(1, "", "") if self.host.rsync_stuck else ok
+            if self.host.rsync_stuck:
+                return CommandResult(1, "", "")
+            self.host.rsync_running = False
+            return ok
         if words[0] == "mkfs.ext4":
             self.host.filesystems[words[-1]] = "ext4"
         elif words[0] == "mkdir" and "mount" in words:
@@ -291,7 +295,9 @@ class FakeShell:
             if fs.startswith("!") or fs in ("gpt", "dos"):  # as mount's own probe decides
                 return CommandResult(32, "", f"mount: {words[-1]}: wrong fs type")
             self.host.mounts[words[-1]] = words[-2]
-        elif words[0] == "sync" and "umount" in words:
+        elif words[0] == "umount":
+            if self.host.rsync_running:
+                return CommandResult(32, "", f"umount: {words[-1]}: target is busy.")
             self.host.mounts.pop(words[-1], None)
         return ok
 

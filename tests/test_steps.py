@@ -279,6 +279,13 @@ def test_sync_prepares_the_instance_in_one_call(ctx: StepContext) -> None:
     ]
 
 
+def test_unmount_ends_a_leftover_rsync_holding_the_mount(ctx: StepContext) -> None:
+    connector, _ = _mounted(ctx)
+    connector.host.rsync_running = True
+    assert steps.ensure_unmounted(ctx) == "/mnt/ec2backup unmounted"
+    assert connector.host.mounts == {} and not connector.host.rsync_running
+
+
 def test_unmount_is_one_call(ctx: StepContext) -> None:
     connector, _ = _mounted(ctx)
     before = len(connector.host.commands)
