@@ -18,7 +18,7 @@ LATENCY = {
     "attach": (5.0, "2-10", "AttachVolume -> attachment `attached`"),
     "mount": (2.0, "1-3", "SSH session, resolve the NVMe device, mount"),
     "sync": (60.0, "-", "rsync of an incremental backup (depends on the data; example value)"),
-    "umount": (1.0, "0.5-2", "sync + umount over SSH"),
+    "umount": (1.0, "0.5-2", "umount over SSH (it writes the filesystem back)"),
     "detach": (8.0, "3-15", "DetachVolume -> volume `available`"),
     "terminate": (45.0, "30-90", "TerminateInstances -> `terminated` (OS shutdown)"),
     "snapshot_call": (0.5, "0.2-1", "CreateSnapshot returns (snapshot `pending`)"),
