@@ -14,8 +14,10 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
+if TYPE_CHECKING:
+    import asyncssh
 
 BEGIN_MARKER = "-----BEGIN SSH HOST KEY KEYS-----"
 END_MARKER = "-----END SSH HOST KEY KEYS-----"
@@ -39,6 +41,8 @@ HostKey = tuple[str, str]  # (key type, base64 of the public key blob)
 
 
 def _validate(keytype: str, blob: str) -> bool:
+    import asyncssh  # not at module level: see app.BackgroundLoadedConnector
+
     try:
         key = asyncssh.import_public_key(f"{keytype} {blob}")
     except (asyncssh.KeyImportError, ValueError):

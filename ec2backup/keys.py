@@ -12,7 +12,10 @@ import os
 import shutil
 from pathlib import Path
 
-import asyncssh
+# cryptography, not asyncssh: the key is made before the launch, and asyncssh is imported on a
+# thread meanwhile (app.BackgroundLoadedConnector).
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 PRIVATE_KEY_NAME = "id_ed25519"
 PUBLIC_KEY_NAME = "id_ed25519.pub"
@@ -35,8 +38,11 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def _public_line(key: asyncssh.SSHKey) -> str:
-    return key.export_public_key("openssh").decode("ascii").strip()
+def _public_line(key: Ed25519PrivateKey, comment: str) -> str:
+    blob = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return f"{blob.decode('ascii')} {comment}"
 
 
 def generate_run_key(directory: Path) -> tuple[Path, str]:
@@ -53,14 +59,21 @@ def generate_run_key(directory: Path) -> tuple[Path, str]:
     public = directory / PUBLIC_KEY_NAME
 
     if private.exists():
-        key = asyncssh.read_private_key(private)
+        key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{private} is not an ed25519 key")
         # A key copied around may have picked up looser permissions; ssh refuses those.
         os.chmod(private, 0o600)
     else:
-        key = asyncssh.generate_private_key("ssh-ed25519", comment=f"ec2backup-{directory.name}")
-        _write_private(private, key.export_private_key("openssh"), 0o600)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        _write_private(private, pem, 0o600)
 
-    line = _public_line(key)
+    line = _public_line(key, f"ec2backup-{directory.name}")
     # The .pub file is a convenience for humans; the line returned is derived from the
     # private key itself, so a stale or missing .pub file cannot mislead.
     if not public.exists() or public.read_text(encoding="ascii").strip() != line:

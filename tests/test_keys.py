@@ -84,3 +84,13 @@ def test_remove_run_dir(tmp_path: Path) -> None:
     remove_run_dir(tmp_path / "run")
     assert not (tmp_path / "run").exists()
     remove_run_dir(tmp_path / "run")  # already gone: no error
+
+
+def test_reuses_a_key_written_by_asyncssh(tmp_path: Path) -> None:
+    """Runs started before the key was made with cryptography resume with their own key."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="ec2backup-run")
+    (run_dir / "id_ed25519").write_bytes(key.export_private_key("openssh"))
+    _, line = generate_run_key(run_dir)
+    assert line.split()[:2] == key.export_public_key().decode().split()[:2]
