@@ -58,7 +58,7 @@ def _imports(env: dict[str, str], n: int = 10) -> tuple[int, list[tuple[str, int
 
 
 def run(quick: bool = False) -> Section:
-    pairs = 5 if quick else 7
+    pairs = 5 if quick else 11
     section = Section(
         key="overhead", title="1. Orchestration overhead", command="python -m benchmarks overhead"
     )
