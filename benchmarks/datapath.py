@@ -154,7 +154,7 @@ def run(quick: bool = False) -> Section:
             f"({written / t_raw.median / 2**20:.0f} MiB/s). The sync phase adds `--delete "
             "--stats --info=progress2 --no-inc-recursive` (the whole file list is built before "
             "the transfer starts) and its ssh options; "
-            f"it saw {progress_lines[0]:,} progress lines."
+            f"it saw {progress_lines[0]:,} progress lines in its {pairs} runs."
         )
 
         # -- option matrix: raw rsync, first full copy, round robin -------------------------

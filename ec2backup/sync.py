@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -179,12 +180,24 @@ def split_stream(chunks: Iterator[bytes]) -> Iterator[str]:
         yield pending.decode("utf-8", errors="replace")
 
 
-def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+# rsync's --info=progress2 writes an update per file ("\r" and the figures, no line end):
+# thousands a second on a fast link. Waking up for every one took this process ~0.2 s of CPU
+# per GiB of small files, which on a 2-core machine the transfer itself (rsync, ssh, sshd) was
+# short of: the sync ran 9% slower than rsync writing to /dev/null. After a chunk that ends
+# mid-line (in an update), the reader waits this long so the next ones are read together (the
+# pipe holds 64 KiB, ~800 updates). Lines that end, as the statistics at the end do, are read
+# at once.
+PROGRESS_READ_PAUSE = 0.01
+
+
+def _chunks(stream: IO[bytes], *, pause_after_progress: float = 0.0) -> Iterator[bytes]:
     while True:
         chunk = os.read(stream.fileno(), 65536)
         if not chunk:
             return
         yield chunk
+        if pause_after_progress and not chunk.endswith(b"\n"):
+            time.sleep(pause_after_progress)
 
 
 def exit_to_result(
@@ -366,7 +379,8 @@ class RsyncSyncer:
         reader.start()
         stats: dict[str, int] = {}
         try:
-            for line in split_stream(_chunks(proc.stdout)):
+            chunks = _chunks(proc.stdout, pause_after_progress=PROGRESS_READ_PAUSE)
+            for line in split_stream(chunks):
                 # Progress first: it is most of the output (several lines per file).
                 if is_progress_line(line):
                     if on_progress is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from ec2backup import sync
 from ec2backup.errors import SyncError, ToolMissingError
 from ec2backup.hostkeys import known_hosts_lines
 from ec2backup.keys import generate_run_key
@@ -445,3 +446,21 @@ def test_compare_reports_each_difference_by_checksum_and_changes_nothing(
     ]
     assert any(d.startswith("*deleting") and d.endswith("scratch.tmp") for d in differences)
     assert snapshot(remote) == before  # a dry run
+
+
+def test_the_reader_pauses_after_progress_updates_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # a read that would wait fails the test at once
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the writer goes on while the reader pauses
+        pauses.append(seconds)
+        os.write(write_end, b"Number of files: 3\n")
+        os.close(write_end)
+
+    monkeypatch.setattr(sync.time, "sleep", sleep)
+    os.write(write_end, b"\r          1,024  50%    1.00MB/s    0:00:01 (xfr#1, to-chk=1/3)")
+    with os.fdopen(read_end, "rb") as stream:
+        data = b"".join(sync._chunks(stream, pause_after_progress=0.01))
+    assert data.endswith(b"to-chk=1/3)Number of files: 3\n")
+    assert pauses == [0.01]  # after the update; not after the statistics, not at the end
