@@ -44,6 +44,7 @@ from .ports import (
     TAG_PROFILE,
     TAG_ROLE,
     TAG_RUN_ID,
+    CommandResult,
     Ec2,
     Instance,
     LaunchSpec,
@@ -466,6 +467,16 @@ def try_unmount(ctx: StepContext, deadline_seconds: float) -> str:
         return message
 
 
+def _command_error(ctx: StepContext, what: str, result: CommandResult) -> RemoteCommandError:
+    detail = result.stderr.strip() or f"exit status {result.exit_status}"
+    return RemoteCommandError(
+        f"{what}: {detail}",
+        exit_status=result.exit_status,
+        run_id=ctx.run.id,
+        resources=ctx.resources(),
+    )
+
+
 def _sudo(ctx: StepContext) -> bool:
     return ctx.profile.ssh_user != "root"
 
@@ -573,13 +584,7 @@ def ensure_mounted(ctx: StepContext, *, read_only: bool = False) -> str:
                 hint="create the volume with `ec2backup init`; a backup never formats a volume",
                 resources=ctx.resources(),
             )
-        raise RemoteCommandError(
-            f"could not mount {device} on {mount_point}: "
-            f"{result.stderr.strip() or f'exit status {result.exit_status}'}",
-            exit_status=result.exit_status,
-            run_id=ctx.run.id,
-            resources=ctx.resources(),
-        )
+        raise _command_error(ctx, f"could not mount {device} on {mount_point}", result)
     return f"{device} mounted on {mount_point}" + (" read-only" if read_only else "")
 
 
@@ -760,13 +765,7 @@ def prepare_sync(ctx: StepContext, shell: RemoteShell) -> tuple[int, int]:
     if result.exit_status == _RSYNC_LEFT:
         raise _leftover_rsync_error(ctx)
     if result.exit_status != 0:
-        raise RemoteCommandError(
-            f"could not create the destinations {dests} on the instance: "
-            f"{result.stderr.strip() or f'exit status {result.exit_status}'}",
-            exit_status=result.exit_status,
-            run_id=ctx.run.id,
-            resources=ctx.resources(),
-        )
+        raise _command_error(ctx, f"could not create the destinations {dests}", result)
     numbers = result.stdout.split()
     if len(numbers) != 2 or not all(n.isdigit() for n in numbers):
         raise RemoteCommandError(
