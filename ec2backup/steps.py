@@ -506,8 +506,13 @@ def find_device(ctx: StepContext, shell: RemoteShell) -> str:
         time.sleep(POLL)
 
 
+def _findmnt(mount_point: str) -> str:
+    """Prints what is mounted on ``mount_point``; exits non-zero if nothing is."""
+    return f"findmnt -n -o SOURCE --mountpoint {shlex.quote(mount_point)}"
+
+
 def _mounted_source(shell: RemoteShell, mount_point: str) -> str | None:
-    result = shell.run(f"findmnt -n -o SOURCE --mountpoint {shlex.quote(mount_point)}", check=False)
+    result = shell.run(_findmnt(mount_point), check=False)
     if result.exit_status != 0:
         return None
     return result.stdout.strip() or None
@@ -745,8 +750,7 @@ def prepare_sync(ctx: StepContext, shell: RemoteShell) -> tuple[int, int]:
     dests = " ".join(q(f"{profile.mount_point}/{s.dest}") for s in profile.sources)
     script = "\n".join(
         [
-            f"findmnt -n -o SOURCE --mountpoint {q(profile.mount_point)} >/dev/null "
-            f"|| exit {_NOT_MOUNTED}",
+            f"{_findmnt(profile.mount_point)} >/dev/null || exit {_NOT_MOUNTED}",
             f"{_end_rsync_script()} || exit {_RSYNC_LEFT}",
             f"du -s -B1 --apparent-size {dests} 2>/dev/null "
             "| awk '{t += $1} END {print t + 0}'",
@@ -834,7 +838,7 @@ def ensure_unmounted(ctx: StepContext) -> str:
     shell = remote(ctx)
     mount_point = ctx.profile.mount_point
     q = shlex.quote(mount_point)
-    mounted = f"findmnt -n -o SOURCE --mountpoint {q} >/dev/null"
+    mounted = f"{_findmnt(mount_point)} >/dev/null"
     # One round trip: not mounted is done already; else unmount and confirm. No `sync`
     # first: umount writes back everything of that filesystem before it returns, and a
     # global sync would only flush the instance's root disk too.

@@ -381,7 +381,7 @@ class RsyncSyncer:
         try:
             chunks = _chunks(proc.stdout, pause_after_progress=PROGRESS_READ_PAUSE)
             for line in split_stream(chunks):
-                # Progress first: it is most of the output (several lines per file).
+                # Progress first: it is most of the output (about a line per file).
                 if is_progress_line(line):
                     if on_progress is not None:
                         on_progress(line.strip())
