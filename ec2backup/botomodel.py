@@ -9,6 +9,13 @@ written once per botocore version (and list of operations) under the cache direc
 first on the session's model search path (botocore's ``data_path``); everything else
 (endpoints, paginators, waiters, retries) still comes from botocore's own files.
 
+The same directory holds a copy of botocore's ``endpoints.json`` (1.2 MB, ~17 ms to parse in
+every process that makes a client) with only the services in ``SERVICES``; every partition's
+regions and defaults stay, so those services resolve exactly as with the full file. And the
+session's loader is told which services exist: botocore otherwise lists every one of its
+~400 service directories (~1,800 directory listings) the first time each kind of file (model,
+endpoint rules, paginators, waiters) is loaded, only to check the name it was asked for.
+
 If the cache cannot be written, the session keeps botocore's full models: slower, same result.
 A call to an operation missing from ``OPERATIONS`` fails with AttributeError at once;
 ``tests/test_botomodel.py`` checks the lists against every call in ``aws.py``.
@@ -58,6 +65,11 @@ EC2_OPERATIONS = frozenset(
 SSM_OPERATIONS = frozenset({"GetParameter"})
 
 OPERATIONS: dict[str, frozenset[str]] = {"ec2": EC2_OPERATIONS, "ssm": SSM_OPERATIONS}
+
+# Every service the session makes clients for: the trimmed ones and STS (the credentials
+# probe), whose small model loads whole. A client of any other service raises
+# UnknownServiceError; tests/test_botomodel.py checks the list against aws.py.
+SERVICES = frozenset({*OPERATIONS, "sts"})
 
 CACHE_ENV = "EC2BACKUP_CACHE_DIR"
 
@@ -117,13 +129,29 @@ def _write_whole(target: Path, model: Mapping[str, Any]) -> None:
     os.replace(out.name, target)
 
 
+def trim_endpoints(full: Mapping[str, Any], services: Iterable[str]) -> dict[str, Any]:
+    """``full`` (botocore's ``endpoints``) with only ``services`` in each partition."""
+    keep = set(services)
+    return {
+        **full,
+        "partitions": [
+            {**p, "services": {k: v for k, v in p["services"].items() if k in keep}}
+            for p in full["partitions"]
+        ],
+    }
+
+
 def trimmed_models_dir(
-    cache_dir: Path, operations: Mapping[str, Iterable[str]] = OPERATIONS
+    cache_dir: Path,
+    operations: Mapping[str, Iterable[str]] = OPERATIONS,
+    services: Iterable[str] = SERVICES,
 ) -> Path | None:
     """The directory to put first on botocore's search path, written if missing; None if it
     cannot be written."""
     wanted = {service: sorted(ops) for service, ops in sorted(operations.items())}
-    digest = hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:12]
+    endpoint_services = sorted(services)
+    key = json.dumps({"models": wanted, "endpoints": endpoint_services})
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     root = cache_dir / f"botocore-{botocore.__version__}-{digest}"
     if (root / "complete").is_file():
         return root
@@ -135,6 +163,8 @@ def trimmed_models_dir(
             _write_whole(
                 root / service / api_version / "service-2.json", trim_service_model(full, ops)
             )
+        endpoints = trim_endpoints(loader.load_data("endpoints"), endpoint_services)
+        _write_whole(root / "endpoints.json", endpoints)
         (root / "complete").touch()
     except OSError as exc:
         log.debug("no trimmed botocore models (%s); using the full ones", exc)
@@ -142,8 +172,17 @@ def trimmed_models_dir(
     return root
 
 
+class KnownServicesLoader(botocore.loaders.Loader):
+    """botocore's loader, with ``SERVICES`` as the services that exist instead of a listing of
+    every directory on the search path. A kind of file a service lacks (waiters of SSM) still
+    raises DataNotFoundError when loaded, as before."""
+
+    def list_available_services(self, type_name: str) -> list[str]:
+        return sorted(SERVICES)
+
+
 def session_with_trimmed_models(cache_dir: Path | None = None) -> botocore.session.Session:
-    """A botocore session whose EC2 and SSM clients load the trimmed models."""
+    """A botocore session for ``SERVICES`` whose EC2 and SSM clients load the trimmed models."""
     session = botocore.session.get_session()
     root = trimmed_models_dir(cache_dir or default_cache_dir())
     if root is not None:
@@ -153,4 +192,10 @@ def session_with_trimmed_models(cache_dir: Path | None = None) -> botocore.sessi
         session.set_config_variable(
             "data_path", os.pathsep.join(p for p in (str(root), existing) if p)
         )
+    # As botocore's own create_loader builds it from data_path, with the listing replaced.
+    data_path = session.get_config_variable("data_path")
+    paths = [os.path.expanduser(os.path.expandvars(p)) for p in (data_path or "").split(os.pathsep)]
+    session.register_component(
+        "data_loader", KnownServicesLoader(extra_search_paths=[p for p in paths if p])
+    )
     return session

@@ -1,25 +1,31 @@
 """The trimmed EC2 and SSM models: they hold every operation aws.py calls and nothing else,
 their shapes are complete, they are written once, and without a writable cache the full
-models are used."""
+models are used. The trimmed endpoints resolve as the full ones do, and the session's loader
+does not list botocore's data directory."""
 
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 from typing import Any
 
 import boto3
 import botocore.loaders
+import botocore.regions
 import pytest
 from botocore import xform_name
+from botocore.exceptions import UnknownServiceError
 from moto import mock_aws
 
 import ec2backup.aws
 from ec2backup.botomodel import (
     EC2_OPERATIONS,
     OPERATIONS,
+    SERVICES,
     SSM_OPERATIONS,
     session_with_trimmed_models,
+    trim_endpoints,
     trim_service_model,
     trimmed_models_dir,
 )
@@ -75,6 +81,70 @@ def test_the_lists_are_exactly_what_aws_py_calls(full_model: dict[str, Any]) -> 
         assert listed - called[service] == set(), f"no longer called: remove from {service}'s"
 
 
+def test_services_are_exactly_those_aws_py_makes_clients_for() -> None:
+    made = {
+        str(node.args[0].value)
+        for node in ast.walk(ast.parse(AWS_PY.read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "client"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert made == SERVICES
+
+
+def test_trimmed_endpoints_resolve_as_the_full_ones() -> None:
+    full = botocore.loaders.Loader().load_data("endpoints")
+    trimmed = trim_endpoints(full, SERVICES)
+    assert [p["regions"] for p in trimmed["partitions"]] == [
+        p["regions"] for p in full["partitions"]
+    ]
+    assert all(set(p["services"]) <= SERVICES for p in trimmed["partitions"])
+    whole, small = (
+        botocore.regions.EndpointResolver(full),
+        botocore.regions.EndpointResolver(trimmed),
+    )
+    checked = 0
+    for partition in full["partitions"]:
+        for region in partition["regions"]:
+            assert small.get_partition_for_region(region) == whole.get_partition_for_region(region)
+            for service in sorted(SERVICES):
+                for fips in (False, True):
+                    assert small.construct_endpoint(
+                        service, region, use_fips_endpoint=fips
+                    ) == whole.construct_endpoint(service, region, use_fips_endpoint=fips)
+                    checked += 1
+    assert checked > 100
+
+
+def test_clients_load_without_listing_botocore_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trimmed_models_dir(tmp_path)  # written first: writing it reads botocore's data
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def listdir(path: str | os.PathLike[str] = ".") -> list[str]:
+        listed.append(os.fspath(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    session = boto3.session.Session(
+        botocore_session=session_with_trimmed_models(tmp_path), region_name="us-east-1"
+    )
+    ec2 = session.client("ec2")
+    ec2.get_paginator("describe_instances")
+    ec2.get_waiter("instance_running")
+    assert session.client("ssm").meta.service_model.operation_names == ["GetParameter"]
+    assert session.client("sts").meta.service_model.service_name == "sts"
+    data = os.path.dirname(botocore.__file__) + os.sep + "data"
+    assert [p for p in listed if os.path.normpath(p) == os.path.normpath(data)] == []
+    assert len(listed) < 20, listed  # each service's own versions only
+    with pytest.raises(UnknownServiceError):
+        session.client("s3")
+
+
 def test_trimmed_model_is_closed_and_small(full_model: dict[str, Any]) -> None:
     trimmed = trim_service_model(full_model, EC2_OPERATIONS)
     assert set(trimmed["operations"]) == EC2_OPERATIONS
@@ -95,6 +165,7 @@ def test_written_once_and_used_by_clients(tmp_path: Path) -> None:
     root = trimmed_models_dir(tmp_path)
     assert root is not None
     assert {m.parts[-3] for m in root.glob("*/*/service-2.json")} == set(OPERATIONS)
+    assert (root / "endpoints.json").stat().st_size < 100_000  # botocore's: 1.2 MB
     (model,) = root.glob("ec2/*/service-2.json")
     written = model.stat().st_mtime_ns
     assert trimmed_models_dir(tmp_path) == root and model.stat().st_mtime_ns == written
