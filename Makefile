@@ -47,6 +47,7 @@ lint: venv
 	$(BIN)/ruff check ec2backup tests migrations scripts benchmarks
 	$(BIN)/ruff format --check ec2backup tests migrations scripts benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks

@@ -16,6 +16,7 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from .common import (
@@ -45,6 +46,11 @@ DEFAULT_ORDER = ["overhead", "detection", "cli", "critical-path", "reap", "memor
 DOC = ROOT / "docs" / "performance.md"
 
 
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    """A replacement for ``re.sub`` taken as it is (no backslash escapes)."""
+    return lambda _match: text
+
+
 def block(name: str, body: str) -> str:
     return f"<!-- bench:{name} -->\n{body.rstrip()}\n<!-- /bench:{name} -->"
 
@@ -58,7 +64,7 @@ def update_doc(path: Path, sections: dict[str, str]) -> None:
         )
         new = block(name, body)
         if pattern.search(text):
-            text = pattern.sub(lambda _m, new=new: new, text)
+            text = pattern.sub(_literal(new), text)
         else:
             text = text.rstrip() + "\n\n" + new + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)

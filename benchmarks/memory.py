@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .common import ROOT, Figure, Section, make_tree
 from .sshhost import ssh_host, unavailable
@@ -108,7 +109,7 @@ print(json.dumps({"interpreter": base, "after_import_sync": sync_only, "after_im
 """
 
 
-def _child(mode: str, host_json: str, src: Path, dst: Path) -> dict[str, float]:
+def _child(mode: str, host_json: str, src: Path, dst: Path) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", CHILD, mode, host_json, str(src), str(dst)],
         capture_output=True,
