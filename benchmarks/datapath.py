@@ -156,8 +156,7 @@ def run(quick: bool = False) -> Section:
             f"Sync phase: {t_ours.summary()} ({written / t_ours.median / 2**20:.0f} MiB/s). "
             f"Raw `rsync -a` (OpenSSH defaults): {t_raw.summary()} "
             f"({written / t_raw.median / 2**20:.0f} MiB/s). The sync phase adds `--delete "
-            "--stats --info=progress2 --no-inc-recursive` (the whole file list is built before "
-            "the transfer starts) and its ssh options; "
+            "--stats --info=progress2` and its ssh options, and reads rsync's output; "
             f"it saw {progress_lines[0]:,} progress lines in its {pairs} runs."
         )
 

@@ -188,8 +188,7 @@ def run(quick: bool = False) -> Section:
         f"per-file state). It took {full['seconds']:.1f} s and delivered "
         f"{int(full['progress_lines']):,} progress lines to the sink. The tree "
         f"({files:,} files of 100 B, 200 to a directory, in {where}) took {made:.0f} s to create. "
-        "rsync runs with `--no-inc-recursive` (needed for whole-transfer progress), so its "
-        "whole file list is in rsync's memory on both sides; the receiving rsync on the "
-        "instance holds about as much as the local one."
+        "rsync runs with incremental recursion (its default), so it holds the file list of "
+        "the directories in flight rather than of the whole tree, on both sides."
     )
     return section

@@ -5,6 +5,8 @@ Everything goes to stderr, and only when stderr is a terminal; on a pipe or a fi
 drawn at all (``make_progress(False)`` returns a sink that does nothing). rsync emits a line per
 file, which for a tree of small files is thousands a second: lines are only remembered, and
 parsed and drawn at most ``min_interval`` apart (and once more on a state change or close).
+While rsync is still listing the tree (incremental recursion, "ir-chk"), its totals grow as it
+finds files, and the file counts say "still listing".
 
     sink = make_progress(sys.stderr.isatty())
     sink.state("syncing")
@@ -28,7 +30,7 @@ _LINE_RE = re.compile(
     r"^\s*(?P<bytes>[0-9][0-9,.]*)(?P<unit>[KMGTP]?)\s+(?P<pct>\d{1,3})%"
     r"\s+(?P<rate>[0-9][0-9,.]*)(?P<rate_unit>[kKMGTP]?)B/s"
     r"\s+(?P<time>\d+:\d{2}:\d{2})"
-    r"(?:\s+\(xfr#(?P<xfr>\d+),\s*(?:to|ir)-chk=(?P<left>\d+)/(?P<total>\d+)\))?"
+    r"(?:\s+\(xfr#(?P<xfr>\d+),\s*(?P<chk>to|ir)-chk=(?P<left>\d+)/(?P<total>\d+)\))?"
 )
 # rsync's rates are 1024-based ("kB/s" = KiB/s); its -h sizes are 1000-based.
 _RATE_UNIT = {"": 1, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
@@ -48,6 +50,9 @@ class Progress2:
     files_done: int | None = None  # xfr#
     to_check: int | None = None  # files still to check
     files_total: int | None = None
+    # "ir-chk": rsync is still listing the tree (incremental recursion), so the file total,
+    # and the byte total behind the percent, grow as it finds more.
+    scanning: bool = False
 
     @property
     def total_estimate(self) -> int | None:
@@ -89,6 +94,7 @@ def parse_progress2(line: str) -> Progress2 | None:
         files_done=int(xfr) if xfr is not None else None,
         to_check=int(left) if left is not None else None,
         files_total=int(total) if total is not None else None,
+        scanning=m.group("chk") == "ir",
     )
 
 
@@ -143,6 +149,7 @@ class TerminalProgress:
         self._last_draw = float("-inf")
         self.draws = 0  # redraws done (for tests and benchmarks)
         self.last: Progress2 | None = None
+        self._files = ""  # the file counts, kept across the mid-file lines that have none
         self._bar = Progress(
             TextColumn("  rsync"),
             BarColumn(),
@@ -200,11 +207,15 @@ class TerminalProgress:
             return
         self.last = parsed
         total = parsed.total_estimate
-        files = ""
         if parsed.files_total is not None and parsed.to_check is not None:
-            files = f"{parsed.files_total - parsed.to_check:,}/{parsed.files_total:,} files"
+            done, known = parsed.files_total - parsed.to_check, parsed.files_total
+            self._files = (
+                f"{done:,}/{known:,}+ files, still listing"
+                if parsed.scanning
+                else f"{done:,}/{known:,} files"
+            )
         self._bar.update(
-            self._task, completed=parsed.bytes_done, total=total, files=files, visible=True
+            self._task, completed=parsed.bytes_done, total=total, files=self._files, visible=True
         )
 
     def _flush(self, *, force: bool) -> None:

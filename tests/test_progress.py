@@ -49,6 +49,7 @@ def test_parse_human_readable_and_ir_chk() -> None:
     assert q is not None
     assert (q.bytes_done, q.percent, q.seconds) == (444, 13, 0)
     assert (q.files_done, q.to_check, q.files_total) == (160, 1000, 1191)
+    assert q.scanning and not p.scanning
     assert q.rate == pytest.approx(215.82 * 1024)
     r = parse_progress2(MANY)
     assert r is not None and r.bytes_done == 536_547_878 and r.files_done == 4997
@@ -128,6 +129,24 @@ def test_close_draws_the_last_line_even_inside_the_interval() -> None:
     assert "syncing" in text
     assert "40.0" in text  # rich's DownloadColumn: 40.0/40.0 MB
     assert "9/9 files" in text
+
+
+def test_counts_say_when_rsync_is_still_listing_the_tree() -> None:
+    clock = FakeClock()
+    sink, out = _tty_sink(clock)
+    sink.state("syncing")
+    sink.on_progress(IR_CHK)
+    sink.state("syncing")  # drawn at once
+    assert "191/1,191+ files, still listing" in out.getvalue()
+    clock.now += 1.0
+    sink.on_progress(MID)  # mid-file lines carry no counts: the last ones stay
+    sink.state("syncing")
+    assert out.getvalue().count("still listing") >= 2
+    clock.now += 1.0
+    sink.on_progress(LAST)  # to-chk: the list is complete
+    sink.close()
+    text = out.getvalue()
+    assert text.rfind("9/9 files") > text.rfind("still listing")
 
 
 def test_state_changes_are_drawn_at_once() -> None:
