@@ -150,10 +150,15 @@ class TerminalProgress:
         self.draws = 0  # redraws done (for tests and benchmarks)
         self.last: Progress2 | None = None
         self._files = ""  # the file counts, kept across the mid-file lines that have none
+        # rsync is still listing the tree: its percent and total cover only what it has found
+        # so far (88% when a quarter is done), so the bar shows no total until the list is
+        # complete. Lines without counts (mid-file) keep the last answer; before any, a total
+        # is shown, which for one large file is right from the start.
+        self._listing = False
         self._bar = Progress(
             TextColumn("  rsync"),
             BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[percent]}"),
             DownloadColumn(),
             TransferSpeedColumn(),
             TextColumn("ETA"),
@@ -163,7 +168,9 @@ class TerminalProgress:
             get_time=clock,
             auto_refresh=False,
         )
-        self._task = self._bar.add_task("sync", total=None, start=True, files="", visible=False)
+        self._task = self._bar.add_task(
+            "sync", total=None, start=True, files="", percent="", visible=False
+        )
         self._live = Live(
             self,
             console=self.console,
@@ -206,16 +213,21 @@ class TerminalProgress:
         if parsed is None:
             return
         self.last = parsed
-        total = parsed.total_estimate
         if parsed.files_total is not None and parsed.to_check is not None:
+            self._listing = parsed.scanning
             done, known = parsed.files_total - parsed.to_check, parsed.files_total
             self._files = (
                 f"{done:,}/{known:,}+ files, still listing"
-                if parsed.scanning
+                if self._listing
                 else f"{done:,}/{known:,} files"
             )
         self._bar.update(
-            self._task, completed=parsed.bytes_done, total=total, files=self._files, visible=True
+            self._task,
+            completed=parsed.bytes_done,
+            total=None if self._listing else parsed.total_estimate,
+            percent="" if self._listing else f"{parsed.percent:>3}%",
+            files=self._files,
+            visible=True,
         )
 
     def _flush(self, *, force: bool) -> None:

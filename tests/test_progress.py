@@ -138,15 +138,28 @@ def test_counts_say_when_rsync_is_still_listing_the_tree() -> None:
     sink.on_progress(IR_CHK)
     sink.state("syncing")  # drawn at once
     assert "191/1,191+ files, still listing" in out.getvalue()
+    # rsync's 13% covers only the files found so far: no percent or ETA is shown for it.
+    assert "13%" not in out.getvalue()
     clock.now += 1.0
     sink.on_progress(MID)  # mid-file lines carry no counts: the last ones stay
     sink.state("syncing")
     assert out.getvalue().count("still listing") >= 2
+    assert "53%" not in out.getvalue()
     clock.now += 1.0
     sink.on_progress(LAST)  # to-chk: the list is complete
     sink.close()
     text = out.getvalue()
     assert text.rfind("9/9 files") > text.rfind("still listing")
+    assert "100%" in text[text.rfind("still listing") :]
+
+
+def test_one_large_file_shows_its_percent_before_any_counts() -> None:
+    clock = FakeClock()
+    sink, out = _tty_sink(clock)
+    sink.on_progress(MID)  # mid-file, no counts yet: the list is not known to be partial
+    sink.state("syncing")
+    assert " 53%" in out.getvalue()
+    sink.close()
 
 
 def test_state_changes_are_drawn_at_once() -> None:
