@@ -6,7 +6,8 @@ drawn at all (``make_progress(False)`` returns a sink that does nothing). rsync 
 file, which for a tree of small files is thousands a second: lines are only remembered, and
 parsed and drawn at most ``min_interval`` apart (and once more on a state change or close).
 While rsync is still listing the tree (incremental recursion, "ir-chk"), its totals grow as it
-finds files, and the file counts say "still listing".
+finds files: the bar then shows bytes and rate without a percent or ETA, and the file counts
+say "still listing".
 
     sink = make_progress(sys.stderr.isatty())
     sink.state("syncing")
@@ -52,7 +53,7 @@ class Progress2:
     files_total: int | None = None
     # "ir-chk": rsync is still listing the tree (incremental recursion), so the file total,
     # and the byte total behind the percent, grow as it finds more.
-    scanning: bool = False
+    listing: bool = False
 
     @property
     def total_estimate(self) -> int | None:
@@ -94,7 +95,7 @@ def parse_progress2(line: str) -> Progress2 | None:
         files_done=int(xfr) if xfr is not None else None,
         to_check=int(left) if left is not None else None,
         files_total=int(total) if total is not None else None,
-        scanning=m.group("chk") == "ir",
+        listing=m.group("chk") == "ir",
     )
 
 
@@ -214,7 +215,7 @@ class TerminalProgress:
             return
         self.last = parsed
         if parsed.files_total is not None and parsed.to_check is not None:
-            self._listing = parsed.scanning
+            self._listing = parsed.listing
             done, known = parsed.files_total - parsed.to_check, parsed.files_total
             self._files = (
                 f"{done:,}/{known:,}+ files, still listing"

@@ -49,7 +49,7 @@ def test_parse_human_readable_and_ir_chk() -> None:
     assert q is not None
     assert (q.bytes_done, q.percent, q.seconds) == (444, 13, 0)
     assert (q.files_done, q.to_check, q.files_total) == (160, 1000, 1191)
-    assert q.scanning and not p.scanning
+    assert q.listing and not p.listing
     assert q.rate == pytest.approx(215.82 * 1024)
     r = parse_progress2(MANY)
     assert r is not None and r.bytes_done == 536_547_878 and r.files_done == 4997
