@@ -193,9 +193,7 @@ def session_with_trimmed_models(cache_dir: Path | None = None) -> botocore.sessi
             "data_path", os.pathsep.join(p for p in (str(root), existing) if p)
         )
     # As botocore's own create_loader builds it from data_path, with the listing replaced.
-    data_path = session.get_config_variable("data_path")
-    paths = [os.path.expanduser(os.path.expandvars(p)) for p in (data_path or "").split(os.pathsep)]
-    session.register_component(
-        "data_loader", KnownServicesLoader(extra_search_paths=[p for p in paths if p])
-    )
+    data_path = session.get_config_variable("data_path") or ""
+    paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep) if p]
+    session.register_component("data_loader", KnownServicesLoader(extra_search_paths=paths))
     return session

@@ -851,8 +851,8 @@ def ensure_unmounted(ctx: StepContext) -> str:
         ]
     )
     result = shell.run(script, sudo=_sudo(ctx), check=False)
-    status, stderr = result.exit_status, result.stderr.strip()
-    if status != 0 and "busy" in stderr:
+    status = result.exit_status
+    if status != 0 and "busy" in result.stderr:
         # Held by an rsync of a crashed earlier attempt: end it and try once more.
         end_leftover_rsync(ctx, shell)
         shell.run(f"umount {q}", sudo=_sudo(ctx))
@@ -864,12 +864,7 @@ def ensure_unmounted(ctx: StepContext) -> str:
             resources=ctx.resources(),
         )
     if status != 0:
-        raise RemoteCommandError(
-            f"umount {mount_point} failed: {stderr}",
-            exit_status=status,
-            run_id=ctx.run.id,
-            resources=ctx.resources(),
-        )
+        raise _command_error(ctx, f"umount {mount_point} failed", result)
     return f"{mount_point} unmounted"
 
 
