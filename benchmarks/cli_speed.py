@@ -29,9 +29,9 @@ RUNS_TARGET = 0.4
 def fill_db(url: str, n: int = N_RUNS) -> None:
     from sqlalchemy import insert
 
-    from ec2backup.models import Event, Run
-    from ec2backup.states import RunKind, path
-    from ec2backup.store import open_store
+    from ec2backup.core.states import RunKind, path
+    from ec2backup.db.models import Event, Run
+    from ec2backup.db.store import open_store
 
     store = open_store(url)
     rng = random.Random(42)
@@ -173,16 +173,17 @@ def run(quick: bool = False) -> Section:
 BREAKDOWN = r"""
 import io, json, os, sys, time, contextlib
 t0 = time.perf_counter()
-import ec2backup.cli
+import ec2backup.cli.app
 t1 = time.perf_counter()
 import typer._adapters  # typer imports it (and pydantic) when it runs a command
 t2 = time.perf_counter()
-from ec2backup.sqlite_history import default_db_url, list_runs_sqlite
-from ec2backup.cli import RUN_COLUMNS, TABLE_DEFAULT_LIMIT
+from ec2backup.db.sqlite_runs import list_runs_sqlite
+from ec2backup.paths import default_db_url
+from ec2backup.cli.app import RUN_COLUMNS, TABLE_DEFAULT_LIMIT
 url = default_db_url()
 rows = list_runs_sqlite(url, limit=TABLE_DEFAULT_LIMIT + 1)[:TABLE_DEFAULT_LIMIT]
 t3 = time.perf_counter()
-from ec2backup.render import emit_json, emit_table, short_time
+from ec2backup.cli.render import emit_json, emit_table, short_time
 with contextlib.redirect_stdout(io.StringIO()):
     emit_table([{**r, "started": short_time(r["started_at"])} for r in rows], RUN_COLUMNS)
 t4 = time.perf_counter()
@@ -194,8 +195,8 @@ t6 = time.perf_counter()
 mods = sorted(m for m in ("boto3", "asyncssh", "sqlalchemy", "pydantic", "moto", "alembic")
               if m in sys.modules)
 # What the store's path (any database but an up-to-date SQLite file) costs on top.
-from ec2backup.cli import _app
-from ec2backup.history import list_runs
+from ec2backup.cli.context import _app
+from ec2backup.commands.history import list_runs
 t7 = time.perf_counter()
 app = _app()
 list_runs(app, limit=TABLE_DEFAULT_LIMIT + 1)
@@ -207,7 +208,7 @@ print(json.dumps({
     f"render the rich table ({len(rows)} rows)": t4 - t3,
     f"(--json only) sqlite3: query all {len(every):,} runs": t5 - t4,
     f"(--json only) render JSON of {len(every):,} runs": t6 - t5,
-    "(other databases) import ec2backup.history (SQLAlchemy ORM, models)": t7 - t6,
+    "(other databases) import ec2backup.commands.history (SQLAlchemy ORM, models)": t7 - t6,
     f"(other databases) open the store, query the newest {TABLE_DEFAULT_LIMIT + 1}": t8 - t7,
     "modules": mods}))
 """

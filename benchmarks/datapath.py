@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ec2backup.sync import RsyncSyncer
+from ec2backup.adapters.rsync import RsyncSyncer
 
 from .common import Figure, Section, Timing, fmt, make_tree
 from .sshhost import Host, ssh_host, unavailable

@@ -38,20 +38,21 @@ def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 base = rss_mb()
-import ec2backup.sync
+import ec2backup.adapters.rsync
 sync_only = rss_mb()
 if sys.argv[1] == "full":
-    import ec2backup.aws, ec2backup.remote, ec2backup.service, ec2backup.store  # noqa
-    import ec2backup.models, ec2backup.steps, ec2backup.engine  # noqa
+    import ec2backup.adapters.aws.session, ec2backup.adapters.ssh  # noqa
+    import ec2backup.commands.runner, ec2backup.db.store  # noqa
+    import ec2backup.db.models, ec2backup.run.steps, ec2backup.run.engine  # noqa
 loaded = rss_mb()
 try:
-    from ec2backup.progress import make_progress
+    from ec2backup.cli.progress import make_progress
     sink = make_progress(False)
     on_progress = sink.on_progress
 except ImportError:
     sink, on_progress = None, (lambda line: None)
 from ec2backup.ports import SshTarget
-from ec2backup.sync import RsyncSyncer
+from ec2backup.adapters.rsync import RsyncSyncer
 t = json.loads(sys.argv[2])
 target = SshTarget(host=t["host"], user=t["user"], key_path=Path(t["key"]),
                    known_hosts_path=Path(t["known"]), port=t["port"])

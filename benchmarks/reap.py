@@ -42,7 +42,7 @@ def counting(self, operation, params):
         spans.append((name, w0, time.time()))
 botocore.client.BaseClient._make_api_call = counting
 sys.argv = ["ec2backup", *sys.argv[1:]]
-from ec2backup.cli import run_cli
+from ec2backup.cli.main import run_cli
 start = time.perf_counter()
 w_start = time.time()
 code = run_cli()

@@ -16,7 +16,7 @@ from .common import ROOT
 sys.path.insert(0, str(ROOT / "tests"))
 from sshd import SshServer, sshd_unavailable_reason
 
-from ec2backup.keys import generate_run_key
+from ec2backup.adapters.keys import generate_run_key
 from ec2backup.ports import SshTarget
 
 

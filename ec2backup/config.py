@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from .app import CONFIG_ENV, default_config_path
 from .errors import ConfigError
+from .paths import CONFIG_ENV, default_config_path
 
 __all__ = ["CONFIG_ENV", "default_config_path"]
 

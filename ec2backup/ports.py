@@ -1,7 +1,8 @@
 """The small interfaces the service layer drives, and the plain values they return.
 
-The engine (``engine.py``) and the steps (``steps.py``) only see these. ``aws.py`` implements
-``Ec2`` with boto3, ``remote.py`` implements ``RemoteConnector`` with asyncssh and ``sync.py``
+The engine (``run/engine.py``) and the steps (``run/steps/``) only see these.
+``adapters/aws/`` implements ``Ec2`` with boto3, ``adapters/ssh.py`` implements
+``RemoteConnector`` with asyncssh and ``adapters/rsync.py``
 implements ``Syncer`` with the system rsync. Tests pass fakes for single steps and the real
 adapters against the local cloud for whole runs.
 """
@@ -14,17 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-# Tag keys that mark what ec2backup owns. Reap relies on them alone.
-TAG_MANAGED = "ec2backup:managed"
-TAG_RUN_ID = "ec2backup:run-id"
-TAG_PROFILE = "ec2backup:profile"
-TAG_KIND = "ec2backup:kind"
-TAG_EXPIRES_AT = "ec2backup:expires-at"
-# The backup volume is tagged role=data: an instance's root volume carries the run's tags too.
-TAG_ROLE = "ec2backup:role"
-
-# EC2 instance states in which an instance may still bill or hold the volume.
-LIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+from .core.tags import LIVE_INSTANCE_STATES
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from ec2backup.models import Base
+from ec2backup.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

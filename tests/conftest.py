@@ -88,5 +88,5 @@ def iam_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         started.stop()
 
 
-# The SQLite/PostgreSQL fixtures (``db_url``, ``postgres_server``): see tests/db.py.
-from tests.db import db_url, postgres_server  # noqa: E402, F401
+# The SQLite/PostgreSQL fixtures (``db_url``, ``postgres_server``): see tests/databases.py.
+from tests.databases import db_url, postgres_server  # noqa: E402, F401

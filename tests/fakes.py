@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ec2backup.core.tags import LIVE_INSTANCE_STATES
 from ec2backup.errors import RemoteCommandError
 from ec2backup.ports import (
-    LIVE_INSTANCE_STATES,
     Attachment,
     CommandResult,
     Instance,

@@ -52,8 +52,12 @@ def _camel(snake: str) -> str:
 def actions_in_code() -> set[str]:
     """Every AWS operation the code sends, read from its boto3 calls."""
     used: set[str] = set()
-    for module in ("aws.py", "doctor.py"):
-        text = (ROOT / "ec2backup" / module).read_text()
+    package = ROOT / "ec2backup"
+    for module in [
+        *sorted((package / "adapters" / "aws").glob("*.py")),
+        package / "commands" / "doctor.py",
+    ]:
+        text = module.read_text()
         for op in re.findall(r"\._client(?:_once)?\.([a-z_]+)\(", text):
             if op not in ("get_paginator", "get_waiter", "meta"):
                 used.add(f"ec2:{_camel(op)}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.db import PostgresServer
+from tests.databases import PostgresServer
 from tests.e2e.helpers import Cli, make_sample_tree
 
 pytestmark = pytest.mark.e2e

@@ -185,8 +185,8 @@ def test_the_run_key_runs_commands_but_cannot_forward_ports(sandbox: Any, tmp_pa
 
     import asyncssh
 
-    from ec2backup.keys import generate_run_key
-    from ec2backup.steps import user_data
+    from ec2backup.adapters.keys import generate_run_key
+    from ec2backup.run.steps.instance import user_data
 
     key_path, public_key = generate_run_key(tmp_path / "run")
     ec2 = ec2_client(sandbox)

@@ -21,11 +21,11 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from ec2backup.run.steps.instance import user_data as ec2backup_user_data
 from ec2backup.sandbox import Sandbox, stop_sandbox
 from ec2backup.sandbox.console import shutdown_minutes
 from ec2backup.sandbox.host import nitro_device_name
 from ec2backup.sandbox.settings import CloudSettings
-from ec2backup.steps import user_data as ec2backup_user_data
 from tests.conftest import sandbox_skip_reason
 from tests.sandbox.helpers import (
     AZ,

@@ -1,0 +1,36 @@
+"""One boto3 session and one set of clients per region and AWS environment in a process."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import TYPE_CHECKING
+
+import boto3
+
+from .client import Boto3Ec2
+
+if TYPE_CHECKING:
+    pass
+
+
+# One boto3 session and one set of clients per region and AWS environment, shared by every
+# ``Boto3Ec2`` this process makes: a new session loads botocore's EC2 model again (~0.15 s), a
+# new client builds its methods again (~0.03-0.1 s), and a run makes several (the volume
+# check before the run is recorded, the run's own, reap's and doctor's).
+_EC2S: dict[tuple[str, frozenset[tuple[str, str]]], Boto3Ec2] = {}
+
+
+def make_ec2(region: str, run_id: str | None = None) -> Boto3Ec2:
+    key = (region, frozenset((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    base = _EC2S.get(key)
+    if base is None:
+        from .botomodel import session_with_trimmed_models
+
+        session = boto3.session.Session(
+            botocore_session=session_with_trimmed_models(), region_name=region
+        )
+        base = _EC2S[key] = Boto3Ec2(region, session=session)
+    ec2 = copy.copy(base)  # its own run id on errors; the session and clients are shared
+    ec2.run_id = run_id
+    return ec2

@@ -1,0 +1,101 @@
+"""What every command of the CLI shares: the global options, logging, the App it opens (closed
+before the process ends) and, for commands that drive a run, signals and the progress display."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Interrupted
+
+if TYPE_CHECKING:
+    from ..commands.app import App
+
+
+class Options:
+    config: Path | None = None
+    db: str | None = None
+    debug: bool = False
+    quiet: bool = False
+
+
+OPTIONS = Options()
+_OPENED: list[App] = []  # closed by main() before the process ends
+
+
+def _setup_logging(debug: bool, quiet: bool, console: Any = None) -> None:
+    """Logs to stderr: through rich on a terminal (``console``: the progress display's, so
+    that log lines print above the live bar instead of through it); elsewhere (cron, a log
+    file, a pipe) as plain lines, one per record, never wrapped at rich's 80 columns."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler: logging.Handler
+    if console is not None or sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(
+            console=console or Console(stderr=True), show_path=debug, show_time=debug, markup=False
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+                if debug
+                else "%(levelname)-8s %(message)s"
+            )
+        )
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("ec2backup").setLevel(level)
+    # A signal can land inside the SSH event loop; asyncio then logs the tasks it abandoned
+    # ("exception was never retrieved") after our one-line message. Not user output.
+    logging.getLogger("asyncio").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+def _app() -> App:
+    from ..commands.app import App
+    from ..db.store import open_store
+    from ..paths import default_config_path
+
+    opened = App(store=open_store(OPTIONS.db), config_path=OPTIONS.config or default_config_path())
+    _OPENED.append(opened)
+    return opened
+
+
+def _close_apps() -> None:
+    # Disposing the engine closes its SQLite connections, which checkpoints the WAL into the
+    # database file (and lets PostgreSQL see a clean disconnect).
+    while _OPENED:
+        try:
+            _OPENED.pop().store.close()
+        except Exception as exc:  # the command's result stands; say why the close failed
+            logging.getLogger(__name__).warning("closing the database: %s", exc)
+
+
+@contextmanager
+def _running() -> Iterator[App]:
+    """An App for a command that drives a run: SIGTERM is recorded like Ctrl-C, and on a
+    terminal a progress bar and the run's state show on stderr (never on a pipe)."""
+    from .progress import make_progress
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    sink = make_progress(sys.stderr.isatty() and not OPTIONS.quiet)
+    console = getattr(sink, "console", None)
+    if console is not None:
+        _setup_logging(OPTIONS.debug, OPTIONS.quiet, console)
+    app = _app()
+    app.progress, app.on_state = sink.on_progress, sink.state
+    try:
+        yield app
+    finally:
+        sink.close()
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise Interrupted("SIGTERM")

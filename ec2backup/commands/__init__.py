@@ -1,0 +1,1 @@
+"""What each command does: checks input, creates and drives runs, reads the history."""

@@ -1,0 +1,134 @@
+"""Creating a run, driving it with the engine, and resuming it.
+
+Bad input is found before anything is created: the profile is validated, the sources and the
+local tools are checked, and the volume is looked at (read-only calls) before a run is
+recorded or an instance launched."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import Profile
+from ..core.states import FINAL_STATES, RunKind, RunState, fire
+from ..db import leases
+from ..db.models import Event, Run, utcnow
+from ..db.recorder import RunRecorder
+from ..errors import RunStateError
+from .app import App
+
+
+def new_run_id() -> str:
+    # Sorts by time, reads at a glance, and leaves room in a 64-character ClientToken.
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+# --- starting and resuming runs ----------------------------------------------------------
+
+
+def _create_run(
+    app: App,
+    run_id: str,
+    kind: RunKind,
+    profile: Profile,
+    extra: dict[str, Any],
+    *,
+    volume_id: str | None = None,
+) -> Run:
+    now = utcnow()
+    run = Run(
+        id=run_id,
+        kind=kind,
+        profile=profile.name,
+        state=RunState.CREATED,
+        host=socket.gethostname(),
+        volume_id=volume_id or (None if kind == RunKind.RESTORE else profile.volume_id),
+        launch_attempt=0,
+        warnings=[],
+        config={"profile": profile.model_dump(mode="json"), **extra},
+        created_at=now,
+        updated_at=now,
+    )
+    with app.store.session() as session:
+        session.add(run)
+        session.add(Event(run_id=run_id, from_state=None, to_state=RunState.CREATED, at=now))
+        session.commit()
+    return run
+
+
+def resume(app: App, run_id: str, *, clean: bool = False, snapshot: bool = False) -> Run:
+    """Continue a run from its last committed state; with ``clean``, force-clean it instead
+    (unmount, detach, terminate; end ``aborted``)."""
+    with app.store.session() as session:
+        run = app.store.get_run(session, run_id)
+        if run.state in FINAL_STATES:
+            raise RunStateError(
+                f"run {run_id} is already {run.state}; there is nothing to "
+                + ("clean up" if clean else "resume"),
+                hint="start a new one with `ec2backup run`",
+            )
+        keys = [leases.run_key(run.id)]
+        if run.volume_id:
+            keys.append(leases.volume_key(run.volume_id))
+    with leases.held(app.store, run_id, keys):
+        return _drive(app, run_id, resuming=True, clean=clean, snapshot=snapshot)
+
+
+def _drive(
+    app: App, run_id: str, *, resuming: bool = False, clean: bool = False, snapshot: bool = False
+) -> Run:
+    """Drive a run whose leases this process holds."""
+    from ..adapters.keys import generate_run_key, remove_run_dir
+    from ..run import engine
+    from ..run.context import StepContext
+
+    with app.store.session() as session:
+        run = app.store.get_run(session, run_id)
+        profile = Profile.model_validate(run.config["profile"])
+        run_dir = app.run_dir(run.id)
+        key_path, public_key = generate_run_key(run_dir)
+        recorder = RunRecorder(session, run)
+        ctx = StepContext(
+            run=run,
+            recorder=recorder,
+            profile=profile,
+            ec2=app.adapters.ec2(profile.region, run.id),
+            connector=app.adapters.connector(),
+            syncer=app.adapters.syncer(),
+            run_dir=run_dir,
+            key_path=key_path,
+            public_key=public_key,
+            progress=app.progress,
+            on_state=app.on_state,
+        )
+        engine.bind(run, ctx)
+        try:
+            if clean:
+                engine.clean(ctx, snapshot=snapshot)
+            else:
+                if resuming and run.state == RunState.FAILED:
+                    run.error = None
+                    run.error_type = None
+                    fire(run, "resume", detail=f"resumed from {run.failed_from}")
+                engine.drive(ctx)
+            if run.kind == RunKind.INIT and run.state == RunState.DONE:
+                _write_initialised_profile(run, profile)
+            if run.kind == RunKind.BACKUP and run.state == RunState.DONE and profile.retention:
+                from .snapshots import apply_profile_retention
+
+                apply_profile_retention(app, profile)
+        finally:
+            # The run's key is needed only while the run can still be resumed.
+            if run.state in FINAL_STATES:
+                remove_run_dir(run_dir)
+        return run
+
+
+def _write_initialised_profile(run: Run, profile: Profile) -> None:
+    from ..config import write_profile
+
+    path = Path(run.config["config_path"])
+    write_profile(path, profile.model_copy(update={"volume_id": run.volume_id}))

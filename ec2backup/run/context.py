@@ -1,0 +1,75 @@
+"""What a step works with: the run, its recorder (to commit resource ids the moment they are
+known), the resolved profile and the adapters behind the ``ports`` interfaces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Profile
+from ..core.tags import TAG_KIND, TAG_MANAGED, TAG_PROFILE, TAG_RUN_ID
+from ..db.models import Run
+from ..db.recorder import RunRecorder
+from ..errors import (
+    InvalidResourceStateError,
+)
+from ..ports import (
+    Ec2,
+    RemoteConnector,
+    RemoteShell,
+    SshTarget,
+    Syncer,
+)
+
+
+@dataclass
+class StepContext:
+    run: Run
+    recorder: RunRecorder
+    profile: Profile
+    ec2: Ec2
+    connector: RemoteConnector
+    syncer: Syncer
+    run_dir: Path
+    key_path: Path
+    public_key: str
+    progress: Callable[[str], None] = lambda _line: None
+    on_state: Callable[[str], None] = lambda _state: None
+    shell: RemoteShell | None = field(default=None, repr=False)
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.run_dir / "known_hosts"
+
+    def ssh_target(self) -> SshTarget:
+        if not self.run.ssh_address:
+            raise InvalidResourceStateError(
+                "the run has no SSH address recorded",
+                run_id=self.run.id,
+                resources=self.resources(),
+            )
+        return SshTarget(
+            host=self.run.ssh_address,
+            user=self.profile.ssh_user,
+            key_path=self.key_path,
+            known_hosts_path=self.known_hosts,
+        )
+
+    def tags(self) -> dict[str, str]:
+        return {
+            **self.profile.tags,
+            TAG_MANAGED: "true",
+            TAG_RUN_ID: self.run.id,
+            TAG_PROFILE: self.run.profile,
+            TAG_KIND: self.run.kind,
+        }
+
+    def close_shell(self) -> None:
+        if self.shell is not None:
+            self.shell.close()
+            self.shell = None
+
+    def resources(self) -> dict[str, str]:
+        ids = {"instance": self.run.instance_id, "volume": self.run.volume_id}
+        return {k: v for k, v in ids.items() if v}

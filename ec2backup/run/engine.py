@@ -1,0 +1,157 @@
+"""Drives one run through its steps, committing each state before the step's side effect.
+
+    state = created
+    loop:
+        step = next_step(kind, state)            # states.py, pure
+        if state is not step.active: begin_<step>  -> committed with an event
+        detail = ensure_<step>(ctx)              # run/steps/: observe, act, wait
+        complete_<step>(detail)                  -> committed with an event
+
+A crash (even SIGKILL) leaves the run in the last committed state; ``resume`` calls ``drive``
+again and the active step re-observes before acting. An exception or an interrupt is recorded
+as ``failed`` (keeping ``failed_from``) before it propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from transitions import EventData
+
+from ..core.states import RunKind, RunState, build_machine, fire, needs_instance, next_step
+from ..db.models import Run
+from ..errors import Ec2BackupError, Interrupted, is_transient
+from ..faults import crash_point
+from .context import StepContext
+from .steps import ENSURE
+from .steps.attachment import ensure_detached
+from .steps.filesystem import try_unmount
+from .steps.instance import ensure_terminated, instance_alive
+from .steps.snapshot import ensure_snapshot
+from .steps.volume import ensure_volume_deleted
+
+# Force-clean bounds: how long to try SSH for the unmount, and to wait before forcing a detach.
+CLEAN_SSH_SECONDS = 30.0
+CLEAN_DETACH_SECONDS = 60.0
+# Pauses before the 2nd and 3rd try of a step that failed for a transient reason.
+STEP_RETRY_DELAYS = (1.0, 4.0)
+
+log = logging.getLogger(__name__)
+
+
+def bind(run: Run, ctx: StepContext) -> None:
+    def on_change(event: EventData) -> None:
+        ctx.recorder(event)  # committed first: the display follows the database
+        ctx.on_state(str(run.state))
+
+    build_machine(run, RunKind(run.kind), on_change=on_change)
+
+
+def drive(ctx: StepContext) -> Run:
+    """Run ``ctx.run`` from its current state to ``done``. The run's machine must be bound."""
+    run = ctx.run
+    kind = RunKind(run.kind)
+    if run.state == RunState.CLEANING:  # a force-clean that failed, resumed
+        return clean(ctx)
+    try:
+        if RunState(run.state) in needs_instance(kind) and not instance_alive(ctx):
+            log.warning("run %s: instance %s is gone; launching a new one", run.id, run.instance_id)
+            fire(run, "relaunch", detail=f"instance {run.instance_id} is no longer running")
+        while True:
+            state = RunState(run.state)
+            step = next_step(kind, state)
+            if step is None:
+                if state != RunState.DONE:
+                    fire(run, "finish")
+                    log.info("run %s: done", run.id)
+                return run
+            if state != step.active:
+                fire(run, f"begin_{step.name}")
+            log.info("run %s: %s", run.id, step.active)
+            crash_point(f"before:{step.name}")
+            detail = run_step(ctx, step.name)
+            crash_point(f"after:{step.name}")
+            fire(run, f"complete_{step.name}", detail=detail)
+            log.info("run %s: %s (%s)", run.id, step.result, detail)
+    except KeyboardInterrupt as exc:
+        interrupted = Interrupted("Ctrl-C", run.id)
+        record_failure(ctx, interrupted)
+        raise interrupted from exc
+    except (Exception, Interrupted) as exc:
+        if isinstance(exc, Interrupted):
+            exc.run_id = run.id
+        record_failure(ctx, exc)
+        if isinstance(exc, Ec2BackupError) and not exc.resumable:
+            # Resuming cannot fix this (a refused host key, data that does not fit): clean up
+            # now rather than leave an instance waiting for a resume that must not happen.
+            log.warning("run %s: a resume could not fix this; cleaning up", run.id)
+            clean(ctx)
+            exc.hint = (exc.hint + "; " if exc.hint else "") + (
+                f"the run was cleaned up and aborted (`ec2backup show {run.id}`)"
+            )
+        raise
+    finally:
+        ctx.close_shell()
+
+
+def run_step(ctx: StepContext, name: str) -> str:
+    """Run one step, again on a fresh connection if it failed for a transient reason (a
+    dropped connection, throttling): steps are idempotent, so a re-run picks up the pieces."""
+    for attempt in range(len(STEP_RETRY_DELAYS) + 1):
+        try:
+            return ENSURE[name](ctx)
+        except Ec2BackupError as exc:
+            if attempt == len(STEP_RETRY_DELAYS) or not is_transient(exc):
+                raise
+            note = f"{name} retried after: {exc.message}"
+            log.warning("run %s: %s (%d/%d)", ctx.run.id, note, attempt + 1, len(STEP_RETRY_DELAYS))
+            ctx.run.warnings = [*ctx.run.warnings, note]
+            ctx.recorder.save()
+            ctx.close_shell()
+            time.sleep(STEP_RETRY_DELAYS[attempt])
+    raise AssertionError("unreachable")
+
+
+def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
+    """Force-clean: take the run down the cleanup path from wherever it stands and end it
+    ``aborted``. A snapshot is made only if this run's sync had finished, or if asked."""
+    run = ctx.run
+    try:
+        if run.state != RunState.CLEANING:
+            origin = run.failed_from if run.state == RunState.FAILED else run.state
+            fire(run, "clean", detail=f"force-clean from {origin}")
+        notes = [try_unmount(ctx, CLEAN_SSH_SECONDS)]
+        if run.volume_id:
+            notes.append(ensure_detached(ctx, force_after=CLEAN_DETACH_SECONDS))
+        notes.append(ensure_terminated(ctx))
+        if run.kind == RunKind.RESTORE:
+            notes.append(ensure_volume_deleted(ctx))
+        synced = any(e.to_state == RunState.SYNCED for e in run.events)
+        if run.kind == RunKind.BACKUP and run.volume_id and (synced or snapshot):
+            notes.append(ensure_snapshot(ctx))
+        elif run.kind == RunKind.BACKUP:
+            notes.append("no snapshot (the sync did not finish)")
+        fire(run, "abort", detail="; ".join(notes))
+        log.info("run %s: aborted (%s)", run.id, "; ".join(notes))
+        return run
+    except (Exception, Interrupted) as exc:
+        record_failure(ctx, exc)
+        raise
+    finally:
+        ctx.close_shell()
+
+
+def record_failure(ctx: StepContext, exc: BaseException) -> None:
+    run = ctx.run
+    message = exc.one_line() if isinstance(exc, Ec2BackupError) else str(exc) or repr(exc)
+    if isinstance(exc, Ec2BackupError) and exc.run_id is None:
+        exc.run_id = run.id
+    try:
+        ctx.recorder.session.rollback()
+        run.error = message
+        run.error_type = type(exc).__name__
+        if run.state not in (RunState.FAILED, RunState.DONE, RunState.ABORTED):
+            fire(run, "fail", detail=message)
+    except Exception:  # the database itself may be what failed; the original error matters
+        log.exception("run %s: could not record the failure", run.id)

@@ -1,0 +1,107 @@
+"""The run's volume: looked at before every step that uses it; created (init, restore from a
+snapshot) and deleted (restore's temporary volume) with the run's tags."""
+
+from __future__ import annotations
+
+from ...core.tags import TAG_ROLE, TAG_RUN_ID
+from ...errors import (
+    InvalidResourceStateError,
+    ResourceNotFoundError,
+)
+from ...faults import crash_point
+from ...ports import (
+    Volume,
+)
+from ..context import StepContext
+
+# --- volume ------------------------------------------------------------------------------
+
+
+def _volume(ctx: StepContext) -> Volume:
+    assert ctx.run.volume_id is not None
+    volume = ctx.ec2.get_volume(ctx.run.volume_id)
+    if volume is None:
+        raise ResourceNotFoundError(
+            f"volume {ctx.run.volume_id} does not exist in {ctx.profile.region}",
+            run_id=ctx.run.id,
+            hint="check volume_id and region in the profile",
+        )
+    return volume
+
+
+def check_volume_usable(ctx: StepContext, volume: Volume) -> None:
+    """The volume must be in the profile's AZ and attached to nothing but this run's instance."""
+    if volume.availability_zone != ctx.profile.availability_zone:
+        raise InvalidResourceStateError(
+            f"volume {volume.id} is in {volume.availability_zone}, "
+            f"not in the profile's {ctx.profile.availability_zone}",
+            run_id=ctx.run.id,
+            hint="set availability_zone in the profile to the volume's zone",
+        )
+    foreign = [a.instance_id for a in volume.attachments if a.instance_id != ctx.run.instance_id]
+    if foreign:
+        raise InvalidResourceStateError(
+            f"volume {volume.id} is attached to instance {foreign[0]}, which is not this run's",
+            run_id=ctx.run.id,
+            hint="detach it there first (or reap it if it is a leftover of ec2backup)",
+        )
+    if volume.state not in ("available", "in-use"):
+        raise InvalidResourceStateError(f"volume {volume.id} is {volume.state}", run_id=ctx.run.id)
+
+
+def _ensure_tagged_volume(ctx: StepContext, role: str, snapshot_id: str | None = None) -> str:
+    """This run's volume of ``role``: the recorded one, else the one tagged with the run's id
+    (a crash between CreateVolume and recording it), else a new one. Waits until available."""
+    run = ctx.run
+    if run.volume_id is None:
+        found = ctx.ec2.find_volumes({TAG_RUN_ID: run.id, TAG_ROLE: role})
+        if found:
+            run.volume_id = found[0].id
+        else:
+            volume = ctx.ec2.create_volume(
+                ctx.profile.availability_zone,
+                int(run.config["size_gib"]),
+                {**ctx.tags(), TAG_ROLE: role, "Name": f"ec2backup {role} {run.profile}"},
+                client_token=f"{run.id}-{role}",
+                snapshot_id=snapshot_id,
+            )
+            crash_point("called:create_volume")
+            run.volume_id = volume.id
+        ctx.recorder.save()
+    ctx.ec2.wait_volume_available(run.volume_id, ctx.profile.attach_timeout)
+    return run.volume_id
+
+
+def ensure_volume_created(ctx: StepContext) -> str:
+    return f"volume {_ensure_tagged_volume(ctx, 'data')}"
+
+
+# --- restore and verify ------------------------------------------------------------------
+
+
+def ensure_restore_volume(ctx: StepContext) -> str:
+    """The volume to restore from: the live one (read-only), or a temporary one made from the
+    snapshot, tagged so that reap finds it if this run is abandoned."""
+    run = ctx.run
+    if run.config.get("live"):
+        return f"the live volume {run.volume_id}, read-only"
+    snapshot_id = run.config["snapshot_id"]
+    return (
+        f"volume {_ensure_tagged_volume(ctx, 'restore', snapshot_id)} from snapshot {snapshot_id}"
+    )
+
+
+def ensure_volume_deleted(ctx: StepContext) -> str:
+    run = ctx.run
+    if run.config.get("live") or run.volume_id is None:
+        return "no temporary volume"
+    volume = ctx.ec2.get_volume(run.volume_id)
+    if volume is not None and volume.state not in ("deleting", "deleted"):
+        if volume.tags.get(TAG_ROLE) != "restore" or volume.tags.get(TAG_RUN_ID) != run.id:
+            raise InvalidResourceStateError(
+                f"volume {volume.id} is not this run's temporary volume; not deleting it",
+                run_id=run.id,
+            )
+        ctx.ec2.wait_volume_available(volume.id, ctx.profile.detach_timeout)
+        ctx.ec2.delete_volume(volume.id)
+    return f"temporary volume {run.volume_id} deleted"

@@ -1,0 +1,430 @@
+"""Each ensure_* step on its own, against in-memory fakes: observe, check origin, skip what is
+already done, act."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ec2backup.config import Profile, Source
+from ec2backup.core.tags import TAG_MANAGED, TAG_RUN_ID
+from ec2backup.db.models import Run
+from ec2backup.db.recorder import RunRecorder
+from ec2backup.db.store import open_store
+from ec2backup.errors import (
+    InvalidResourceStateError,
+    RemoteCommandError,
+    ResourceNotFoundError,
+    UnformattedVolumeError,
+)
+from ec2backup.ports import Attachment
+from ec2backup.run.context import StepContext
+from ec2backup.run.steps import session as steps_session
+from ec2backup.run.steps.attachment import ensure_attached, ensure_detached
+from ec2backup.run.steps.filesystem import ensure_formatted, ensure_mounted, ensure_unmounted
+from ec2backup.run.steps.instance import ensure_instance_running, ensure_terminated
+from ec2backup.run.steps.session import ensure_host_keys
+from ec2backup.run.steps.snapshot import ensure_snapshot
+from ec2backup.run.steps.transfer import ensure_synced
+from tests.fakes import FakeConnector, FakeEc2, FakeSyncer
+
+NITRO = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}"
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[StepContext]:
+    ec2 = FakeEc2()
+    volume = ec2.add_volume()
+    profile = Profile(
+        name="p",
+        region="us-east-1",
+        availability_zone="us-east-1a",
+        volume_id=volume.id,
+        sources=(Source(path=tmp_path, dest="home"),),
+    )
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with store.session() as session:
+        run = Run(
+            id="20261128T000000Z-abcdef",
+            kind="backup",
+            profile="p",
+            state="launching",
+            host="h",
+            volume_id=volume.id,
+            launch_attempt=0,
+            warnings=[],
+            config={},
+        )
+        session.add(run)
+        session.commit()
+        connector = FakeConnector()
+        yield StepContext(
+            run=run,
+            recorder=RunRecorder(session, run),
+            profile=profile,
+            ec2=ec2,
+            connector=connector,
+            syncer=FakeSyncer(),
+            run_dir=tmp_path / "run",
+            key_path=tmp_path / "run" / "id_ed25519",
+            public_key="ssh-ed25519 AAAA test",
+        )
+    store.close()
+
+
+def fake(ctx: StepContext) -> FakeEc2:
+    assert isinstance(ctx.ec2, FakeEc2)
+    return ctx.ec2
+
+
+def test_launch_records_token_before_the_call_and_tags_in_the_call(ctx: StepContext) -> None:
+    seen: list[tuple[str | None, str | None]] = []
+    fake(ctx).before = lambda name: seen.append((ctx.run.launch_token, ctx.run.instance_id))
+    ensure_instance_running(ctx)
+    assert seen == [(f"{ctx.run.id}-1", None)]
+    instance = fake(ctx).instances[ctx.run.instance_id or ""]
+    assert instance.tags[TAG_RUN_ID] == ctx.run.id and instance.tags[TAG_MANAGED] == "true"
+    assert ctx.run.ssh_address == instance.public_ip
+    assert ctx.run.config["image_id"].startswith("ami-")
+
+
+def test_launch_carries_the_dead_mans_switch(ctx: StepContext) -> None:
+    from datetime import datetime, timedelta
+
+    from ec2backup.core.tags import TAG_EXPIRES_AT
+    from ec2backup.db.models import utcnow
+
+    specs = []
+    run_instance = fake(ctx).run_instance
+    fake(ctx).run_instance = lambda spec: specs.append(spec) or run_instance(spec)  # type: ignore[method-assign]
+    ensure_instance_running(ctx)
+    (spec,) = specs
+    assert '[shutdown, -P, "+720"' in spec.user_data
+    assert f"restrict {ctx.public_key}" in spec.user_data  # commands only, no forwarding
+    expires = datetime.fromisoformat(spec.tags[TAG_EXPIRES_AT].replace("Z", "+00:00"))
+    assert abs(expires - (utcnow() + timedelta(minutes=720))) < timedelta(minutes=1)
+    # a retry of the same attempt sends the same expiry (same ClientToken, same parameters)
+    ctx.run.instance_id = None
+    fake(ctx).instances.clear()  # as if the lookup by tag found nothing yet
+    fake(ctx).tokens.clear()
+    ensure_instance_running(ctx)
+    assert specs[1].tags[TAG_EXPIRES_AT] == spec.tags[TAG_EXPIRES_AT]
+    assert specs[1].client_token == spec.client_token
+
+
+def test_launch_adopts_the_instance_of_a_crash_between_launch_and_record(ctx: StepContext) -> None:
+    ensure_instance_running(ctx)
+    first = ctx.run.instance_id
+    ctx.run.instance_id = None  # as if the process died before recording it
+    ensure_instance_running(ctx)
+    assert ctx.run.instance_id == first
+    assert fake(ctx).calls.count("run_instance") == 1
+    assert ctx.run.launch_attempt == 1
+
+
+def test_launch_starts_a_new_attempt_when_the_instance_is_gone(ctx: StepContext) -> None:
+    ensure_instance_running(ctx)
+    first = ctx.run.instance_id or ""
+    fake(ctx).terminate_instance(first)
+    ensure_instance_running(ctx)
+    assert ctx.run.instance_id != first
+    assert ctx.run.launch_token == f"{ctx.run.id}-2"
+
+
+def test_launch_refuses_a_volume_attached_elsewhere(ctx: StepContext) -> None:
+    volume_id = ctx.run.volume_id or ""
+    ec2 = fake(ctx)
+    ec2.volumes[volume_id] = replace(
+        ec2.volumes[volume_id],
+        state="in-use",
+        attachments=(Attachment("i-other", "/dev/sdf", "attached"),),
+    )
+    with pytest.raises(InvalidResourceStateError, match="attached to instance i-other"):
+        ensure_instance_running(ctx)
+    assert "run_instance" not in ec2.calls
+
+
+def test_launch_refuses_a_volume_in_another_zone(ctx: StepContext) -> None:
+    ec2 = fake(ctx)
+    volume_id = ctx.run.volume_id or ""
+    ec2.volumes[volume_id] = replace(ec2.volumes[volume_id], availability_zone="us-east-1b")
+    with pytest.raises(InvalidResourceStateError, match="us-east-1b"):
+        ensure_instance_running(ctx)
+
+
+def test_missing_volume_is_not_found(ctx: StepContext) -> None:
+    fake(ctx).volumes.clear()
+    with pytest.raises(ResourceNotFoundError):
+        ensure_instance_running(ctx)
+
+
+def test_attach_is_skipped_when_already_attached(ctx: StepContext) -> None:
+    ensure_instance_running(ctx)
+    ensure_attached(ctx)
+    ensure_attached(ctx)
+    assert fake(ctx).calls.count("attach_volume") == 1
+
+
+def _attached_and_visible(ctx: StepContext, connector: FakeConnector) -> str:
+    ensure_instance_running(ctx)
+    ensure_attached(ctx)
+    device = NITRO.format((ctx.run.volume_id or "").replace("-", ""))
+    connector.host.devices.add(device)
+    return device
+
+
+def _mounted(ctx: StepContext) -> tuple[FakeConnector, FakeSyncer]:
+    """Launched, attached, formatted and mounted: where the sync step starts."""
+    connector, syncer = ctx.connector, ctx.syncer
+    assert isinstance(connector, FakeConnector) and isinstance(syncer, FakeSyncer)
+    device = _attached_and_visible(ctx, connector)
+    connector.host.filesystems[device] = "ext4"
+    ensure_mounted(ctx)
+    return connector, syncer
+
+
+def test_mount_refuses_a_volume_without_filesystem(ctx: StepContext) -> None:
+    connector = ctx.connector
+    assert isinstance(connector, FakeConnector)
+    _attached_and_visible(ctx, connector)
+    with pytest.raises(UnformattedVolumeError, match="no filesystem"):
+        ensure_mounted(ctx)
+    assert not any("mkfs" in c for c in connector.host.commands)
+    assert connector.host.mounts == {}
+
+
+def test_mount_probes_the_filesystem_only_when_mount_fails(ctx: StepContext) -> None:
+    connector = ctx.connector
+    assert isinstance(connector, FakeConnector)
+    device = _attached_and_visible(ctx, connector)
+    connector.host.filesystems[device] = "gpt"
+    with pytest.raises(RemoteCommandError, match="could not mount"):
+        ensure_mounted(ctx)
+    connector.host.filesystems[device] = "ext4"
+    before = len(connector.host.commands)
+    ensure_mounted(ctx)
+    sudo = [c for c in connector.host.commands[before:] if c.startswith("sudo")]
+    assert len(sudo) == 1 and " mount " in sudo[0]
+
+
+def test_format_never_formats_over_an_existing_filesystem(ctx: StepContext) -> None:
+    connector = ctx.connector
+    assert isinstance(connector, FakeConnector)
+    device = _attached_and_visible(ctx, connector)
+    assert "made ext4" in ensure_formatted(ctx)
+    assert "already has a ext4" in ensure_formatted(ctx)
+    assert [c for c in connector.host.commands if "mkfs" in c] == [
+        f"sudo mkfs.ext4 -q -L ec2backup {device}"
+    ]
+
+
+@pytest.mark.parametrize(("holds", "said"), [("gpt", "partition table (gpt)"), ("xfs", "xfs")])
+def test_format_leaves_a_partitioned_or_other_device_alone(
+    ctx: StepContext, holds: str, said: str
+) -> None:
+    connector = ctx.connector
+    assert isinstance(connector, FakeConnector)
+    device = _attached_and_visible(ctx, connector)
+    connector.host.filesystems[device] = holds
+    assert f"already has a {said}" in ensure_formatted(ctx)
+    assert not any("mkfs" in c for c in connector.host.commands)
+
+
+def test_format_refuses_when_the_probe_fails(ctx: StepContext) -> None:
+    connector = ctx.connector
+    assert isinstance(connector, FakeConnector)
+    device = _attached_and_visible(ctx, connector)
+    connector.host.filesystems[device] = "!8"  # blkid: ambivalent result
+    with pytest.raises(RemoteCommandError, match=r"could not tell what \S+ holds"):
+        ensure_formatted(ctx)
+    assert not any("mkfs" in c for c in connector.host.commands)
+    # The decision reads the device itself, never blkid's cache.
+    assert any(c.startswith("sudo blkid -p ") for c in connector.host.commands)
+
+
+def test_mount_sync_unmount_are_idempotent_and_use_sudo(ctx: StepContext) -> None:
+    connector = ctx.connector
+    assert isinstance(connector, FakeConnector)
+    device = _attached_and_visible(ctx, connector)
+    connector.host.filesystems[device] = "ext4"
+    ensure_mounted(ctx)
+    assert "already mounted" in ensure_mounted(ctx)
+    assert connector.host.mounts == {"/mnt/ec2backup": device}
+    ensure_synced(ctx)
+    assert ctx.run.files_transferred == 2 and ctx.run.total_size == 1000
+    ensure_unmounted(ctx)
+    ensure_unmounted(ctx)
+    assert connector.host.mounts == {}
+    assert connector.connects == 1  # one SSH session for the whole run
+    assert ctx.run.host_key_source == "console"
+    assert (ctx.run_dir / "known_hosts").read_text().startswith(ctx.run.ssh_address or "?")
+
+
+def test_sync_refuses_to_copy_onto_the_root_disk(ctx: StepContext) -> None:
+    connector = ctx.connector
+    assert isinstance(connector, FakeConnector)
+    _attached_and_visible(ctx, connector)
+    with pytest.raises(InvalidResourceStateError, match="not mounted"):
+        ensure_synced(ctx)
+    assert isinstance(ctx.syncer, FakeSyncer) and ctx.syncer.calls == []
+
+
+def test_sync_prepares_the_instance_in_one_call(ctx: StepContext) -> None:
+    connector, _ = _mounted(ctx)
+    before = len(connector.host.commands)
+    ensure_synced(ctx)
+    sent = connector.host.commands[before:]
+    assert len(sent) == 1 and sent[0].startswith("sudo findmnt")
+    assert [line.split()[0] for line in sent[0].splitlines()] == [
+        "sudo",  # findmnt: the mount point must be a mount
+        "(pkill",
+        "du",
+        "df",
+        "mkdir",
+    ]
+
+
+def test_unmount_ends_a_leftover_rsync_holding_the_mount(ctx: StepContext) -> None:
+    connector, _ = _mounted(ctx)
+    connector.host.rsync_running = True
+    assert ensure_unmounted(ctx) == "/mnt/ec2backup unmounted"
+    assert connector.host.mounts == {} and not connector.host.rsync_running
+
+
+def test_unmount_is_one_call(ctx: StepContext) -> None:
+    connector, _ = _mounted(ctx)
+    before = len(connector.host.commands)
+    assert ensure_unmounted(ctx) == "/mnt/ec2backup unmounted"
+    assert connector.host.mounts == {}
+    assert len(connector.host.commands[before:]) == 1
+
+
+def test_sync_stops_when_a_leftover_rsync_does_not_end(ctx: StepContext) -> None:
+    connector, syncer = _mounted(ctx)
+    connector.host.rsync_stuck = True
+    with pytest.raises(RemoteCommandError, match="earlier rsync on the instance did not end"):
+        ensure_synced(ctx)
+    assert syncer.calls == []
+
+
+def test_sync_stops_when_the_free_space_cannot_be_read(ctx: StepContext) -> None:
+    connector, syncer = _mounted(ctx)
+    connector.host.df_output = "df: /mnt/ec2backup: No such file"
+    with pytest.raises(RemoteCommandError, match="could not read the free space"):
+        ensure_synced(ctx)
+    assert syncer.calls == []
+
+
+def test_vanished_files_are_a_warning(ctx: StepContext) -> None:
+    _, syncer = _mounted(ctx)
+    syncer.exit_code = 24
+    ensure_synced(ctx)
+    assert any("vanished" in w for w in ctx.run.warnings)
+
+
+def test_detach_and_terminate_treat_done_as_success(ctx: StepContext) -> None:
+    ensure_instance_running(ctx)
+    ensure_attached(ctx)
+    ensure_detached(ctx)
+    ensure_detached(ctx)
+    assert fake(ctx).calls.count("detach_volume") == 1
+    ensure_terminated(ctx)
+    ensure_terminated(ctx)
+    assert fake(ctx).instances[ctx.run.instance_id or ""].state == "terminated"
+    assert "wait_instance_terminated" not in fake(ctx).calls  # shutting-down is enough
+
+
+def test_terminate_waits_only_if_the_instance_is_not_even_shutting_down(
+    ctx: StepContext,
+) -> None:
+    ensure_instance_running(ctx)
+    fake(ctx).terminate_answer = "pending"  # what EC2 could answer for a stopped one starting
+    ensure_terminated(ctx)
+    assert fake(ctx).calls.count("wait_instance_terminated") == 1
+
+
+def test_launch_finds_its_instance_by_tag_when_the_record_is_lost(ctx: StepContext) -> None:
+    ensure_instance_running(ctx)
+    first = ctx.run.instance_id or ""
+    ctx.run.instance_id = None
+    ctx.run.launch_token = None  # a lost record: the next launch uses a new token
+    ctx.run.launch_attempt = 5
+    ensure_instance_running(ctx)
+    assert ctx.run.instance_id == first  # found by tag, not launched again
+    assert len(fake(ctx).instances) == 1
+
+
+def test_terminate_also_ends_instances_of_earlier_attempts(ctx: StepContext) -> None:
+    ensure_instance_running(ctx)
+    leaked = ctx.run.instance_id or ""
+    ctx.run.instance_id, ctx.run.launch_token = None, f"{ctx.run.id}-other"
+    fake(ctx).instances[leaked] = replace(fake(ctx).instances[leaked], state="stopped")
+    ensure_instance_running(ctx)  # a stopped instance is not usable: a new one
+    assert ctx.run.instance_id != leaked
+    ensure_terminated(ctx)
+    assert {i.state for i in fake(ctx).instances.values()} == {"terminated"}
+
+
+def test_snapshot_is_looked_up_before_one_is_created(ctx: StepContext) -> None:
+    ensure_snapshot(ctx)
+    first = ctx.run.snapshot_id
+    ctx.run.snapshot_id = None  # as if the process died before recording it
+    ensure_snapshot(ctx)
+    assert ctx.run.snapshot_id == first
+    assert fake(ctx).calls.count("create_snapshot") == 1
+    assert fake(ctx).snapshots[first or ""].tags[TAG_RUN_ID] == ctx.run.id
+
+
+def test_snapshot_off(ctx: StepContext) -> None:
+    ctx.profile = ctx.profile.model_copy(update={"snapshot": False})
+    assert "off" in ensure_snapshot(ctx)
+    assert fake(ctx).snapshots == {}
+
+
+def test_tofu_is_recorded_and_warned_when_the_console_has_no_keys(
+    ctx: StepContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(steps_session, "CONSOLE_KEYS_TIMEOUT", 0.0)
+    fake(ctx).console = "no keys here"
+    ensure_instance_running(ctx)
+    ensure_host_keys(ctx)
+    assert ctx.run.host_key_source == "tofu"
+    assert any("first use" in w for w in ctx.run.warnings)
+
+
+def test_no_capacity_falls_back_to_the_next_type_with_a_new_token(ctx: StepContext) -> None:
+    from ec2backup.errors import CapacityError
+
+    ctx.profile = ctx.profile.model_copy(
+        update={"instance_type": "t3.micro", "fallback_instance_types": ("t3a.micro", "t3.small")}
+    )
+    specs = []
+    run_instance = fake(ctx).run_instance
+
+    def no_t3(spec):  # type: ignore[no-untyped-def]
+        specs.append(spec)
+        if spec.instance_type.startswith("t3."):
+            raise CapacityError("InsufficientInstanceCapacity")
+        return run_instance(spec)
+
+    fake(ctx).run_instance = no_t3  # type: ignore[method-assign]
+    assert "(t3a.micro)" in ensure_instance_running(ctx)
+    assert [s.instance_type for s in specs] == ["t3.micro", "t3a.micro"]
+    assert specs[0].client_token != specs[1].client_token  # other parameters, other token
+    assert any("no capacity for t3.micro" in w for w in ctx.run.warnings)
+
+
+def test_no_capacity_for_any_type_names_them_all(ctx: StepContext) -> None:
+    from ec2backup.errors import CapacityError
+
+    ctx.profile = ctx.profile.model_copy(update={"fallback_instance_types": ("t3a.micro",)})
+
+    def never(spec):  # type: ignore[no-untyped-def]
+        raise CapacityError("InsufficientInstanceCapacity")
+
+    fake(ctx).run_instance = never  # type: ignore[method-assign]
+    with pytest.raises(CapacityError, match=r"no capacity in us-east-1a for t3\.micro, t3a\.micro"):
+        ensure_instance_running(ctx)
