@@ -34,9 +34,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -64,7 +62,6 @@ from moto.ssm.models import Parameter, ssm_backends
 
 from . import console
 from .host import (
-    AddressPool,
     HostError,
     Machine,
     attach_loop,
@@ -78,6 +75,16 @@ from .host import (
 )
 from .layout import NEXT_INSTANCE, Layout
 from .settings import CloudSettings
+from .state import (
+    CloudState,
+    Device,
+    Hook,
+    Original,
+    PendingAttach,
+    PendingDetach,
+    PowerOff,
+    Scheduled,
+)
 
 log = logging.getLogger("ec2backup.sandbox")
 
@@ -111,52 +118,11 @@ INSTANCE_SHUTDOWN = StateReason(
     "Client.InstanceInitiatedShutdown",
 )
 
-# (moto response, moto's own handler) -> result
-Original = Callable[[], ActionResult]
-Hook = Callable[[EC2Response, Original], ActionResult]
-
 
 @dataclass(frozen=True)
 class TokenUse:
     fingerprint: str
     resource_id: str  # reservation id for RunInstances, volume id for CreateVolume
-
-
-@dataclass(frozen=True)
-class Device:
-    instance_id: str
-    loop: str  # /dev/loopK holding the volume's image
-
-
-@dataclass(frozen=True)
-class PendingDetach:
-    backend: Any
-    instance_id: str
-    device: str
-    due: float = 0.0  # time.monotonic() before which it does not complete
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class PendingAttach:
-    backend: Any
-    instance_id: str
-    due: float
-
-
-@dataclass(frozen=True)
-class Scheduled:
-    """Something due to happen to an instance at ``due`` (time.monotonic())."""
-
-    backend: Any
-    instance: Any
-    due: float
-
-
-@dataclass(frozen=True)
-class PowerOff(Scheduled):
-    final: str  # "terminated" or "stopped"
-    reason: StateReason | None  # None: user initiated (moto's reason)
 
 
 class CloudFault(Exception):
@@ -187,24 +153,10 @@ class CloudFault(Exception):
 
 class LocalCloud:
     def __init__(self, layout: Layout, region: str) -> None:
-        self.layout = layout
-        self.region = region
-        self.lock = threading.RLock()
-        self.addresses = AddressPool()
-        self.machines: dict[str, Machine] = {}  # live instances by id
-        self.devices: dict[str, Device] = {}  # attached volumes by id
-        self.pending_detaches: dict[str, PendingDetach] = {}  # volume id -> detach to finish
+        self.state = CloudState(layout, region)
         self.tokens: dict[tuple[str, str, str, str], TokenUse] = {}
         self.default_ami_id = ""
-        # Delayed state changes and timers, by instance id (attaches by volume id).
-        self.pending_boots: dict[str, Scheduled] = {}
-        self.pending_attaches: dict[str, PendingAttach] = {}
-        self.power_offs: dict[str, PowerOff] = {}
-        self.shutdown_timers: dict[str, Scheduled] = {}
-        self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
-        self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)
-        # Settings (re-read when D/settings.json changes) and the fault counters they reset.
-        self.settings = CloudSettings()
+        # The fault counters, reset with the settings.
         self._settings_key: tuple[int, int, int] | None = None
         self._fault_lock = threading.Lock()
         self._calls: dict[str, int] = {}
@@ -263,7 +215,7 @@ class LocalCloud:
 
     def _wrap(self, action: str, hook: Hook) -> None:
         original = getattr(EC2Response, action)
-        lock = self.lock
+        lock = self.state.lock
 
         def wrapper(response: EC2Response) -> ActionResult:
             with lock:
@@ -309,36 +261,36 @@ class LocalCloud:
 
     def refresh_settings(self) -> CloudSettings:
         """Re-read ``D/settings.json`` if it was replaced since the last look."""
-        path = self.layout.settings
+        path = self.state.layout.settings
         try:
             st = os.stat(path)
             key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             key = None
         if key == self._settings_key:
-            return self.settings
+            return self.state.settings
         with self._fault_lock:
             if key != self._settings_key:
                 try:
                     settings = CloudSettings.load(path)
                 except (TypeError, ValueError) as e:
                     log.error("ignoring %s: %s", path, e)
-                    settings = self.settings
+                    settings = self.state.settings
                 self._settings_key = key
-                if settings != self.settings:
+                if settings != self.state.settings:
                     log.info("settings: %s", settings)
-                self.settings = settings
+                self.state.settings = settings
                 self._calls.clear()  # the same seed replays the same faults
-                self.ssh_cut.clear()
-                self.ssh_watch.clear()
-        return self.settings
+                self.state.ssh_cut.clear()
+                self.state.ssh_watch.clear()
+        return self.state.settings
 
     def enable_iam(self) -> tuple[str, str]:
         """Switch on moto's IAM enforcement (signatures and actions, not conditions) and return
         the access key of an administrator made for the sandbox. Call after ``seed``: the
         seeding goes to the backends directly, never through the checks."""
         iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
-        iam.create_user(region_name=self.region, user_name=ADMIN_USER)
+        iam.create_user(region_name=self.state.region, user_name=ADMIN_USER)
         iam.put_user_policy(ADMIN_USER, "administrator", json.dumps(ADMIN_POLICY))
         key = iam.create_access_key(ADMIN_USER)
         ActionAuthenticatorMixin.request_count = 0
@@ -346,12 +298,12 @@ class LocalCloud:
         return key.access_key_id, key.secret_access_key
 
     def allocate_address(self) -> str:
-        with self.lock:
-            return self.addresses.allocate()
+        with self.state.lock:
+            return self.state.addresses.allocate()
 
     def seed(self) -> str:
         """Register the Ubuntu AMI and the SSM public parameter that names it."""
-        backend = ec2_backends[DEFAULT_ACCOUNT_ID][self.region]
+        backend = ec2_backends[DEFAULT_ACCOUNT_ID][self.state.region]
         ami = Ami(
             backend,
             random_ami_id(),
@@ -364,10 +316,10 @@ class LocalCloud:
             hypervisor="xen",
             root_device_type="ebs",
             root_device_name="/dev/sda1",
-            region_name=f"{self.region}a",
+            region_name=f"{self.state.region}a",
         )
         backend.amis[ami.id] = ami
-        ssm = ssm_backends[DEFAULT_ACCOUNT_ID][self.region]
+        ssm = ssm_backends[DEFAULT_ACCOUNT_ID][self.state.region]
         ssm._parameters[UBUNTU_AMI_PARAMETER].append(
             Parameter(  # type: ignore[abstract]
                 account_id=DEFAULT_ACCOUNT_ID,
@@ -400,12 +352,12 @@ class LocalCloud:
         result = original()
         reservation: Any = result.result
         self._remember_token(response, "RunInstances", reservation.id)
-        delay = self.settings.boot_delay
+        delay = self.state.settings.boot_delay
         for instance in reservation.instances:
             self._give_address(instance)
             if delay > 0:
                 _set_state(instance, "pending")
-                self.pending_boots[instance.id] = Scheduled(
+                self.state.pending_boots[instance.id] = Scheduled(
                     backend, instance, time.monotonic() + delay
                 )
             else:
@@ -413,7 +365,7 @@ class LocalCloud:
         return result
 
     def _check_capacity(self, response: EC2Response) -> None:
-        settings = self.settings
+        settings = self.state.settings
         backend = response.ec2_backend
         instance_type = response._get_param("InstanceType") or "m1.small"
         zone = response._get_param("Placement.AvailabilityZone")
@@ -467,27 +419,28 @@ class LocalCloud:
         if instance.key_name and instance.key_name in backend.key_pairs:
             keys.append(backend.key_pairs[instance.key_name].public_key)
         hostname = "ip-" + str(instance.private_ip).replace(".", "-")
-        directory = self.layout.instance_dir(instance.id)
+        directory = self.state.layout.instance_dir(instance.id)
         log.info("booting %s on %s:22", instance.id, address)
-        self.machines[instance.id] = boot_machine(directory, instance.id, address, hostname, keys)
-        next_override = self.layout.console_overrides / NEXT_INSTANCE
+        machine = boot_machine(directory, instance.id, address, hostname, keys)
+        self.state.machines[instance.id] = machine
+        next_override = self.state.layout.console_overrides / NEXT_INSTANCE
         if next_override.exists():
-            next_override.rename(self.layout.console_overrides / instance.id)
+            next_override.rename(self.state.layout.console_overrides / instance.id)
         minutes = console.shutdown_minutes(user_data)
         if minutes is not None:
-            seconds = minutes * self.settings.minute_seconds
+            seconds = minutes * self.state.settings.minute_seconds
             log.info("%s powers off in %g minutes (%.1f s here)", instance.id, minutes, seconds)
-            self.shutdown_timers[instance.id] = Scheduled(
+            self.state.shutdown_timers[instance.id] = Scheduled(
                 backend, instance, time.monotonic() + seconds
             )
 
     def terminate_instances(self, response: EC2Response, original: Original) -> ActionResult:
-        delay = self.settings.terminate_delay
+        delay = self.state.settings.terminate_delay
         if delay <= 0:
             result = original()
             for item in result.result["TerminatingInstances"]:  # type: ignore[index]
                 self._shut_down(item["InstanceId"])
-                self.power_offs.pop(item["InstanceId"], None)
+                self.state.power_offs.pop(item["InstanceId"], None)
             return result
         # As on AWS: shutting-down at once (the machine is gone), terminated a while later.
         backend = response.ec2_backend
@@ -502,7 +455,7 @@ class LocalCloud:
         items = []
         for instance in instances:
             previous = _state_of(instance)
-            pending = self.power_offs.get(instance.id)
+            pending = self.state.power_offs.get(instance.id)
             terminating = pending is not None and pending.final == "terminated"
             if instance.state != "terminated" and not terminating:
                 self._power_off(backend, instance, "terminated", None, delay)
@@ -543,18 +496,18 @@ class LocalCloud:
             instance.state_reason = reason
         power_off = PowerOff(backend, instance, time.monotonic() + delay, final, reason)
         if delay > 0:
-            self.power_offs[instance.id] = power_off
+            self.state.power_offs[instance.id] = power_off
         else:
             self._finish_power_off(power_off)
 
     def _finish_power_off(self, power_off: PowerOff) -> None:
         instance = power_off.instance
-        self.power_offs.pop(instance.id, None)
+        self.state.power_offs.pop(instance.id, None)
         if power_off.final == "terminated":
             power_off.backend.terminate_instances([instance.id])  # detaches its volumes
         else:
             instance.stop()
-        self._record_change(
+        self.state.record_change(
             "terminate" if power_off.final == "terminated" else "stop", instance.id, power_off.due
         )
         if power_off.reason is not None:
@@ -565,35 +518,35 @@ class LocalCloud:
     def _shut_down(self, instance_id: str) -> None:
         """The instance's machine stops: kill its sshd (and every process and mount in it),
         release its loop devices, finish detaches that waited for it; forget its timers."""
-        self.pending_boots.pop(instance_id, None)
-        self.shutdown_timers.pop(instance_id, None)
-        self.ssh_watch.pop(instance_id, None)
-        for volume_id, attach in list(self.pending_attaches.items()):
+        self.state.pending_boots.pop(instance_id, None)
+        self.state.shutdown_timers.pop(instance_id, None)
+        self.state.ssh_watch.pop(instance_id, None)
+        for volume_id, attach in list(self.state.pending_attaches.items()):
             if attach.instance_id == instance_id:
-                del self.pending_attaches[volume_id]
+                del self.state.pending_attaches[volume_id]
                 _set_attachment_status(attach.backend, volume_id, instance_id, "attached")
-        machine = self.machines.pop(instance_id, None)
+        machine = self.state.machines.pop(instance_id, None)
         if machine is not None:
             log.info("%s: machine stopped", instance_id)
             machine.kill()  # ends its namespaces, and with them every mount made over SSH
-        for volume_id, pending in list(self.pending_detaches.items()):
+        for volume_id, pending in list(self.state.pending_detaches.items()):
             if pending.instance_id == instance_id:
                 self._complete_detach(volume_id, pending)
-        for volume_id, device in list(self.devices.items()):
+        for volume_id, device in list(self.state.devices.items()):
             if device.instance_id == instance_id:
                 self._release_device(volume_id)
 
     def get_console_output(self, response: EC2Response, original: Original) -> ActionResult:
         instance = response.ec2_backend.get_instance(response._get_param("InstanceId"))
-        directory = self.layout.instance_dir(instance.id)
-        machine = self.machines.get(instance.id) or Machine.load(directory)
+        directory = self.state.layout.instance_dir(instance.id)
+        machine = self.state.machines.get(instance.id) or Machine.load(directory)
         if machine is None and instance.state == "pending":
             # Nothing printed yet: EC2 answers without Output.
             return ActionResult({"InstanceId": instance.id, "Timestamp": utcnow()})
         if machine is None:
             return original()
         host_key = machine.host_key_public
-        if (self.layout.console_overrides / instance.id).exists():
+        if (self.state.layout.console_overrides / instance.id).exists():
             impostor = directory / "impostor_host_key"
             if impostor.exists():
                 host_key = impostor.with_suffix(".pub").read_text().strip()
@@ -618,8 +571,8 @@ class LocalCloud:
         result = original()
         volume: Any = result.result
         self._remember_token(response, "CreateVolume", volume.id)
-        image = self.layout.volume_image(volume.id)
-        snapshot_image = self.layout.snapshot_image(volume.snapshot_id or "none")
+        image = self.state.layout.volume_image(volume.id)
+        snapshot_image = self.state.layout.snapshot_image(volume.snapshot_id or "none")
         if volume.snapshot_id and snapshot_image.exists():
             copy_sparse(snapshot_image, image)  # a volume restored from a snapshot
         make_sparse(image, int(volume.size))
@@ -627,7 +580,7 @@ class LocalCloud:
 
     def delete_volume(self, response: EC2Response, original: Original) -> ActionResult:
         result = original()
-        self.layout.volume_image(response._get_param("VolumeId")).unlink(missing_ok=True)
+        self.state.layout.volume_image(response._get_param("VolumeId")).unlink(missing_ok=True)
         return result
 
     def attach_volume(self, response: EC2Response, original: Original) -> ActionResult:
@@ -648,10 +601,10 @@ class LocalCloud:
                 f" '{instance_id}'",
             )
         result = original()
-        delay = self.settings.attach_delay
+        delay = self.state.settings.attach_delay
         if delay > 0:
             _set_attachment_status(backend, volume_id, instance_id, "attaching")  # see reconcile()
-            self.pending_attaches[volume_id] = PendingAttach(
+            self.state.pending_attaches[volume_id] = PendingAttach(
                 backend, instance_id, time.monotonic() + delay
             )
             return result
@@ -661,10 +614,10 @@ class LocalCloud:
     def _connect_device(self, backend: Any, volume_id: str, instance_id: str) -> None:
         """Make the volume a block device inside the instance (its Nitro name)."""
         volume = backend.get_volume(volume_id)
-        machine = self.machines.get(instance_id)
+        machine = self.state.machines.get(instance_id)
         if machine is None or not machine.alive():
             return
-        image = self.layout.volume_image(volume_id)
+        image = self.state.layout.volume_image(volume_id)
         if not image.exists():  # e.g. a root volume moto made by itself
             make_sparse(image, int(volume.size))
         loop = attach_loop(image)
@@ -674,7 +627,7 @@ class LocalCloud:
             detach_loop(loop)
             backend.detach_volume(volume_id, instance_id, volume.attachment.device)
             raise
-        self.devices[volume_id] = Device(instance_id, loop)
+        self.state.devices[volume_id] = Device(instance_id, loop)
         log.info("attached %s to %s as %s", volume_id, instance_id, loop)
 
     def detach_volume(self, response: EC2Response, original: Original) -> ActionResult:
@@ -697,17 +650,18 @@ class LocalCloud:
             }
         )
         force = bool(response._get_bool_param("Force", False))
-        self.pending_attaches.pop(volume_id, None)  # a detach while attaching: never attached
-        device = self.devices.get(volume_id)
-        machine = self.machines.get(instance_id)
+        # A detach while attaching: never attached.
+        self.state.pending_attaches.pop(volume_id, None)
+        device = self.state.devices.get(volume_id)
+        machine = self.state.machines.get(instance_id)
         mounted = bool(device and machine and machine.has_mounted(device.loop))
-        delay = self.settings.detach_delay
+        delay = self.state.settings.detach_delay
         if (mounted and not force) or delay > 0:
             # As on AWS: the detach takes a while, and waits while the filesystem is mounted;
             # reconcile() ends it.
             attachment.status = "detaching"
-            earlier = self.pending_detaches.get(volume_id)
-            self.pending_detaches[volume_id] = PendingDetach(
+            earlier = self.state.pending_detaches.get(volume_id)
+            self.state.pending_detaches[volume_id] = PendingDetach(
                 backend,
                 instance_id,
                 attachment.device,
@@ -717,26 +671,26 @@ class LocalCloud:
             if mounted and not force:
                 log.info("detach of %s waits: still mounted in %s", volume_id, instance_id)
             return answer
-        self.pending_detaches.pop(volume_id, None)
+        self.state.pending_detaches.pop(volume_id, None)
         backend.detach_volume(volume_id, instance_id, attachment.device)
         self._release_device(volume_id)
         return answer
 
     def _complete_detach(self, volume_id: str, pending: PendingDetach) -> None:
-        self.pending_detaches.pop(volume_id, None)
+        self.state.pending_detaches.pop(volume_id, None)
         volume = pending.backend.get_volume(volume_id)
         attachment = volume.attachment
         if attachment is not None and attachment.instance.id == pending.instance_id:
             pending.backend.detach_volume(volume_id, pending.instance_id, pending.device)
-            self._record_change("detach", volume_id, pending.due)
+            self.state.record_change("detach", volume_id, pending.due)
         self._release_device(volume_id)
         log.info("detach of %s completed", volume_id)
 
     def _release_device(self, volume_id: str) -> None:
-        device = self.devices.pop(volume_id, None)
+        device = self.state.devices.pop(volume_id, None)
         if device is None:
             return
-        machine = self.machines.get(device.instance_id)
+        machine = self.state.machines.get(device.instance_id)
         if machine is not None:
             try:
                 machine.unlink_device(nitro_device_name(volume_id))
@@ -748,14 +702,14 @@ class LocalCloud:
     def create_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
         result = original()
         snapshot: Any = result.result
-        image = self.layout.volume_image(snapshot.volume.id)
+        image = self.state.layout.volume_image(snapshot.volume.id)
         if image.exists():
-            copy_sparse(image, self.layout.snapshot_image(snapshot.id))
+            copy_sparse(image, self.state.layout.snapshot_image(snapshot.id))
         return result
 
     def delete_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
         result = original()
-        self.layout.snapshot_image(response._get_param("SnapshotId")).unlink(missing_ok=True)
+        self.state.layout.snapshot_image(response._get_param("SnapshotId")).unlink(missing_ok=True)
         return result
 
     def describe_snapshots(self, response: EC2Response, original: Original) -> ActionResult:
@@ -799,58 +753,42 @@ class LocalCloud:
 
     # --- background --------------------------------------------------------------------------
 
-    def _record_change(self, kind: str, resource_id: str, due: float) -> None:
-        """Append a state change just applied to ``D/state-changes.jsonl`` (what the detection
-        benchmark measures from): ``at`` is now, ``due`` when its delay ended (``due`` is a
-        time.monotonic(), turned into wall-clock time here), both ISO in UTC."""
-        now = time.monotonic()
-        at = datetime.now(UTC)
-        due_at = datetime.fromtimestamp(at.timestamp() - max(0.0, now - due), UTC)
-        line = json.dumps(
-            {"kind": kind, "id": resource_id, "at": at.isoformat(), "due": due_at.isoformat()}
-        )
-        try:
-            with open(self.layout.state_changes, "a") as f:
-                f.write(line + "\n")
-        except OSError as e:
-            log.warning("cannot record a state change: %s", e)
-
     def reconcile(self) -> None:
         """Finish what real EC2 finishes later. Called periodically by the server."""
         settings = self.refresh_settings()
-        with self.lock:
+        with self.state.lock:
             now = time.monotonic()
-            for instance_id, boot in list(self.pending_boots.items()):
+            for instance_id, boot in list(self.state.pending_boots.items()):
                 if now < boot.due:
                     continue
-                del self.pending_boots[instance_id]
+                del self.state.pending_boots[instance_id]
                 if boot.instance.state != "pending":
                     continue
                 # Running first, then the sshd starts: port 22 of a pending instance is closed.
                 _set_state(boot.instance, "running")
-                self._record_change("boot", instance_id, boot.due)
+                self.state.record_change("boot", instance_id, boot.due)
                 try:
                     self._boot(boot.backend, boot.instance)
                 except HostError:
                     log.exception("%s: boot failed", instance_id)
 
-            for volume_id, attach in list(self.pending_attaches.items()):
+            for volume_id, attach in list(self.state.pending_attaches.items()):
                 if now < attach.due:
                     continue
-                del self.pending_attaches[volume_id]
+                del self.state.pending_attaches[volume_id]
                 try:
                     self._connect_device(attach.backend, volume_id, attach.instance_id)
                 except HostError:
                     log.exception("attach of %s failed", volume_id)
                     continue
                 _set_attachment_status(attach.backend, volume_id, attach.instance_id, "attached")
-                self._record_change("attach", volume_id, attach.due)
+                self.state.record_change("attach", volume_id, attach.due)
 
-            for volume_id, pending in list(self.pending_detaches.items()):
+            for volume_id, pending in list(self.state.pending_detaches.items()):
                 if now < pending.due:
                     continue
-                device = self.devices.get(volume_id)
-                machine = self.machines.get(pending.instance_id)
+                device = self.state.devices.get(volume_id)
+                machine = self.state.machines.get(pending.instance_id)
                 if (
                     not pending.force
                     and device
@@ -861,10 +799,10 @@ class LocalCloud:
                     continue
                 self._complete_detach(volume_id, pending)
 
-            for instance_id, timer in list(self.shutdown_timers.items()):
+            for instance_id, timer in list(self.state.shutdown_timers.items()):
                 if now < timer.due:
                     continue
-                del self.shutdown_timers[instance_id]
+                del self.state.shutdown_timers[instance_id]
                 instance = timer.instance
                 if instance.state != "running":
                     continue
@@ -875,7 +813,7 @@ class LocalCloud:
                     timer.backend, instance, final, INSTANCE_SHUTDOWN, settings.terminate_delay
                 )
 
-            for _instance_id, power_off in list(self.power_offs.items()):
+            for _instance_id, power_off in list(self.state.power_offs.items()):
                 if now >= power_off.due:
                     self._finish_power_off(power_off)
 
@@ -884,38 +822,38 @@ class LocalCloud:
 
     def _cut_ssh_when_due(self, settings: CloudSettings, now: float) -> None:
         assert settings.cut_ssh_after is not None
-        for instance_id, machine in list(self.machines.items()):
-            if instance_id in self.ssh_cut:
+        for instance_id, machine in list(self.state.machines.items()):
+            if instance_id in self.state.ssh_cut:
                 continue
             if settings.cut_ssh_on:
                 active = any(name == settings.cut_ssh_on for _, _, name in machine.processes())
             else:
                 active = bool(machine.ssh_connections())
             if not active:
-                self.ssh_watch.pop(instance_id, None)
+                self.state.ssh_watch.pop(instance_id, None)
                 continue
-            since = self.ssh_watch.setdefault(instance_id, now)
+            since = self.state.ssh_watch.setdefault(instance_id, now)
             if now - since >= settings.cut_ssh_after:
                 cut = machine.cut_ssh()
-                self.ssh_cut.add(instance_id)
-                self.ssh_watch.pop(instance_id, None)
+                self.state.ssh_cut.add(instance_id)
+                self.state.ssh_watch.pop(instance_id, None)
                 log.info("fault: cut %d SSH connection(s) to %s", cut, instance_id)
 
     def cut_ssh(self, instance_id: str) -> int:
-        with self.lock:
-            machine = self.machines.get(instance_id)
+        with self.state.lock:
+            machine = self.state.machines.get(instance_id)
             return machine.cut_ssh() if machine is not None else 0
 
     def shutdown(self) -> list[str]:
         """Kill every instance and release every loop device; return loops left behind."""
-        with self.lock:
-            for instance_id in list(self.machines):
+        with self.state.lock:
+            for instance_id in list(self.state.machines):
                 self._shut_down(instance_id)
-            self.pending_detaches.clear()
-            self.pending_attaches.clear()
-            self.pending_boots.clear()
-            self.power_offs.clear()
-            return release_loops_under(self.layout.root)
+            self.state.pending_detaches.clear()
+            self.state.pending_attaches.clear()
+            self.state.pending_boots.clear()
+            self.state.power_offs.clear()
+            return release_loops_under(self.state.layout.root)
 
 
 def _set_state(instance: Any, name: str) -> None:
