@@ -29,14 +29,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import random
-import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
-from xml.sax.saxutils import escape
 
 from moto import settings as moto_settings
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -61,6 +56,7 @@ from moto.iam.models import iam_backends
 from moto.ssm.models import Parameter, ssm_backends
 
 from . import console
+from .faults import CloudFault, Faults
 from .host import (
     HostError,
     Machine,
@@ -109,10 +105,6 @@ STATE_CODES = {
 }
 # Counted by instance_limit: what still holds capacity.
 LIVE_STATES = ("pending", "running", "stopping", "shutting-down")
-SERVER_ERRORS = (
-    (500, "InternalError", "An internal error has occurred."),
-    (503, "Unavailable", "The server is overloaded and can't handle the request."),
-)
 INSTANCE_SHUTDOWN = StateReason(
     "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
     "Client.InstanceInitiatedShutdown",
@@ -125,41 +117,12 @@ class TokenUse:
     resource_id: str  # reservation id for RunInstances, volume id for CreateVolume
 
 
-class CloudFault(Exception):
-    """An EC2 error answer with an HTTP status of our choosing (moto would say 400)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def response(self) -> tuple[int, dict[str, str], str]:
-        request_id = str(uuid.uuid4())
-        body = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Response><Errors><Error><Code>{escape(self.code)}</Code>"
-            f"<Message>{escape(self.message)}</Message></Error></Errors>"
-            f"<RequestID>{request_id}</RequestID></Response>"
-        )
-        headers = {
-            "status": str(self.status),
-            "Content-Type": "text/xml;charset=UTF-8",
-            "x-amzn-RequestId": request_id,
-            "server": "AmazonEC2",
-        }
-        return self.status, headers, body
-
-
 class LocalCloud:
     def __init__(self, layout: Layout, region: str) -> None:
         self.state = CloudState(layout, region)
+        self.faults = Faults(self.state)
         self.tokens: dict[tuple[str, str, str, str], TokenUse] = {}
         self.default_ami_id = ""
-        # The fault counters, reset with the settings.
-        self._settings_key: tuple[int, int, int] | None = None
-        self._fault_lock = threading.Lock()
-        self._calls: dict[str, int] = {}
 
     # --- installation ------------------------------------------------------------------------
 
@@ -226,64 +189,16 @@ class LocalCloud:
 
     def before_action(self, response: EC2Response) -> Any:
         """Return a response (``(status, headers, body)``) to answer an EC2 call without
-        running it, or None to run it: latency, throttling and server errors."""
-        settings = self.refresh_settings()
-        action = response._get_action()
-        if not settings.faults_apply_to(action):
-            return None
-        if settings.latency > 0:
-            time.sleep(settings.latency)
-        draw = self._draw(settings, action)
-        first, second, lost = draw.random(), draw.random(), draw.random()
-        if first < settings.throttle_rate:
-            log.info("fault: %s throttled", action)
-            return CloudFault(503, "RequestLimitExceeded", "Request limit exceeded.").response()
-        if first < settings.throttle_rate + settings.error_rate:
-            status, code, message = SERVER_ERRORS[int(second * len(SERVER_ERRORS))]
-            log.info("fault: %s answered %s %s", action, status, code)
-            return CloudFault(status, code, message).response()
-        response._sandbox_lose_response = lost < settings.lost_response_rate  # type: ignore[attr-defined]
-        return None
+        running it, or None to run it."""
+        return self.faults.before_action(response)
 
     def after_action(self, response: EC2Response, answer: Any) -> Any:
-        """The answer to an EC2 call that ran, or the error that replaces it (lost response)."""
-        if getattr(response, "_sandbox_lose_response", False) and int(answer[0]) < 400:
-            log.info("fault: %s did its work, its response is lost", response._get_action())
-            return CloudFault(500, "InternalError", "An internal error has occurred.").response()
-        return answer
-
-    def _draw(self, settings: CloudSettings, action: str) -> random.Random:
-        """The random source of the n-th call of ``action`` since the settings changed."""
-        with self._fault_lock:
-            n = self._calls.get(action, 0)
-            self._calls[action] = n + 1
-        return random.Random(f"{settings.fault_seed}:{action}:{n}")
+        """The answer to an EC2 call that ran, or the one that replaces it."""
+        return self.faults.after_action(response, answer)
 
     def refresh_settings(self) -> CloudSettings:
         """Re-read ``D/settings.json`` if it was replaced since the last look."""
-        path = self.state.layout.settings
-        try:
-            st = os.stat(path)
-            key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            key = None
-        if key == self._settings_key:
-            return self.state.settings
-        with self._fault_lock:
-            if key != self._settings_key:
-                try:
-                    settings = CloudSettings.load(path)
-                except (TypeError, ValueError) as e:
-                    log.error("ignoring %s: %s", path, e)
-                    settings = self.state.settings
-                self._settings_key = key
-                if settings != self.state.settings:
-                    log.info("settings: %s", settings)
-                self.state.settings = settings
-                self._calls.clear()  # the same seed replays the same faults
-                self.state.ssh_cut.clear()
-                self.state.ssh_watch.clear()
-        return self.state.settings
+        return self.faults.refresh_settings()
 
     def enable_iam(self) -> tuple[str, str]:
         """Switch on moto's IAM enforcement (signatures and actions, not conditions) and return
