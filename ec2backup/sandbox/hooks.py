@@ -33,10 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from moto import settings as moto_settings
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.core.authorization import ActionAuthenticatorMixin
-from moto.core.exceptions import AccessDeniedError
 from moto.core.responses import ActionResult
 from moto.core.types import Base64EncodedString
 from moto.core.utils import utcnow
@@ -46,14 +43,9 @@ from moto.ec2.exceptions import (
     OperationNotPermitted4,
     VolumeInUseError,
 )
-from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_network_interfaces as moto_enis
-from moto.ec2.models.amis import Ami
 from moto.ec2.models.instances import StateReason
 from moto.ec2.responses import EC2Response
-from moto.ec2.utils import random_ami_id
-from moto.iam.models import iam_backends
-from moto.ssm.models import Parameter, ssm_backends
 
 from . import console
 from .faults import CloudFault, Faults
@@ -69,7 +61,9 @@ from .host import (
     nitro_device_name,
     release_loops_under,
 )
+from .iam import enable_iam, install_ec2_denials
 from .layout import NEXT_INSTANCE, Layout
+from .seed import seed
 from .settings import CloudSettings
 from .state import (
     CloudState,
@@ -85,16 +79,6 @@ from .state import (
 log = logging.getLogger("ec2backup.sandbox")
 
 RECONCILE_INTERVAL = 0.2
-UBUNTU_AMI_PARAMETER = (
-    "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
-)
-UBUNTU_AMI_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20251101"
-CANONICAL_OWNER_ID = "099720109477"
-ADMIN_USER = "sandbox-admin"
-ADMIN_POLICY = {
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
-}
 STATE_CODES = {
     "pending": 0,
     "running": 16,
@@ -162,19 +146,7 @@ class LocalCloud:
 
         setattr(EC2Response, "call_action", call_action)  # noqa: B010 (mypy rejects assigning to a method)
 
-        original_authorize = EC2Response._authenticate_and_authorize_normal_action
-
-        def authorize(response: EC2Response, resource: str = "*") -> None:
-            try:
-                original_authorize(response, resource)
-            except AccessDeniedError as denied:  # what EC2 answers instead of AccessDenied
-                raise CloudFault(
-                    403,
-                    "UnauthorizedOperation",
-                    f"You are not authorized to perform this operation. {denied.message}",
-                ) from None
-
-        setattr(EC2Response, "_authenticate_and_authorize_normal_action", authorize)  # noqa: B010
+        install_ec2_denials()
 
     def _wrap(self, action: str, hook: Hook) -> None:
         original = getattr(EC2Response, action)
@@ -201,16 +173,9 @@ class LocalCloud:
         return self.faults.refresh_settings()
 
     def enable_iam(self) -> tuple[str, str]:
-        """Switch on moto's IAM enforcement (signatures and actions, not conditions) and return
-        the access key of an administrator made for the sandbox. Call after ``seed``: the
-        seeding goes to the backends directly, never through the checks."""
-        iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
-        iam.create_user(region_name=self.state.region, user_name=ADMIN_USER)
-        iam.put_user_policy(ADMIN_USER, "administrator", json.dumps(ADMIN_POLICY))
-        key = iam.create_access_key(ADMIN_USER)
-        ActionAuthenticatorMixin.request_count = 0
-        moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
-        return key.access_key_id, key.secret_access_key
+        """Switch on moto's IAM enforcement and return an administrator's access key. Call
+        after ``seed``: the seeding goes to the backends directly, never through the checks."""
+        return enable_iam(self.state.region)
 
     def allocate_address(self) -> str:
         with self.state.lock:
@@ -218,39 +183,8 @@ class LocalCloud:
 
     def seed(self) -> str:
         """Register the Ubuntu AMI and the SSM public parameter that names it."""
-        backend = ec2_backends[DEFAULT_ACCOUNT_ID][self.state.region]
-        ami = Ami(
-            backend,
-            random_ami_id(),
-            name=UBUNTU_AMI_NAME,
-            description="Canonical, Ubuntu, 24.04, amd64 noble image",
-            owner_id=CANONICAL_OWNER_ID,
-            public=True,
-            virtualization_type="hvm",
-            architecture="x86_64",
-            hypervisor="xen",
-            root_device_type="ebs",
-            root_device_name="/dev/sda1",
-            region_name=f"{self.state.region}a",
-        )
-        backend.amis[ami.id] = ami
-        ssm = ssm_backends[DEFAULT_ACCOUNT_ID][self.state.region]
-        ssm._parameters[UBUNTU_AMI_PARAMETER].append(
-            Parameter(  # type: ignore[abstract]
-                account_id=DEFAULT_ACCOUNT_ID,
-                name=UBUNTU_AMI_PARAMETER,
-                value=ami.id,
-                parameter_type="String",
-                description=None,
-                allowed_pattern=None,
-                keyid=None,
-                last_modified_date=utcnow(),
-                version=1,
-                data_type="aws:ec2:image",
-            )
-        )
-        self.default_ami_id = ami.id
-        return ami.id
+        self.default_ami_id = seed(self.state.region)
+        return self.default_ami_id
 
     # --- instances ---------------------------------------------------------------------------
 
