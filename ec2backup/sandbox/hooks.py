@@ -27,10 +27,8 @@ Faults and latency are decided outside it, so a slow call does not hold up the o
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -75,6 +73,7 @@ from .state import (
     PowerOff,
     Scheduled,
 )
+from .tokens import ClientTokens
 
 log = logging.getLogger("ec2backup.sandbox")
 
@@ -95,17 +94,11 @@ INSTANCE_SHUTDOWN = StateReason(
 )
 
 
-@dataclass(frozen=True)
-class TokenUse:
-    fingerprint: str
-    resource_id: str  # reservation id for RunInstances, volume id for CreateVolume
-
-
 class LocalCloud:
     def __init__(self, layout: Layout, region: str) -> None:
         self.state = CloudState(layout, region)
         self.faults = Faults(self.state)
-        self.tokens: dict[tuple[str, str, str, str], TokenUse] = {}
+        self.tokens = ClientTokens()
         self.default_ami_id = ""
 
     # --- installation ------------------------------------------------------------------------
@@ -190,7 +183,7 @@ class LocalCloud:
 
     def run_instances(self, response: EC2Response, original: Original) -> ActionResult:
         backend = response.ec2_backend
-        known = self._check_token(response, "RunInstances")
+        known = self.tokens.check(response, "RunInstances")
         if known is not None:
             # A replay shows the instances as they are now; moto would always say "pending".
             transformers = dict(response.RESPONSE_KEY_PATH_TO_TRANSFORMER)
@@ -200,7 +193,7 @@ class LocalCloud:
         self._check_capacity(response)
         result = original()
         reservation: Any = result.result
-        self._remember_token(response, "RunInstances", reservation.id)
+        self.tokens.remember(response, "RunInstances", reservation.id)
         delay = self.state.settings.boot_delay
         for instance in reservation.instances:
             self._give_address(instance)
@@ -414,12 +407,12 @@ class LocalCloud:
 
     def create_volume(self, response: EC2Response, original: Original) -> ActionResult:
         backend = response.ec2_backend
-        known = self._check_token(response, "CreateVolume")
+        known = self.tokens.check(response, "CreateVolume")
         if known is not None:
             return ActionResult(backend.get_volume(known))
         result = original()
         volume: Any = result.result
-        self._remember_token(response, "CreateVolume", volume.id)
+        self.tokens.remember(response, "CreateVolume", volume.id)
         image = self.state.layout.volume_image(volume.id)
         snapshot_image = self.state.layout.snapshot_image(volume.snapshot_id or "none")
         if volume.snapshot_id and snapshot_image.exists():
@@ -572,34 +565,6 @@ class LocalCloud:
         snapshots: Any = result.result["Snapshots"]  # type: ignore[index]
         return ActionResult({"Snapshots": [s for s in snapshots if s.owner_id in wanted]})
 
-    # --- ClientToken -------------------------------------------------------------------------
-
-    def _token_key(self, response: EC2Response, action: str) -> tuple[str, str, str, str] | None:
-        token = response._get_param("ClientToken")
-        if not token:
-            return None
-        backend = response.ec2_backend
-        return (backend.account_id, backend.region_name, action, str(token))
-
-    def _check_token(self, response: EC2Response, action: str) -> str | None:
-        """The id made by an earlier call with this token, or None if the call is new."""
-        key = self._token_key(response, action)
-        known = self.tokens.get(key) if key else None
-        if known is None:
-            return None
-        if known.fingerprint != _fingerprint(response):
-            raise EC2ClientError(
-                "IdempotentParameterMismatch",
-                "Arguments on this idempotent request are inconsistent with arguments used in"
-                " previous request(s).",
-            )
-        return known.resource_id
-
-    def _remember_token(self, response: EC2Response, action: str, resource_id: str) -> None:
-        key = self._token_key(response, action)
-        if key is not None:
-            self.tokens[key] = TokenUse(_fingerprint(response), resource_id)
-
     # --- background --------------------------------------------------------------------------
 
     def reconcile(self) -> None:
@@ -719,11 +684,6 @@ def _set_attachment_status(backend: Any, volume_id: str, instance_id: str, statu
         attachment = backend.get_volume(volume_id).attachment
         if attachment is not None and attachment.instance.id == instance_id:
             attachment.status = status
-
-
-def _fingerprint(response: EC2Response) -> str:
-    params = {k: v for k, v in dict(response.params).items() if k != "ClientToken"}
-    return json.dumps(params, sort_keys=True, default=str)
 
 
 def _user_data_text(user_data: Any) -> str:
