@@ -31,7 +31,6 @@ import logging
 import time
 from typing import Any
 
-from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
 from moto.core.types import Base64EncodedString
 from moto.core.utils import utcnow
@@ -63,6 +62,7 @@ from .iam import enable_iam, install_ec2_denials
 from .layout import NEXT_INSTANCE, Layout
 from .seed import seed
 from .settings import CloudSettings
+from .snapshots import Snapshots
 from .state import (
     CloudState,
     Device,
@@ -99,6 +99,7 @@ class LocalCloud:
         self.state = CloudState(layout, region)
         self.faults = Faults(self.state)
         self.tokens = ClientTokens()
+        self.snapshots = Snapshots(self.state)
         self.default_ami_id = ""
 
     # --- installation ------------------------------------------------------------------------
@@ -115,9 +116,9 @@ class LocalCloud:
             "delete_volume": self.delete_volume,
             "attach_volume": self.attach_volume,
             "detach_volume": self.detach_volume,
-            "create_snapshot": self.create_snapshot,
-            "delete_snapshot": self.delete_snapshot,
-            "describe_snapshots": self.describe_snapshots,
+            "create_snapshot": self.snapshots.create_snapshot,
+            "delete_snapshot": self.snapshots.delete_snapshot,
+            "describe_snapshots": self.snapshots.describe_snapshots,
         }
 
     def install(self) -> None:
@@ -540,30 +541,6 @@ class LocalCloud:
                 log.warning("%s", e)
         detach_loop(device.loop)
         log.info("released %s (%s)", volume_id, device.loop)
-
-    def create_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
-        result = original()
-        snapshot: Any = result.result
-        image = self.state.layout.volume_image(snapshot.volume.id)
-        if image.exists():
-            copy_sparse(image, self.state.layout.snapshot_image(snapshot.id))
-        return result
-
-    def delete_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
-        result = original()
-        self.state.layout.snapshot_image(response._get_param("SnapshotId")).unlink(missing_ok=True)
-        return result
-
-    def describe_snapshots(self, response: EC2Response, original: Original) -> ActionResult:
-        """Honour OwnerIds, which moto ignores: with ``self`` AWS lists only the account's own
-        snapshots, not the public ones behind other owners' AMIs (the seeded Ubuntu AMI's)."""
-        result = original()
-        owners = response._get_param("OwnerIds", [])
-        if not owners:
-            return result
-        wanted = {DEFAULT_ACCOUNT_ID if owner == "self" else owner for owner in owners}
-        snapshots: Any = result.result["Snapshots"]  # type: ignore[index]
-        return ActionResult({"Snapshots": [s for s in snapshots if s.owner_id in wanted]})
 
     # --- background --------------------------------------------------------------------------
 
