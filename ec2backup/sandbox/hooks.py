@@ -26,43 +26,29 @@ Faults and latency are decided outside it, so a slow call does not hold up the o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
 
 from moto.core.responses import ActionResult
-from moto.core.types import Base64EncodedString
-from moto.core.utils import utcnow
-from moto.ec2.exceptions import (
-    EC2ClientError,
-    InvalidParameterCombination,
-    OperationNotPermitted4,
-)
 from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.models.instances import StateReason
 from moto.ec2.responses import EC2Response
 
-from . import console
 from .faults import CloudFault, Faults
 from .host import (
     HostError,
-    Machine,
-    boot_machine,
-    make_host_key,
     release_loops_under,
 )
 from .iam import enable_iam, install_ec2_denials
-from .layout import NEXT_INSTANCE, Layout
+from .instances import Instances, set_state
+from .layout import Layout
 from .seed import seed
 from .settings import CloudSettings
 from .snapshots import Snapshots
 from .state import (
     CloudState,
     Hook,
-    Original,
-    PowerOff,
-    Scheduled,
 )
 from .tokens import ClientTokens
 from .volumes import Volumes, set_attachment_status
@@ -70,16 +56,6 @@ from .volumes import Volumes, set_attachment_status
 log = logging.getLogger("ec2backup.sandbox")
 
 RECONCILE_INTERVAL = 0.2
-STATE_CODES = {
-    "pending": 0,
-    "running": 16,
-    "shutting-down": 32,
-    "terminated": 48,
-    "stopping": 64,
-    "stopped": 80,
-}
-# Counted by instance_limit: what still holds capacity.
-LIVE_STATES = ("pending", "running", "stopping", "shutting-down")
 INSTANCE_SHUTDOWN = StateReason(
     "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
     "Client.InstanceInitiatedShutdown",
@@ -92,6 +68,7 @@ class LocalCloud:
         self.faults = Faults(self.state)
         self.tokens = ClientTokens()
         self.volumes = Volumes(self.state, self.tokens)
+        self.instances = Instances(self.state, self.tokens, self.volumes)
         self.snapshots = Snapshots(self.state)
         self.default_ami_id = ""
 
@@ -100,11 +77,11 @@ class LocalCloud:
     def action_hooks(self) -> dict[str, Hook]:
         """EC2Response method name -> hook. Add a hook here to change one more action."""
         return {
-            "run_instances": self.run_instances,
-            "terminate_instances": self.terminate_instances,
-            "stop_instances": self.stop_instances,
-            "start_instances": self.start_instances,
-            "get_console_output": self.get_console_output,
+            "run_instances": self.instances.run_instances,
+            "terminate_instances": self.instances.terminate_instances,
+            "stop_instances": self.instances.stop_instances,
+            "start_instances": self.instances.start_instances,
+            "get_console_output": self.instances.get_console_output,
             "create_volume": self.volumes.create_volume,
             "delete_volume": self.volumes.delete_volume,
             "attach_volume": self.volumes.attach_volume,
@@ -115,7 +92,7 @@ class LocalCloud:
         }
 
     def install(self) -> None:
-        moto_enis.random_public_ip = self.allocate_address
+        moto_enis.random_public_ip = self.instances.allocate_address
         for action, hook in self.action_hooks().items():
             self._wrap(action, hook)
 
@@ -164,230 +141,10 @@ class LocalCloud:
         after ``seed``: the seeding goes to the backends directly, never through the checks."""
         return enable_iam(self.state.region)
 
-    def allocate_address(self) -> str:
-        with self.state.lock:
-            return self.state.addresses.allocate()
-
     def seed(self) -> str:
         """Register the Ubuntu AMI and the SSM public parameter that names it."""
         self.default_ami_id = seed(self.state.region)
         return self.default_ami_id
-
-    # --- instances ---------------------------------------------------------------------------
-
-    def run_instances(self, response: EC2Response, original: Original) -> ActionResult:
-        backend = response.ec2_backend
-        known = self.tokens.check(response, "RunInstances")
-        if known is not None:
-            # A replay shows the instances as they are now; moto would always say "pending".
-            transformers = dict(response.RESPONSE_KEY_PATH_TO_TRANSFORMER)
-            transformers.pop("RunInstances.Reservation.Instances.Instance.State", None)
-            response.RESPONSE_KEY_PATH_TO_TRANSFORMER = transformers
-            return ActionResult(backend.reservations[known])
-        self._check_capacity(response)
-        result = original()
-        reservation: Any = result.result
-        self.tokens.remember(response, "RunInstances", reservation.id)
-        delay = self.state.settings.boot_delay
-        for instance in reservation.instances:
-            self._give_address(instance)
-            if delay > 0:
-                _set_state(instance, "pending")
-                self.state.pending_boots[instance.id] = Scheduled(
-                    backend, instance, time.monotonic() + delay
-                )
-            else:
-                self._boot(backend, instance)
-        return result
-
-    def _check_capacity(self, response: EC2Response) -> None:
-        settings = self.state.settings
-        backend = response.ec2_backend
-        instance_type = response._get_param("InstanceType") or "m1.small"
-        zone = response._get_param("Placement.AvailabilityZone")
-        subnet_id = response._get_param("SubnetId")
-        if not zone and subnet_id:
-            with contextlib.suppress(EC2ClientError):  # gone meanwhile
-                zone = backend.get_subnet(subnet_id).availability_zone
-        if zone and settings.no_capacity_for(instance_type, zone):
-            others = [
-                z.name
-                for z in backend.describe_availability_zones()
-                if z.name != zone and not settings.no_capacity_for(instance_type, z.name)
-            ]
-            message = (
-                f"We currently do not have sufficient {instance_type} capacity in the"
-                f" Availability Zone you requested ({zone}). Our system will be working on"
-                " provisioning additional capacity."
-            )
-            if others:
-                message += (
-                    f" You can currently get {instance_type} capacity by not specifying an"
-                    f" Availability Zone in your request or choosing {', '.join(others)}."
-                )
-            raise CloudFault(500, "InsufficientInstanceCapacity", message)
-        if not zone and instance_type in settings.no_capacity:
-            raise CloudFault(500, "InsufficientInstanceCapacity", "Insufficient capacity.")
-        if settings.instance_limit is not None:
-            live = sum(1 for i in backend.all_instances() if i.state in LIVE_STATES)
-            wanted = live + int(response._get_param("MinCount") or 1)
-            if wanted > settings.instance_limit:
-                raise CloudFault(
-                    400,
-                    "InstanceLimitExceeded",
-                    f"You have requested more instances ({wanted}) than your current instance"
-                    f" limit of {settings.instance_limit} allows for the specified instance"
-                    " type. Please visit http://aws.amazon.com/contact-us/ec2-request to"
-                    " request an adjustment to this limit.",
-                )
-
-    def _give_address(self, instance: Any) -> None:
-        address = instance.public_ip
-        if not address or not address.startswith("127."):
-            # Launched without a public address: give it one anyway, it is our only way in.
-            instance.nics[0].public_ip = self.allocate_address()
-
-    def _boot(self, backend: Any, instance: Any) -> None:
-        self._give_address(instance)
-        address = instance.public_ip
-        user_data = _user_data_text(instance.user_data)
-        keys = console.authorized_keys(user_data)
-        if instance.key_name and instance.key_name in backend.key_pairs:
-            keys.append(backend.key_pairs[instance.key_name].public_key)
-        hostname = "ip-" + str(instance.private_ip).replace(".", "-")
-        directory = self.state.layout.instance_dir(instance.id)
-        log.info("booting %s on %s:22", instance.id, address)
-        machine = boot_machine(directory, instance.id, address, hostname, keys)
-        self.state.machines[instance.id] = machine
-        next_override = self.state.layout.console_overrides / NEXT_INSTANCE
-        if next_override.exists():
-            next_override.rename(self.state.layout.console_overrides / instance.id)
-        minutes = console.shutdown_minutes(user_data)
-        if minutes is not None:
-            seconds = minutes * self.state.settings.minute_seconds
-            log.info("%s powers off in %g minutes (%.1f s here)", instance.id, minutes, seconds)
-            self.state.shutdown_timers[instance.id] = Scheduled(
-                backend, instance, time.monotonic() + seconds
-            )
-
-    def terminate_instances(self, response: EC2Response, original: Original) -> ActionResult:
-        delay = self.state.settings.terminate_delay
-        if delay <= 0:
-            result = original()
-            for item in result.result["TerminatingInstances"]:  # type: ignore[index]
-                self._shut_down(item["InstanceId"])
-                self.state.power_offs.pop(item["InstanceId"], None)
-            return result
-        # As on AWS: shutting-down at once (the machine is gone), terminated a while later.
-        backend = response.ec2_backend
-        instance_ids = response._get_param("InstanceIds", [])
-        if not instance_ids:
-            raise InvalidParameterCombination("No instances specified")
-        response.error_on_dryrun()
-        instances = backend.get_multi_instances_by_id(instance_ids)
-        for instance in instances:
-            if instance.disable_api_termination is True:
-                raise OperationNotPermitted4(instance.id)
-        items = []
-        for instance in instances:
-            previous = _state_of(instance)
-            pending = self.state.power_offs.get(instance.id)
-            terminating = pending is not None and pending.final == "terminated"
-            if instance.state != "terminated" and not terminating:
-                self._power_off(backend, instance, "terminated", None, delay)
-            items.append(
-                {
-                    "InstanceId": instance.id,
-                    "CurrentState": _state_of(instance),
-                    "PreviousState": previous,
-                }
-            )
-        return ActionResult({"TerminatingInstances": items})
-
-    def stop_instances(self, response: EC2Response, original: Original) -> ActionResult:
-        result = original()
-        for item in result.result["StoppingInstances"]:  # type: ignore[index]
-            self._shut_down(item["InstanceId"])
-        return result
-
-    def start_instances(self, response: EC2Response, original: Original) -> ActionResult:
-        raise EC2ClientError(
-            "UnsupportedOperation",
-            "The local cloud cannot start a stopped instance again; launch a new one.",
-        )
-
-    def _power_off(
-        self,
-        backend: Any,
-        instance: Any,
-        final: str,
-        reason: StateReason | None,
-        delay: float,
-    ) -> None:
-        """The instance's OS is gone at once; EC2 shows it ``final`` after ``delay`` s."""
-        log.info("%s: shutting down, %s in %.1f s", instance.id, final, delay)
-        self._shut_down(instance.id)
-        _set_state(instance, "shutting-down" if final == "terminated" else "stopping")
-        if reason is not None:
-            instance.state_reason = reason
-        power_off = PowerOff(backend, instance, time.monotonic() + delay, final, reason)
-        if delay > 0:
-            self.state.power_offs[instance.id] = power_off
-        else:
-            self._finish_power_off(power_off)
-
-    def _finish_power_off(self, power_off: PowerOff) -> None:
-        instance = power_off.instance
-        self.state.power_offs.pop(instance.id, None)
-        if power_off.final == "terminated":
-            power_off.backend.terminate_instances([instance.id])  # detaches its volumes
-        else:
-            instance.stop()
-        self.state.record_change(
-            "terminate" if power_off.final == "terminated" else "stop", instance.id, power_off.due
-        )
-        if power_off.reason is not None:
-            instance.state_reason = power_off.reason
-            instance._reason = ""
-        log.info("%s is %s", instance.id, power_off.final)
-
-    def _shut_down(self, instance_id: str) -> None:
-        """The instance's machine stops: kill its sshd (and every process and mount in it),
-        release its loop devices, finish detaches that waited for it; forget its timers."""
-        self.state.pending_boots.pop(instance_id, None)
-        self.state.shutdown_timers.pop(instance_id, None)
-        self.state.ssh_watch.pop(instance_id, None)
-        self.volumes.end_pending_attaches(instance_id)
-        machine = self.state.machines.pop(instance_id, None)
-        if machine is not None:
-            log.info("%s: machine stopped", instance_id)
-            machine.kill()  # ends its namespaces, and with them every mount made over SSH
-        self.volumes.machine_gone(instance_id)
-
-    def get_console_output(self, response: EC2Response, original: Original) -> ActionResult:
-        instance = response.ec2_backend.get_instance(response._get_param("InstanceId"))
-        directory = self.state.layout.instance_dir(instance.id)
-        machine = self.state.machines.get(instance.id) or Machine.load(directory)
-        if machine is None and instance.state == "pending":
-            # Nothing printed yet: EC2 answers without Output.
-            return ActionResult({"InstanceId": instance.id, "Timestamp": utcnow()})
-        if machine is None:
-            return original()
-        host_key = machine.host_key_public
-        if (self.state.layout.console_overrides / instance.id).exists():
-            impostor = directory / "impostor_host_key"
-            if impostor.exists():
-                host_key = impostor.with_suffix(".pub").read_text().strip()
-            else:
-                host_key = make_host_key(impostor, host_key.split()[-1])
-        text = console.boot_log(instance.private_ip, instance.launch_time, [host_key])
-        return ActionResult(
-            {
-                "InstanceId": instance.id,
-                "Timestamp": utcnow(),
-                "Output": Base64EncodedString.from_raw_string(text),
-            }
-        )
 
     # --- background --------------------------------------------------------------------------
 
@@ -403,10 +160,10 @@ class LocalCloud:
                 if boot.instance.state != "pending":
                     continue
                 # Running first, then the sshd starts: port 22 of a pending instance is closed.
-                _set_state(boot.instance, "running")
+                set_state(boot.instance, "running")
                 self.state.record_change("boot", instance_id, boot.due)
                 try:
-                    self._boot(boot.backend, boot.instance)
+                    self.instances.boot(boot.backend, boot.instance)
                 except HostError:
                     log.exception("%s: boot failed", instance_id)
 
@@ -447,13 +204,13 @@ class LocalCloud:
                 behaviour = instance.instance_initiated_shutdown_behavior or "stop"
                 final = "terminated" if behaviour == "terminate" else "stopped"
                 log.info("%s: shutdown timer fired (behaviour %s)", instance_id, behaviour)
-                self._power_off(
+                self.instances.power_off(
                     timer.backend, instance, final, INSTANCE_SHUTDOWN, settings.terminate_delay
                 )
 
             for _instance_id, power_off in list(self.state.power_offs.items()):
                 if now >= power_off.due:
-                    self._finish_power_off(power_off)
+                    self.instances.finish_power_off(power_off)
 
             if settings.cut_ssh_after is not None:
                 self._cut_ssh_when_due(settings, now)
@@ -486,26 +243,9 @@ class LocalCloud:
         """Kill every instance and release every loop device; return loops left behind."""
         with self.state.lock:
             for instance_id in list(self.state.machines):
-                self._shut_down(instance_id)
+                self.instances.shut_down(instance_id)
             self.state.pending_detaches.clear()
             self.state.pending_attaches.clear()
             self.state.pending_boots.clear()
             self.state.power_offs.clear()
             return release_loops_under(self.state.layout.root)
-
-
-def _set_state(instance: Any, name: str) -> None:
-    instance._state.name = name
-    instance._state.code = STATE_CODES[name]
-
-
-def _state_of(instance: Any) -> dict[str, Any]:
-    return {"Code": instance._state.code, "Name": instance._state.name}
-
-
-def _user_data_text(user_data: Any) -> str:
-    if isinstance(user_data, list):  # older moto kept a list
-        user_data = user_data[0] if user_data else None
-    if isinstance(user_data, Base64EncodedString):
-        return user_data.decode()
-    return ""
