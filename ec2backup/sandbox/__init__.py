@@ -49,8 +49,17 @@ What an instance looks like from SSH
   the instance's mount namespace) as
   ``/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<id without dash>``, the Nitro name.
 
-What is changed in moto, and why (``hooks.py``: one layer, one lock)
---------------------------------------------------------------------
+What is changed in moto, and why (one layer, one lock)
+------------------------------------------------------
+``cloud.py`` (``LocalCloud``) composes the parts and installs them into moto's ``EC2Response``;
+they share one ``CloudState`` (``state.py``: the lock, live machines and devices, the delayed
+changes). One concern each: ``instances.py`` (Run/Terminate/Stop/StartInstances,
+GetConsoleOutput, boot, power-off, addresses), ``volumes.py`` (Create/Delete/Attach/
+DetachVolume, devices), ``snapshots.py`` (Create/Delete/DescribeSnapshots), ``tokens.py``
+(ClientToken), ``launch_checks.py`` (capacity and limits on RunInstances), ``faults.py`` (EC2
+call faults, re-reading the settings), ``reconcile.py`` (the periodic step), ``iam.py`` (IAM
+mode), ``seed.py`` (the AMI and SSM parameter).
+
 * ``random_public_ip`` (where moto makes a network interface) returns a fresh 127.0.X.Y, so
   the RunInstances response carries an address that is ours. moto's random public addresses
   belong to real internet hosts and must never be connected to.
@@ -59,8 +68,8 @@ What is changed in moto, and why (``hooks.py``: one layer, one lock)
   boots an sshd per instance. CreateVolume honours ``ClientToken`` the same way.
 * TerminateInstances: kills the instance's sshd (ending namespace and mounts), releases its
   loop devices; moto itself makes the volumes ``available``.
-* GetConsoleOutput: a cloud-init style boot log with the sshd's real host key between
-  ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``, or an
+* GetConsoleOutput: a cloud-init style boot log (``console.py``) with the sshd's real host key
+  between ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``, or an
   impostor key if ``Sandbox.fake_console_host_key()`` asked for one (man in the middle).
 * CreateVolume/DeleteVolume: create/remove a sparse image of the volume's size (a volume made
   from a snapshot starts as a copy of the snapshot's image).
@@ -76,8 +85,10 @@ What is changed in moto, and why (``hooks.py``: one layer, one lock)
   AMIs are not loaded): an Ubuntu 24.04 AMI (owner Canonical) and the SSM public parameter
   ``/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id``
   naming it (``Sandbox.default_ami_id``).
-* Extension points: ``LocalCloud.before_action``/``after_action`` (every EC2 call) and
-  ``LocalCloud.reconcile`` (every 0.2 s, under the same lock as the hooks).
+* Extension points: ``LocalCloud.before_action``/``after_action`` (every EC2 call; they apply
+  the faults of ``faults.py``), ``LocalCloud.action_hooks`` (one more action: a method of the
+  part it concerns) and ``Reconciler.reconcile`` (every 0.2 s, under the same lock as the
+  hooks).
 
 Faults and timing (``settings.py``: ``CloudSettings``; flags of ``sandbox start``, keyword
 arguments of ``Sandbox.start``, changed live by ``Sandbox.configure_faults``/``configured`` or

@@ -2,7 +2,7 @@
 
     python -m ec2backup.sandbox.server --dir D [--region us-east-1] [--iam]
 
-Serves moto's EC2/SSM/IAM API on 127.0.0.1 with the hooks of ``hooks.py`` installed, writes
+Serves moto's EC2/SSM/IAM API on 127.0.0.1 with the hooks of ``cloud.py`` installed, writes
 ``D/state.json`` once it answers, and on SIGTERM/SIGINT terminates every instance, releases
 every loop device and exits. Its fault and timing settings are in ``D/settings.json``
 (re-read when it changes). With ``--iam``, every request must be signed by an IAM user's key
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     # moto is imported here, in the server process only.
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
-    from .hooks import RECONCILE_INTERVAL, LocalCloud
+    from .cloud import LocalCloud
+    from .reconcile import RECONCILE_INTERVAL
 
     cloud = LocalCloud(layout, args.region)
     log.info("settings: %s", cloud.refresh_settings())
