@@ -4,7 +4,7 @@ per wait; target <= 0.5 s median (botocore's default waiters: 7.5 s on average).
 
 Method: ``ec2backup run`` (several runs, fresh processes) against a sandbox started with the
 delays. The sandbox appends one line to ``D/state-changes.jsonl`` at the moment it applies
-each delayed change (``hooks.LocalCloud._record_change``): ``at`` (wall clock, UTC), and
+each delayed change (``sandbox.state.CloudState.record_change``): ``at`` (wall clock, UTC), and
 ``due``, when the delay ended. For each wait, the latency is the time of the run's first event
 after the change (``run_events.at``, read with ``ec2backup show --json``; it must be the
 wait's result state: ``instance_running``, ``attached``, ``detached``) minus ``at``. The
