@@ -127,6 +127,20 @@ class Ec2(Protocol):
         ...
 
 
+class Account(Protocol):
+    """The account-level probes ``ec2backup doctor`` makes (read-only)."""
+
+    region: str
+
+    def caller_identity(self) -> dict[str, str]:
+        """STS GetCallerIdentity: ``account`` and ``arn``; raises if the credentials fail."""
+        ...
+
+    def region_status(self) -> str | None:
+        """None for a region no partition knows; else its opt-in status."""
+        ...
+
+
 @dataclass(frozen=True)
 class CommandResult:
     exit_status: int
