@@ -3,18 +3,14 @@ these commands import neither pydantic nor the cloud and SSH libraries."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..core.times import iso
 from ..db.models import Run
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from .app import App
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def run_summary(run: Run) -> dict[str, Any]:
@@ -24,8 +20,8 @@ def run_summary(run: Run) -> dict[str, Any]:
         "profile": run.profile,
         "host": run.host,
         "state": run.state,
-        "started_at": _iso(run.created_at),
-        "finished_at": _iso(run.finished_at),
+        "started_at": iso(run.created_at),
+        "finished_at": iso(run.finished_at),
         "instance_id": run.instance_id,
         "volume_id": run.volume_id,
         "snapshot_id": run.snapshot_id,
@@ -55,7 +51,7 @@ def show_run(app: App, run_id: str) -> dict[str, Any]:
                 {
                     "from": ev.from_state,
                     "to": ev.to_state,
-                    "at": _iso(ev.at),
+                    "at": iso(ev.at),
                     "detail": ev.detail,
                     "seconds_in_state": seconds,
                 }

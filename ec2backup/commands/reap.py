@@ -37,8 +37,9 @@ from ..core.tags import (
     TAG_ROLE,
     TAG_RUN_ID,
 )
+from ..core.times import iso, utcnow
 from ..db.leases import describe, live_leases
-from ..db.models import Lease, Run, utcnow
+from ..db.models import Lease, Run
 from ..db.recorder import RunRecorder
 from ..db.store import Store
 from ..errors import ConfigError, UserInputError
@@ -67,9 +68,7 @@ class Verdict:
         return {
             "instance_id": self.instance.id,
             "state": self.instance.state,
-            "launched_at": self.instance.launch_time.isoformat()
-            if self.instance.launch_time
-            else None,
+            "launched_at": iso(self.instance.launch_time),
             "run_id": self.run_id,
             "orphan": self.orphan,
             "reason": self.reason,

@@ -27,8 +27,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..core.times import utcnow
 from ..errors import LeaseHeldError
-from .models import Lease, utcnow
+from .models import Lease
 from .store import Store
 
 log = logging.getLogger(__name__)
