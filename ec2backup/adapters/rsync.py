@@ -26,7 +26,6 @@ from ..ports import SshTarget, SyncStats
 
 # Exit codes rsync documents; 24 means files vanished while being sent (a warning, kept).
 RSYNC_OK = 0
-RSYNC_PARTIAL = 23
 RSYNC_VANISHED = 24
 
 # AES-GCM is the fastest cipher on CPUs with AES-NI; chacha20 stays as a fallback for

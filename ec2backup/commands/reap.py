@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
+
 from ..core.states import ENDED_STATES, RunKind, build_machine, fire
 from ..core.tags import (
     LIVE_INSTANCE_STATES,
@@ -160,7 +162,7 @@ def reap_region(
     instances = ec2.find_instances({TAG_MANAGED: "true"}, REAPABLE_STATES)
     run_ids = {i.tags[TAG_RUN_ID] for i in instances if TAG_RUN_ID in i.tags}
     with store.session() as session:
-        runs = {r.id: r for r in session.query(Run).filter(Run.id.in_(run_ids))}
+        runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(run_ids)))}
         session.expunge_all()
     verdicts = judge(instances, runs, dict(live_leases(store)), now=now, older_than=older_than)
     orphans = [v for v in verdicts if v.orphan]
@@ -217,7 +219,7 @@ def reap_restore_volumes(store: Store, ec2: Ec2, *, act: bool) -> list[VolumeVer
     live = live_leases(store)
     run_ids = {v.tags.get(TAG_RUN_ID) for v in volumes} - {None}
     with store.session() as session:
-        runs = {r.id: r for r in session.query(Run).filter(Run.id.in_(run_ids))}
+        runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(run_ids)))}
         session.expunge_all()
     verdicts = []
     for volume in volumes:

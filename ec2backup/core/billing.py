@@ -4,7 +4,7 @@ from the run's event log. Prices default to us-east-1 on-demand. No I/O."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -129,9 +129,6 @@ class RunCost:
     billed_seconds: float  # per second, at least 60 s per launch
     hourly_usd: float | None  # None: no price for this instance type
     usd: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run_cost(

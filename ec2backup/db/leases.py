@@ -77,10 +77,6 @@ def is_stale(lease: Lease, now: datetime, me: Holder) -> bool:
     )
 
 
-def is_live(lease: Lease | None, now: datetime | None = None) -> bool:
-    return lease is not None and not is_stale(lease, now or utcnow(), Holder.me())
-
-
 def describe(lease: Lease, now: datetime) -> str:
     age = int((now - lease.heartbeat_at).total_seconds())
     return (
