@@ -15,7 +15,6 @@ import typer
 
 from ..errors import EXIT_INTERRUPTED, Ec2BackupError, Interrupted
 from .app import app
-from .context import _close_apps
 
 if TYPE_CHECKING:
     pass
@@ -91,7 +90,6 @@ def main() -> None:
     of a long run, with what exists by then frozen out of its passes."""
     pause_gc(GC_OFF_SECONDS)
     code = run_cli()
-    _close_apps()
     try:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):  # `ec2backup runs | head`: the reader is gone
