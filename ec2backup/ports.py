@@ -1,4 +1,4 @@
-"""The small interfaces the service layer drives, and the plain values they return.
+"""The small interfaces the run and the commands drive, and the plain values they return.
 
 The engine (``run/engine.py``) and the steps (``run/steps/``) only see these.
 ``adapters/aws/`` implements ``Ec2`` with boto3, ``adapters/ssh.py`` implements

@@ -1,5 +1,5 @@
-"""The run history: what `ec2backup runs` and `show` read. Kept apart from service.py so that
-these commands import neither pydantic nor the cloud and SSH libraries."""
+"""The run history: what `ec2backup runs` and `show` read. Kept apart from the commands that
+drive runs, so that these import neither pydantic nor the cloud and SSH libraries."""
 
 from __future__ import annotations
 

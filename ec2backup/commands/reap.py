@@ -21,8 +21,6 @@ Dry run unless asked.
 from __future__ import annotations
 
 import logging
-
-# service-origin imports
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

@@ -84,7 +84,7 @@ _HOLDS_INSTANCE = frozenset(
 
 
 def _event(ev: Any) -> tuple[str | None, str, datetime]:
-    """(from, to, at) of an ``models.Event`` or of a ``service.show_run`` timeline entry."""
+    """(from, to, at) of an ``models.Event`` or of a ``commands.history.show_run`` timeline entry."""
     if isinstance(ev, Mapping):
         at = ev["at"]
         at = datetime.fromisoformat(at) if isinstance(at, str) else at
@@ -135,7 +135,7 @@ def run_cost(
     events: Iterable[Any], instance_type: str, prices: Prices, now: datetime | None = None
 ) -> RunCost:
     """The instance cost of one run from its event log (``Event`` rows or the ``events`` of
-    ``service.show_run``)."""
+    ``commands.history.show_run``)."""
     per_launch = instance_seconds(events, now)
     billed = sum(max(MIN_BILLED_SECONDS, s) for s in per_launch)
     hourly = prices.hourly(instance_type)
