@@ -84,7 +84,7 @@ _HOLDS_INSTANCE = frozenset(
 
 
 def _event(ev: Any) -> tuple[str | None, str, datetime]:
-    """(from, to, at) of an ``models.Event`` or of a ``commands.history.show_run`` timeline entry."""
+    """(from, to, at) of an ``Event`` row or of a ``commands.history.show_run`` timeline entry."""
     if isinstance(ev, Mapping):
         at = ev["at"]
         at = datetime.fromisoformat(at) if isinstance(at, str) else at
