@@ -17,8 +17,6 @@ from ec2backup.db.store import open_store
 from ec2backup.errors import CloudError, Interrupted, RemoteCommandError, RemoteError, RunStateError
 from tests.fakes import FakeConnector, FakeEc2, FakeSyncer
 
-NITRO = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}"
-
 
 @dataclass
 class World:
@@ -33,9 +31,7 @@ class World:
 def world(tmp_path: Path) -> Iterator[World]:
     ec2, connector, syncer = FakeEc2(), FakeConnector(), FakeSyncer()
     volume = ec2.add_volume()
-    device = NITRO.format(volume.id.replace("-", ""))
-    connector.host.devices.add(device)
-    connector.host.filesystems[device] = "ext4"
+    connector.host.attach(volume.id, holds="ext4")
     source = tmp_path / "src"
     source.mkdir()
     config = tmp_path / "config.toml"
