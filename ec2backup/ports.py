@@ -1,10 +1,10 @@
 """The small interfaces the run and the commands drive, and the plain values they return.
 
 The engine (``run/engine.py``) and the steps (``run/steps/``) only see these.
-``adapters/aws/`` implements ``Ec2`` with boto3, ``adapters/ssh.py`` implements
-``RemoteConnector`` with asyncssh and ``adapters/rsync.py``
-implements ``Syncer`` with the system rsync. Tests pass fakes for single steps and the real
-adapters against the local cloud for whole runs.
+``adapters/aws/`` implements ``Ec2`` with boto3, ``adapters/host.py`` implements
+``InstanceConnector`` and ``InstanceHost`` over SSH (asyncssh, ``adapters/ssh.py``) and
+``adapters/rsync.py`` implements ``Syncer`` with the system rsync. Tests pass fakes for single
+steps and the real adapters against the local cloud for whole runs.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -142,24 +143,6 @@ class Account(Protocol):
 
 
 @dataclass(frozen=True)
-class CommandResult:
-    exit_status: int
-    stdout: str
-    stderr: str
-
-
-class RemoteShell(Protocol):
-    """An open SSH session to an instance."""
-
-    def run(self, command: str, *, sudo: bool = False, check: bool = True) -> CommandResult:
-        """Run ``command`` through the remote shell (with ``sudo -n`` when asked and the user
-        is not root). ``check`` raises ``RemoteCommandError`` on a non-zero exit."""
-        ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
 class SshTarget:
     host: str
     user: str
@@ -168,10 +151,114 @@ class SshTarget:
     port: int = 22
 
 
-class RemoteConnector(Protocol):
+@dataclass(frozen=True)
+class DeviceContents:
+    """What a block device holds, as the signatures on the device itself say."""
+
+    filesystem: str | None = None  # "ext4", "xfs", ...
+    partition_table: str | None = None  # "gpt", "dos"
+
+    @property
+    def empty(self) -> bool:
+        """Nothing at all: the only contents that let ``init`` make a filesystem."""
+        return self.filesystem is None and self.partition_table is None
+
+    def __str__(self) -> str:
+        if self.filesystem:
+            return self.filesystem
+        if self.partition_table:
+            return f"partition table ({self.partition_table})"
+        return "nothing"
+
+
+class Unmounted(StrEnum):
+    """What ``InstanceHost.unmount`` found and did."""
+
+    DONE = "unmounted"
+    NOT_MOUNTED = "not mounted"  # nothing to do
+    BUSY = "busy"  # something holds the filesystem open; still mounted, nothing changed
+
+
+@dataclass(frozen=True)
+class SyncSpace:
+    used: int  # bytes already in the destinations (apparent size; 0 for new ones)
+    free: int  # bytes free on the mounted volume
+
+
+class InstanceHost(Protocol):
+    """The run's instance, as named operations over one open session.
+
+    Privileged operations run as root whatever the login user (the adapter alone decides how).
+    Failures raise the project's errors: ``RemoteCommandError`` for an operation the instance
+    refused, a plain ``RemoteError`` for a lost connection (the engine retries the step).
+    Outcomes a step decides on are returned as values.
+    """
+
+    @property
+    def rsync_needs_sudo(self) -> bool:
+        """Whether rsync's server on the instance must be started with ``sudo -n`` (the
+        login user is not root): what ``Syncer``'s ``remote_sudo`` should say."""
+        ...
+
+    def find_device(self, volume_id: str, attached_as: str, timeout: float) -> str:
+        """The block device (``/dev/nvme1n1``) of the volume attached as ``attached_as``
+        (``/dev/sdf``): its Nitro name under /dev/disk/by-id, else its xvd or sd name, waiting
+        up to ``timeout`` seconds for one to appear. Raises ``DeviceNotFoundError``."""
+        ...
+
+    def device_contents(self, device: str) -> DeviceContents:
+        """What ``device`` holds, read from the device itself, never from a cache. A probe
+        that fails or is ambiguous raises ``RemoteCommandError``: never "empty"."""
+        ...
+
+    def make_filesystem(self, device: str, label: str) -> None:
+        """Make an ext4 filesystem labelled ``label`` on ``device``."""
+        ...
+
+    def mounted_device(self, mount_point: str) -> str | None:
+        """What is mounted on ``mount_point`` (its source, resolved to the device path when
+        it is one), or None."""
+        ...
+
+    def mount(self, device: str, mount_point: str, *, read_only: bool) -> None:
+        """Create ``mount_point`` and mount ``device`` on it. ``read_only`` mounts with
+        ``ro,noload``: not one block of the device is written, not even a journal replay.
+        ``RemoteCommandError`` if mount refuses (no filesystem, more than one signature)."""
+        ...
+
+    def unmount(self, mount_point: str) -> Unmounted:
+        """Unmount ``mount_point`` and confirm it is no longer a mount (umount writes back
+        the filesystem's data before it returns). ``BUSY``: still mounted, held open."""
+        ...
+
+    def end_rsync(self, timeout: float) -> None:
+        """End every rsync on the instance (one a killed earlier attempt left) and wait up
+        to ``timeout`` seconds until none is left; ``RemoteCommandError`` if one stays."""
+        ...
+
+    def prepare_sync(
+        self, mount_point: str, destinations: Sequence[str], rsync_timeout: float
+    ) -> SyncSpace:
+        """Everything a copy onto the volume needs, in one round trip and in this order:
+        ``mount_point`` must be a mount (else ``InvalidResourceStateError``: a copy would
+        fill the instance's root disk; nothing is touched); a leftover rsync is ended as by
+        ``end_rsync``; the bytes already in the destinations (directories under
+        ``mount_point``) and free on the volume are measured; the destinations are created."""
+        ...
+
+    def is_directory(self, path: str) -> bool:
+        """Whether ``path`` is a directory on the instance (seen as root)."""
+        ...
+
+    def close(self) -> None:
+        """End the session. Safe to call twice."""
+        ...
+
+
+class InstanceConnector(Protocol):
     def connect(
         self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> RemoteShell:
+    ) -> InstanceHost:
         """Connect, retrying refused/reset connections and not-yet-installed keys until
         ``deadline`` (a ``time.monotonic()`` value). Host keys are checked against
         ``target.known_hosts_path``; with ``trust_on_first_use`` and an empty file, the key

@@ -4,23 +4,28 @@ Whole runs are tested against the local cloud (tests/e2e)."""
 from __future__ import annotations
 
 import itertools
-import re
-import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ec2backup.core.tags import LIVE_INSTANCE_STATES
-from ec2backup.errors import RemoteCommandError
+from ec2backup.errors import (
+    DeviceNotFoundError,
+    InvalidResourceStateError,
+    RemoteCommandError,
+    RemoteError,
+)
 from ec2backup.ports import (
     Attachment,
-    CommandResult,
+    DeviceContents,
     Instance,
     LaunchSpec,
     Snapshot,
     SshTarget,
+    SyncSpace,
     SyncStats,
+    Unmounted,
     Volume,
 )
 
@@ -210,114 +215,132 @@ class FakeEc2:
         assert self.instances[instance_id].state == "terminated"
 
 
-@dataclass
-class FakeHost:
-    """What the instance's shell sees: devices, filesystems and mounts."""
+@dataclass(frozen=True)
+class FakeMount:
+    device: str
+    read_only: bool = False
 
-    devices: set[str] = field(default_factory=set)
-    filesystems: dict[str, str] = field(default_factory=dict)
-    mounts: dict[str, str] = field(default_factory=dict)  # mount point -> device
-    commands: list[str] = field(default_factory=list)
+
+@dataclass
+class FakeInstanceHost:
+    """The instance behind the ``InstanceHost`` port: the devices its attached volumes appear
+    as, what they hold, its mounts, a leftover rsync and the space on the volume. ``calls``
+    lists the operations in order, one per round trip."""
+
+    devices: dict[str, str] = field(default_factory=dict)  # volume id -> device path
+    contents: dict[str, DeviceContents] = field(default_factory=dict)  # device -> what it holds
+    unreadable: set[str] = field(default_factory=set)  # devices whose probe fails
+    mounts: dict[str, FakeMount] = field(default_factory=dict)  # mount point -> what is there
+    mount_log: list[FakeMount] = field(default_factory=list)  # every mount, in order
+    directories: set[str] = field(default_factory=set)
+    leftover_rsync: bool = False  # an rsync of an earlier attempt, holding the mount busy
+    rsync_stuck: bool = False  # a leftover rsync that outlives being killed
+    held_open: bool = False  # something else than rsync holds the mount busy
     used: int = 0  # bytes already in the backup's destinations
     free: int = 10 * 2**30  # bytes free on the mounted volume
-    rsync_stuck: bool = False  # an rsync that outlives pkill
-    rsync_running: bool = False  # a leftover rsync holding the mount until pkill ends it
-    df_output: str | None = None  # what df prints instead of the free bytes
+    space_unreadable: bool = False
+    rsync_needs_sudo: bool = True  # as for Ubuntu's login user
+    calls: list[str] = field(default_factory=list)
+    closed: bool = False
 
+    def attach(self, volume_id: str, device: str = "/dev/nvme1n1", holds: str | None = None) -> str:
+        """Make ``volume_id`` appear as ``device``, holding a filesystem of type ``holds``."""
+        self.devices[volume_id] = device
+        if holds is not None:
+            self.contents[device] = DeviceContents(filesystem=holds)
+        return device
 
-@dataclass
-class FakeShell:
-    host: FakeHost
+    def _call(self, *words: object) -> None:
+        if self.closed:
+            raise RemoteError("the SSH connection is closed")
+        self.calls.append(" ".join(str(w) for w in words))
 
-    def run(self, command: str, *, sudo: bool = False, check: bool = True) -> CommandResult:
-        self.host.commands.append(("sudo " if sudo else "") + command)
-        result = self._script(command, sudo) if "\n" in command else self._run(command, sudo)
-        if check and result.exit_status != 0:
-            raise RemoteCommandError(f"{command} failed", exit_status=result.exit_status)
-        return result
+    def find_device(self, volume_id: str, attached_as: str, timeout: float) -> str:
+        self._call("find_device", volume_id)
+        if volume_id not in self.devices:
+            raise DeviceNotFoundError(f"volume {volume_id} did not appear on the instance")
+        return self.devices[volume_id]
 
-    def _script(self, script: str, sudo: bool) -> CommandResult:
-        """A script of one statement per line, each optionally ending in `|| exit N` or
-        `&& exit N` (N may be `$?`), as the steps write them."""
-        stdout, last = "", CommandResult(0, "", "")
-        for line in script.splitlines():
-            match = re.fullmatch(r"(.*?) (\|\||&&) exit (\S+)", line)
-            body = match.group(1) if match else line
-            last = self._run(body, sudo)
-            if not re.search(r"(^|\s)>/dev/null", body):
-                stdout += last.stdout
-            if match and (match.group(2) == "||") == (last.exit_status != 0):
-                code = match.group(3)
-                status = last.exit_status if code == "$?" else int(code)
-                return CommandResult(status, stdout, last.stderr)
-        return CommandResult(last.exit_status, stdout, last.stderr)
+    def device_contents(self, device: str) -> DeviceContents:
+        self._call("device_contents", device)
+        if device in self.unreadable:
+            raise RemoteCommandError(f"could not tell what {device} holds", exit_status=8)
+        return self.contents.get(device, DeviceContents())
 
-    def _run(self, command: str, sudo: bool) -> CommandResult:
-        ok = CommandResult(0, "", "")
-        if command == "exit 0":
-            return ok
-        words = shlex.split(command.replace("||", " || ").replace("&&", " && "))
-        words[0] = words[0].lstrip("(")  # a subshell
-        if words[0] == "readlink":
-            for i, word in enumerate(words):
-                if word == "-e" and words[i + 1] in self.host.devices:
-                    return CommandResult(0, words[i + 1] + "\n", "")
-            return CommandResult(0, "", "")
-        if words[0] == "du":
-            return CommandResult(0, f"{self.host.used}\n", "")
-        if words[0] == "df":
-            free = self.host.free if self.host.df_output is None else self.host.df_output
-            return CommandResult(0, f"{free}\n", "")
-        if words[0] == "pgrep":
-            return CommandResult(1, "", "")
-        if words[0] == "findmnt":
-            device = self.host.mounts.get(words[words.index("--mountpoint") + 1])
-            return CommandResult(0, device + "\n", "") if device else CommandResult(1, "", "")
-        if words[0] == "blkid":  # blkid -p -o export DEVICE
-            fs = self.host.filesystems.get(words[-1])
-            if fs is None:
-                return CommandResult(2, "", "")
-            if fs.startswith("!"):  # a probe that fails, e.g. "!8" ambivalent result
-                return CommandResult(int(fs[1:]), "", "blkid: ambivalent result")
-            key = "PTTYPE" if fs in ("gpt", "dos") else "TYPE"
-            return CommandResult(0, f"DEVNAME={words[-1]}\n{key}={fs}\n", "")
-        if not sudo:
-            return CommandResult(1, "", "permission denied")
-        if words[0] == "pkill":  # then waits on the instance until no rsync is left
-            if self.host.rsync_stuck:
-                return CommandResult(1, "", "")
-            self.host.rsync_running = False
-            return ok
-        if words[0] == "mkfs.ext4":
-            self.host.filesystems[words[-1]] = "ext4"
-        elif words[0] == "mkdir" and "mount" in words:
-            fs = self.host.filesystems.get(words[-2], "!")
-            if fs.startswith("!") or fs in ("gpt", "dos"):  # as mount's own probe decides
-                return CommandResult(32, "", f"mount: {words[-1]}: wrong fs type")
-            self.host.mounts[words[-1]] = words[-2]
-        elif words[0] == "umount":
-            if self.host.rsync_running:
-                return CommandResult(32, "", f"umount: {words[-1]}: target is busy.")
-            self.host.mounts.pop(words[-1], None)
-        return ok
+    def make_filesystem(self, device: str, label: str) -> None:
+        self._call("make_filesystem", device, label)
+        self.contents[device] = DeviceContents(filesystem="ext4")
+
+    def mounted_device(self, mount_point: str) -> str | None:
+        self._call("mounted_device", mount_point)
+        mount = self.mounts.get(mount_point)
+        return mount.device if mount else None
+
+    def mount(self, device: str, mount_point: str, *, read_only: bool) -> None:
+        self._call("mount", device, mount_point, "ro" if read_only else "rw")
+        # As mount's own probe decides: a filesystem, or nothing mounted.
+        if self.contents.get(device, DeviceContents()).filesystem is None:
+            raise RemoteCommandError(f"could not mount {device} on {mount_point}: wrong fs type")
+        if mount_point in self.mounts:
+            raise RemoteCommandError(f"could not mount {device} on {mount_point}: busy")
+        self.mounts[mount_point] = FakeMount(device, read_only)
+        self.mount_log.append(self.mounts[mount_point])
+
+    def unmount(self, mount_point: str) -> Unmounted:
+        self._call("unmount", mount_point)
+        if mount_point not in self.mounts:
+            return Unmounted.NOT_MOUNTED
+        if self.leftover_rsync or self.held_open:
+            return Unmounted.BUSY
+        del self.mounts[mount_point]
+        return Unmounted.DONE
+
+    def _end_rsync(self) -> None:
+        if self.rsync_stuck:
+            raise RemoteCommandError("an earlier rsync on the instance did not end")
+        self.leftover_rsync = False
+
+    def end_rsync(self, timeout: float) -> None:
+        self._call("end_rsync")
+        self._end_rsync()
+
+    def prepare_sync(
+        self, mount_point: str, destinations: Sequence[str], rsync_timeout: float
+    ) -> SyncSpace:
+        self._call("prepare_sync", mount_point, *destinations)
+        if mount_point not in self.mounts:
+            raise InvalidResourceStateError(f"{mount_point} is not mounted on the instance")
+        self._end_rsync()
+        if self.space_unreadable:
+            raise RemoteCommandError(f"could not read the free space of {mount_point}")
+        self.directories.update(f"{mount_point}/{d}" for d in destinations)
+        return SyncSpace(used=self.used, free=self.free)
+
+    def is_directory(self, path: str) -> bool:
+        self._call("is_directory", path)
+        return path in self.directories or path in self.mounts
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 @dataclass
 class FakeConnector:
-    host: FakeHost = field(default_factory=FakeHost)
+    host: FakeInstanceHost = field(default_factory=FakeInstanceHost)
     connects: int = 0
 
-    def connect(self, target: SshTarget, deadline: float, *, trust_on_first_use: bool) -> FakeShell:
+    def connect(
+        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
+    ) -> FakeInstanceHost:
         self.connects += 1
-        return FakeShell(self.host)
+        self.host.closed = False
+        return self.host
 
 
 @dataclass
 class FakeSyncer:
     calls: list[tuple[Path, str]] = field(default_factory=list)
+    remote_sudo: list[bool] = field(default_factory=list)  # what each call was told
     exit_code: int = 0
 
     def check_available(self) -> None:
@@ -325,10 +348,12 @@ class FakeSyncer:
 
     def compare(self, source: Path, target: SshTarget, remote_dir: str, **kw: object) -> list[str]:
         self.calls.append((source, remote_dir))
+        self.remote_sudo.append(bool(kw.get("remote_sudo")))
         return []
 
     def sync(self, source: Path, target: SshTarget, remote_dir: str, **kw: object) -> SyncStats:
         self.calls.append((source, remote_dir))
+        self.remote_sudo.append(bool(kw.get("remote_sudo")))
         return SyncStats(
             files_transferred=2, bytes_sent=100, total_size=1000, exit_code=self.exit_code
         )

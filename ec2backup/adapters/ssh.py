@@ -1,4 +1,5 @@
-"""SSH to the backup instance with asyncssh, behind the synchronous ``RemoteConnector`` port.
+"""SSH to the backup instance with asyncssh: a synchronous connection that runs one command at
+a time. ``adapters/host.py`` builds the ``InstanceHost`` port on it.
 
 asyncssh is asynchronous and the engine is not, so every shell owns a private event loop
 (an ``asyncio.Runner``) that lives as long as the connection: each ``run()`` drives that loop
@@ -12,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shlex
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from ..errors import HostKeyError, RemoteCommandError, RemoteError, SshConnectError
-from ..ports import CommandResult, RemoteShell, SshTarget
+from ..ports import SshTarget
 from .hostkeys import host_key_of, write_known_hosts
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,11 @@ def _has_pinned_keys(path: Path) -> bool:
     return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
 
 
-def remote_command(command: str, user: str, *, sudo: bool) -> str:
-    """The command line sent to the server: wrapped in ``sudo -n sh -c`` when needed."""
-    if sudo and user != "root":
-        return f"sudo -n sh -c {shlex.quote(command)}"
-    return command
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
 
 
 class AsyncsshShell:
@@ -76,25 +77,16 @@ class AsyncsshShell:
         return {"host": self.target.host}
 
     def run(
-        self,
-        command: str,
-        *,
-        sudo: bool = False,
-        check: bool = True,
-        timeout: float | None = None,
+        self, command: str, *, check: bool = True, timeout: float | None = None
     ) -> CommandResult:
-        """Run ``command`` through the remote user's shell.
-
-        With ``sudo`` and a non-root user the command runs as ``sudo -n sh -c COMMAND``
-        (``-n``: fail rather than wait for a password nobody will type). ``check`` raises
+        """Run ``command`` through the remote user's shell. ``check`` raises
         ``RemoteCommandError`` on a non-zero exit; a lost connection or ``timeout`` raises
         ``RemoteError`` so the engine can retry the step.
         """
         if self._conn is None:
             raise RemoteError("the SSH connection is closed", resources=self._resources)
-        full = remote_command(command, self.target.user, sudo=sudo)
         try:
-            done = self._runner.run(self._run(self._conn, full, timeout))
+            done = self._runner.run(self._run(self._conn, command, timeout))
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise RemoteError(
                 f"SSH connection to {self.target.host} failed while running {command!r}: "
@@ -189,7 +181,7 @@ class _AckingClient(asyncssh.SSHClient):
 
 
 class AsyncsshConnector:
-    """``RemoteConnector`` with asyncssh: retries until the deadline, pins host keys."""
+    """Connects with asyncssh: retries until the deadline, pins host keys."""
 
     def __init__(
         self,
@@ -204,7 +196,11 @@ class AsyncsshConnector:
 
     def connect(
         self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> RemoteShell:
+    ) -> AsyncsshShell:
+        """Connect, retrying refused/reset connections and not-yet-installed keys until
+        ``deadline`` (a ``time.monotonic()`` value). Host keys are checked against
+        ``target.known_hosts_path``; with ``trust_on_first_use`` and an empty file, the key
+        presented is written there and pinned."""
         resources = {"host": target.host}
         try:
             client_key = asyncssh.read_private_key(target.key_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..db.store import Store
 from ..paths import default_data_dir
-from ..ports import Ec2, RemoteConnector, RemoteShell, SshTarget, Syncer
+from ..ports import Ec2, InstanceConnector, InstanceHost, SshTarget, Syncer
 
 
 class BackgroundLoadedConnector:
@@ -28,17 +28,19 @@ class BackgroundLoadedConnector:
     def __init__(self) -> None:
         threading.Thread(
             target=_import_quietly,
-            args=("ec2backup.adapters.ssh",),
+            args=("ec2backup.adapters.host",),
             name="import-asyncssh",
             daemon=True,
         ).start()
 
     def connect(
         self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> RemoteShell:
-        from ..adapters.ssh import AsyncsshConnector
+    ) -> InstanceHost:
+        from ..adapters.host import SshInstanceConnector
 
-        return AsyncsshConnector().connect(target, deadline, trust_on_first_use=trust_on_first_use)
+        return SshInstanceConnector().connect(
+            target, deadline, trust_on_first_use=trust_on_first_use
+        )
 
 
 def _import_quietly(name: str) -> None:
@@ -51,7 +53,7 @@ class Adapters:
     """Factories for the outside world, replaceable in tests."""
 
     ec2: Callable[[str, str | None], Ec2]
-    connector: Callable[[], RemoteConnector]
+    connector: Callable[[], InstanceConnector]
     syncer: Callable[[], Syncer]
 
     @classmethod
@@ -63,7 +65,7 @@ class Adapters:
 
             return make_ec2(region, run_id)
 
-        def connector() -> RemoteConnector:
+        def connector() -> InstanceConnector:
             return BackgroundLoadedConnector()
 
         def syncer() -> Syncer:

@@ -16,8 +16,8 @@ from ..errors import (
 )
 from ..ports import (
     Ec2,
-    RemoteConnector,
-    RemoteShell,
+    InstanceConnector,
+    InstanceHost,
     SshTarget,
     Syncer,
 )
@@ -29,14 +29,14 @@ class StepContext:
     recorder: RunRecorder
     profile: Profile
     ec2: Ec2
-    connector: RemoteConnector
+    connector: InstanceConnector
     syncer: Syncer
     run_dir: Path
     key_path: Path
     public_key: str
     progress: Callable[[str], None] = lambda _line: None
     on_state: Callable[[str], None] = lambda _state: None
-    shell: RemoteShell | None = field(default=None, repr=False)
+    host: InstanceHost | None = field(default=None, repr=False)  # the open session
 
     @property
     def known_hosts(self) -> Path:
@@ -65,10 +65,10 @@ class StepContext:
             TAG_KIND: self.run.kind,
         }
 
-    def close_shell(self) -> None:
-        if self.shell is not None:
-            self.shell.close()
-            self.shell = None
+    def close_host(self) -> None:
+        if self.host is not None:
+            self.host.close()
+            self.host = None
 
     def resources(self) -> dict[str, str]:
         ids = {"instance": self.run.instance_id, "volume": self.run.volume_id}

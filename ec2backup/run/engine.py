@@ -92,7 +92,7 @@ def drive(ctx: StepContext) -> Run:
             )
         raise
     finally:
-        ctx.close_shell()
+        ctx.close_host()
 
 
 def run_step(ctx: StepContext, name: str) -> str:
@@ -108,7 +108,7 @@ def run_step(ctx: StepContext, name: str) -> str:
             log.warning("run %s: %s (%d/%d)", ctx.run.id, note, attempt + 1, len(STEP_RETRY_DELAYS))
             ctx.run.warnings = [*ctx.run.warnings, note]
             ctx.recorder.save()
-            ctx.close_shell()
+            ctx.close_host()
             time.sleep(STEP_RETRY_DELAYS[attempt])
     raise AssertionError("unreachable")
 
@@ -139,7 +139,7 @@ def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
         record_failure(ctx, exc)
         raise
     finally:
-        ctx.close_shell()
+        ctx.close_host()
 
 
 def record_failure(ctx: StepContext, exc: BaseException) -> None:

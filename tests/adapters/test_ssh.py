@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import pytest
 
 from ec2backup.adapters.hostkeys import known_hosts_lines
 from ec2backup.adapters.keys import generate_run_key
-from ec2backup.adapters.ssh import AsyncsshConnector, AsyncsshShell, _AckingClient, remote_command
+from ec2backup.adapters.ssh import AsyncsshConnector, AsyncsshShell, _AckingClient
 from ec2backup.errors import HostKeyError, RemoteCommandError, RemoteError, SshConnectError
 from ec2backup.ports import SshTarget
 
@@ -27,16 +26,6 @@ except ImportError:  # pragma: no cover
 needs_sshd = pytest.mark.skipif(
     sshd_unavailable_reason() is not None, reason=sshd_unavailable_reason() or ""
 )
-
-
-def test_sudo_wraps_the_command_for_non_root_users() -> None:
-    command = "mkdir -p '/mnt/a b' && echo \"$HOME\" > /mnt/x"
-    wrapped = remote_command(command, "ubuntu", sudo=True)
-    assert wrapped == ("sudo -n sh -c 'mkdir -p '\"'\"'/mnt/a b'\"'\"' && echo \"$HOME\" > /mnt/x'")
-    # What sh -c receives is exactly the original command.
-    assert shlex.split(wrapped) == ["sudo", "-n", "sh", "-c", command]
-    assert remote_command(command, "root", sudo=True) == command
-    assert remote_command(command, "ubuntu", sudo=False) == command
 
 
 @pytest.fixture
@@ -118,13 +107,6 @@ def test_the_servers_host_key_report_is_acknowledged_at_once(pinned: SshTarget) 
         while owner.host_key_reports == 0 and time.monotonic() < deadline:
             shell.run("true")  # the report is handled while the connection's loop runs
         assert owner.host_key_reports == 1
-
-
-@needs_sshd
-def test_sudo_as_root_runs_the_command_unchanged(pinned: SshTarget) -> None:
-    # root needs no sudo (and this server has none): the command must run as is.
-    with connect(pinned) as shell:
-        assert shell.run('id -u; echo "$0"', sudo=True).stdout.split()[0] == "0"
 
 
 @needs_sshd

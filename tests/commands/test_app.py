@@ -35,7 +35,7 @@ def test_the_connector_imports_the_ssh_module_on_a_thread() -> None:
         "BackgroundLoadedConnector()\n"
         "(loader,) = [t for t in threading.enumerate() if t.name == 'import-asyncssh']\n"
         "loader.join(60)\n"
-        "print(loader.is_alive(), 'ec2backup.adapters.ssh' in sys.modules,\n"
+        "print(loader.is_alive(), 'ec2backup.adapters.host' in sys.modules,\n"
         "      'asyncssh' in sys.modules)\n"
     )
     assert out == "False True True"

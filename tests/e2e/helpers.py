@@ -74,6 +74,14 @@ def mounted_read_only(image: Path) -> Iterator[Path]:
         target.rmdir()
 
 
+def superblock(image: Path) -> bytes:
+    """A volume image's ext4 superblock: a read-write mount changes it (mount count and time,
+    state), a read-only one with noload does not."""
+    with image.open("rb") as f:
+        f.seek(1024)
+        return f.read(1024)
+
+
 def make_sample_tree(root: Path) -> None:
     (root / "docs" / "deep" / "er").mkdir(parents=True)
     (root / "docs" / "notes.txt").write_text("remember the milk\n")

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import Cli, assert_clean_after, ec2_client, make_sample_tree, tree_digest
+from tests.e2e.helpers import (
+    Cli,
+    assert_clean_after,
+    ec2_client,
+    make_sample_tree,
+    superblock,
+    tree_digest,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +40,9 @@ def test_backup_change_verify_and_restore(cli: Cli, sandbox: Any, tmp_path: Path
     backup = cli("run", "--profile", "r").stdout.strip()
     original = tmp_path / "original"
     shutil.copytree(source, original, symlinks=True)
+    # Verify and restore --live mount the backup itself: read-only, not one block written.
+    image = sandbox.volume_image(volume_id)
+    sealed = superblock(image)
 
     matched = cli("verify", "--profile", "r", check=False)
     assert matched.returncode == 0, matched.stderr
@@ -52,6 +62,7 @@ def test_backup_change_verify_and_restore(cli: Cli, sandbox: Any, tmp_path: Path
         "docs/notes.txt",
         "photos/small.bin",
     ]
+    assert superblock(image) == sealed
 
     restored = tmp_path / "restored"
     restore_run = cli("restore", "--run", backup, "--to", str(restored)).stdout.strip()
@@ -76,6 +87,7 @@ def test_backup_change_verify_and_restore(cli: Cli, sandbox: Any, tmp_path: Path
     assert tree_digest(from_live / "home") == tree_digest(original)
     assert cli.json("show", live_run)["volume_id"] == volume_id
     assert_clean_after(ec2, live_run, volume_id)
+    assert superblock(image) == sealed
 
 
 def test_restore_bad_input(cli: Cli, sandbox: Any, tmp_path: Path) -> None:

@@ -18,8 +18,6 @@ from ec2backup.db.store import open_store
 from ec2backup.errors import CloudError, Interrupted, RemoteCommandError, RemoteError, RunStateError
 from tests.fakes import FakeConnector, FakeEc2, FakeSyncer
 
-NITRO = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}"
-
 
 @dataclass
 class World:
@@ -34,9 +32,7 @@ class World:
 def world(tmp_path: Path) -> Iterator[World]:
     ec2, connector, syncer = FakeEc2(), FakeConnector(), FakeSyncer()
     volume = ec2.add_volume()
-    device = NITRO.format(volume.id.replace("-", ""))
-    connector.host.devices.add(device)
-    connector.host.filesystems[device] = "ext4"
+    connector.host.attach(volume.id, holds="ext4")
     source = tmp_path / "src"
     source.mkdir()
     config = tmp_path / "config.toml"
@@ -68,6 +64,35 @@ def test_a_run_walks_the_whole_path_and_cleans_up(world: World) -> None:
     assert world.ec2.volumes[world.volume_id].attachments == ()
     assert len(world.ec2.snapshots) == 1
     assert not world.app.run_dir(run.id).exists()  # the run's private key is gone
+    assert [m.read_only for m in world.connector.host.mount_log] == [False]
+
+
+@pytest.mark.parametrize("source", ["snapshot", "live volume", "verify"])
+def test_restore_and_verify_mount_the_volume_read_only(
+    world: World, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ec2backup.commands.backup import start_verify
+    from ec2backup.commands.restore import start_restore
+
+    backup = start_backup(world.app, "p")
+    host = world.connector.host
+    host.mount_log.clear()
+    attach = world.ec2.attach_volume
+
+    def attach_and_appear(volume_id: str, instance_id: str, device: str) -> None:
+        attach(volume_id, instance_id, device)  # a volume made from the snapshot holds ext4
+        host.attach(volume_id, f"/dev/nvme{len(host.devices) + 1}n1", holds="ext4")
+
+    monkeypatch.setattr(world.ec2, "attach_volume", attach_and_appear)
+    if source == "snapshot":
+        run = start_restore(world.app, to=tmp_path / "restored", run_id=backup.id)
+        assert run.volume_id != world.volume_id
+    elif source == "live volume":
+        run = start_restore(world.app, to=tmp_path / "restored", live=True, profile_name="p")
+    else:
+        run = start_verify(world.app, "p")
+    assert run.state == "done"
+    assert [m.read_only for m in host.mount_log] == [True]
 
 
 def fail_once(world: World, call: str) -> None:

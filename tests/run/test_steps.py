@@ -16,12 +16,13 @@ from ec2backup.db.models import Run
 from ec2backup.db.recorder import RunRecorder
 from ec2backup.db.store import open_store
 from ec2backup.errors import (
+    DeviceNotFoundError,
     InvalidResourceStateError,
     RemoteCommandError,
     ResourceNotFoundError,
     UnformattedVolumeError,
 )
-from ec2backup.ports import Attachment
+from ec2backup.ports import Attachment, DeviceContents
 from ec2backup.run.context import StepContext
 from ec2backup.run.steps import session as steps_session
 from ec2backup.run.steps.attachment import ensure_attached, ensure_detached
@@ -29,10 +30,8 @@ from ec2backup.run.steps.filesystem import ensure_formatted, ensure_mounted, ens
 from ec2backup.run.steps.instance import ensure_instance_running, ensure_terminated
 from ec2backup.run.steps.session import ensure_host_keys
 from ec2backup.run.steps.snapshot import ensure_snapshot
-from ec2backup.run.steps.transfer import ensure_synced
-from tests.fakes import FakeConnector, FakeEc2, FakeSyncer
-
-NITRO = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}"
+from ec2backup.run.steps.transfer import ensure_compared, ensure_pulled, ensure_synced
+from tests.fakes import FakeConnector, FakeEc2, FakeMount, FakeSyncer
 
 
 @pytest.fixture
@@ -171,9 +170,7 @@ def test_attach_is_skipped_when_already_attached(ctx: StepContext) -> None:
 def _attached_and_visible(ctx: StepContext, connector: FakeConnector) -> str:
     ensure_instance_running(ctx)
     ensure_attached(ctx)
-    device = NITRO.format((ctx.run.volume_id or "").replace("-", ""))
-    connector.host.devices.add(device)
-    return device
+    return connector.host.attach(ctx.run.volume_id or "")
 
 
 def _mounted(ctx: StepContext) -> tuple[FakeConnector, FakeSyncer]:
@@ -181,78 +178,105 @@ def _mounted(ctx: StepContext) -> tuple[FakeConnector, FakeSyncer]:
     connector, syncer = ctx.connector, ctx.syncer
     assert isinstance(connector, FakeConnector) and isinstance(syncer, FakeSyncer)
     device = _attached_and_visible(ctx, connector)
-    connector.host.filesystems[device] = "ext4"
+    connector.host.contents[device] = DeviceContents(filesystem="ext4")
     ensure_mounted(ctx)
     return connector, syncer
 
 
+def _connector(ctx: StepContext) -> FakeConnector:
+    assert isinstance(ctx.connector, FakeConnector)
+    return ctx.connector
+
+
 def test_mount_refuses_a_volume_without_filesystem(ctx: StepContext) -> None:
-    connector = ctx.connector
-    assert isinstance(connector, FakeConnector)
+    connector = _connector(ctx)
     _attached_and_visible(ctx, connector)
     with pytest.raises(UnformattedVolumeError, match="no filesystem"):
         ensure_mounted(ctx)
-    assert not any("mkfs" in c for c in connector.host.commands)
+    assert not any(c.startswith("make_filesystem") for c in connector.host.calls)
     assert connector.host.mounts == {}
 
 
 def test_mount_probes_the_filesystem_only_when_mount_fails(ctx: StepContext) -> None:
-    connector = ctx.connector
-    assert isinstance(connector, FakeConnector)
+    connector = _connector(ctx)
     device = _attached_and_visible(ctx, connector)
-    connector.host.filesystems[device] = "gpt"
-    with pytest.raises(RemoteCommandError, match="could not mount"):
+    connector.host.contents[device] = DeviceContents(partition_table="gpt")
+    with pytest.raises(RemoteCommandError, match="could not mount") as info:
         ensure_mounted(ctx)
-    connector.host.filesystems[device] = "ext4"
-    before = len(connector.host.commands)
+    assert f"device_contents {device}" in connector.host.calls  # probed to say why
+    assert info.value.run_id == ctx.run.id and info.value.resources["volume"] == ctx.run.volume_id
+    connector.host.contents[device] = DeviceContents(filesystem="ext4")
+    before = len(connector.host.calls)
     ensure_mounted(ctx)
-    sudo = [c for c in connector.host.commands[before:] if c.startswith("sudo")]
-    assert len(sudo) == 1 and " mount " in sudo[0]
-
-
-def test_format_never_formats_over_an_existing_filesystem(ctx: StepContext) -> None:
-    connector = ctx.connector
-    assert isinstance(connector, FakeConnector)
-    device = _attached_and_visible(ctx, connector)
-    assert "made ext4" in ensure_formatted(ctx)
-    assert "already has a ext4" in ensure_formatted(ctx)
-    assert [c for c in connector.host.commands if "mkfs" in c] == [
-        f"sudo mkfs.ext4 -q -L ec2backup {device}"
+    assert connector.host.calls[before:] == [
+        f"find_device {ctx.run.volume_id}",
+        "mounted_device /mnt/ec2backup",
+        f"mount {device} /mnt/ec2backup rw",
     ]
 
 
-@pytest.mark.parametrize(("holds", "said"), [("gpt", "partition table (gpt)"), ("xfs", "xfs")])
-def test_format_leaves_a_partitioned_or_other_device_alone(
-    ctx: StepContext, holds: str, said: str
-) -> None:
-    connector = ctx.connector
-    assert isinstance(connector, FakeConnector)
+def test_mount_refuses_a_mount_point_holding_another_device(ctx: StepContext) -> None:
+    connector = _connector(ctx)
     device = _attached_and_visible(ctx, connector)
-    connector.host.filesystems[device] = holds
+    connector.host.contents[device] = DeviceContents(filesystem="ext4")
+    connector.host.mounts["/mnt/ec2backup"] = FakeMount("/dev/nvme9n1")
+    with pytest.raises(InvalidResourceStateError, match="already a mount of /dev/nvme9n1"):
+        ensure_mounted(ctx)
+    assert connector.host.mount_log == []
+
+
+def test_format_never_formats_over_an_existing_filesystem(ctx: StepContext) -> None:
+    connector = _connector(ctx)
+    device = _attached_and_visible(ctx, connector)
+    assert "made ext4" in ensure_formatted(ctx)
+    assert "already has a ext4" in ensure_formatted(ctx)
+    assert [c for c in connector.host.calls if c.startswith("make_filesystem")] == [
+        f"make_filesystem {device} ec2backup"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("holds", "said"),
+    [
+        (DeviceContents(partition_table="gpt"), "partition table (gpt)"),
+        (DeviceContents(filesystem="xfs"), "xfs"),
+    ],
+)
+def test_format_leaves_a_partitioned_or_other_device_alone(
+    ctx: StepContext, holds: DeviceContents, said: str
+) -> None:
+    connector = _connector(ctx)
+    device = _attached_and_visible(ctx, connector)
+    connector.host.contents[device] = holds
     assert f"already has a {said}" in ensure_formatted(ctx)
-    assert not any("mkfs" in c for c in connector.host.commands)
+    assert not any(c.startswith("make_filesystem") for c in connector.host.calls)
 
 
 def test_format_refuses_when_the_probe_fails(ctx: StepContext) -> None:
-    connector = ctx.connector
-    assert isinstance(connector, FakeConnector)
+    connector = _connector(ctx)
     device = _attached_and_visible(ctx, connector)
-    connector.host.filesystems[device] = "!8"  # blkid: ambivalent result
-    with pytest.raises(RemoteCommandError, match=r"could not tell what \S+ holds"):
+    connector.host.unreadable.add(device)
+    with pytest.raises(RemoteCommandError, match=r"could not tell what \S+ holds") as info:
         ensure_formatted(ctx)
-    assert not any("mkfs" in c for c in connector.host.commands)
-    # The decision reads the device itself, never blkid's cache.
-    assert any(c.startswith("sudo blkid -p ") for c in connector.host.commands)
+    assert not any(c.startswith("make_filesystem") for c in connector.host.calls)
+    assert info.value.run_id == ctx.run.id and info.value.resources["volume"] == ctx.run.volume_id
 
 
-def test_mount_sync_unmount_are_idempotent_and_use_sudo(ctx: StepContext) -> None:
-    connector = ctx.connector
-    assert isinstance(connector, FakeConnector)
+def test_a_volume_that_never_appears_is_device_not_found(ctx: StepContext) -> None:
+    ensure_instance_running(ctx)
+    ensure_attached(ctx)
+    with pytest.raises(DeviceNotFoundError) as info:
+        ensure_formatted(ctx)
+    assert info.value.run_id == ctx.run.id
+
+
+def test_mount_sync_unmount_are_idempotent(ctx: StepContext) -> None:
+    connector = _connector(ctx)
     device = _attached_and_visible(ctx, connector)
-    connector.host.filesystems[device] = "ext4"
+    connector.host.contents[device] = DeviceContents(filesystem="ext4")
     ensure_mounted(ctx)
     assert "already mounted" in ensure_mounted(ctx)
-    assert connector.host.mounts == {"/mnt/ec2backup": device}
+    assert connector.host.mounts == {"/mnt/ec2backup": FakeMount(device, read_only=False)}
     ensure_synced(ctx)
     assert ctx.run.files_transferred == 2 and ctx.run.total_size == 1000
     ensure_unmounted(ctx)
@@ -263,9 +287,21 @@ def test_mount_sync_unmount_are_idempotent_and_use_sudo(ctx: StepContext) -> Non
     assert (ctx.run_dir / "known_hosts").read_text().startswith(ctx.run.ssh_address or "?")
 
 
+@pytest.mark.parametrize("needs_sudo", [True, False])
+def test_rsync_runs_with_sudo_exactly_when_the_host_says(
+    ctx: StepContext, needs_sudo: bool
+) -> None:
+    connector, syncer = _mounted(ctx)
+    connector.host.rsync_needs_sudo = needs_sudo
+    ensure_synced(ctx)
+    ensure_compared(ctx)
+    ctx.run.config = {**ctx.run.config, "to": str(ctx.run_dir / "restored")}
+    ensure_pulled(ctx)
+    assert syncer.remote_sudo == [needs_sudo] * 3
+
+
 def test_sync_refuses_to_copy_onto_the_root_disk(ctx: StepContext) -> None:
-    connector = ctx.connector
-    assert isinstance(connector, FakeConnector)
+    connector = _connector(ctx)
     _attached_and_visible(ctx, connector)
     with pytest.raises(InvalidResourceStateError, match="not mounted"):
         ensure_synced(ctx)
@@ -274,37 +310,37 @@ def test_sync_refuses_to_copy_onto_the_root_disk(ctx: StepContext) -> None:
 
 def test_sync_prepares_the_instance_in_one_call(ctx: StepContext) -> None:
     connector, _ = _mounted(ctx)
-    before = len(connector.host.commands)
+    before = len(connector.host.calls)
     ensure_synced(ctx)
-    sent = connector.host.commands[before:]
-    assert len(sent) == 1 and sent[0].startswith("sudo findmnt")
-    assert [line.split()[0] for line in sent[0].splitlines()] == [
-        "sudo",  # findmnt: the mount point must be a mount
-        "(pkill",
-        "du",
-        "df",
-        "mkdir",
-    ]
+    assert connector.host.calls[before:] == ["prepare_sync /mnt/ec2backup home"]
 
 
 def test_unmount_ends_a_leftover_rsync_holding_the_mount(ctx: StepContext) -> None:
     connector, _ = _mounted(ctx)
-    connector.host.rsync_running = True
+    connector.host.leftover_rsync = True
     assert ensure_unmounted(ctx) == "/mnt/ec2backup unmounted"
-    assert connector.host.mounts == {} and not connector.host.rsync_running
+    assert connector.host.mounts == {} and not connector.host.leftover_rsync
+
+
+def test_unmount_held_by_something_else_than_rsync_fails(ctx: StepContext) -> None:
+    connector, _ = _mounted(ctx)
+    connector.host.held_open = True
+    with pytest.raises(RemoteCommandError, match="still busy"):
+        ensure_unmounted(ctx)
+    assert "/mnt/ec2backup" in connector.host.mounts
 
 
 def test_unmount_is_one_call(ctx: StepContext) -> None:
     connector, _ = _mounted(ctx)
-    before = len(connector.host.commands)
+    before = len(connector.host.calls)
     assert ensure_unmounted(ctx) == "/mnt/ec2backup unmounted"
     assert connector.host.mounts == {}
-    assert len(connector.host.commands[before:]) == 1
+    assert connector.host.calls[before:] == ["unmount /mnt/ec2backup"]
 
 
 def test_sync_stops_when_a_leftover_rsync_does_not_end(ctx: StepContext) -> None:
     connector, syncer = _mounted(ctx)
-    connector.host.rsync_stuck = True
+    connector.host.leftover_rsync = connector.host.rsync_stuck = True
     with pytest.raises(RemoteCommandError, match="earlier rsync on the instance did not end"):
         ensure_synced(ctx)
     assert syncer.calls == []
@@ -312,10 +348,22 @@ def test_sync_stops_when_a_leftover_rsync_does_not_end(ctx: StepContext) -> None
 
 def test_sync_stops_when_the_free_space_cannot_be_read(ctx: StepContext) -> None:
     connector, syncer = _mounted(ctx)
-    connector.host.df_output = "df: /mnt/ec2backup: No such file"
+    connector.host.space_unreadable = True
     with pytest.raises(RemoteCommandError, match="could not read the free space"):
         ensure_synced(ctx)
     assert syncer.calls == []
+
+
+def test_pull_copies_the_asked_directory_and_refuses_a_missing_one(ctx: StepContext) -> None:
+    connector, syncer = _mounted(ctx)
+    connector.host.directories.add("/mnt/ec2backup/home/docs")
+    ctx.run.config = {**ctx.run.config, "to": str(ctx.run_dir / "restored"), "path": "home/docs"}
+    ensure_pulled(ctx)
+    assert syncer.calls == [(ctx.run_dir / "restored", "/mnt/ec2backup/home/docs")]
+    ctx.run.config = {**ctx.run.config, "path": "home/nope"}
+    with pytest.raises(RemoteCommandError, match="the backup has no directory 'home/nope'"):
+        ensure_pulled(ctx)
+    assert len(syncer.calls) == 1
 
 
 def test_vanished_files_are_a_warning(ctx: StepContext) -> None:

@@ -122,7 +122,7 @@ def ensure_instance_running(ctx: StepContext) -> str:
     if instance is None:
         gone = run.instance_id is not None
         if gone:  # the previous instance ended: start over with a new attempt
-            ctx.close_shell()
+            ctx.close_host()
             ctx.known_hosts.unlink(missing_ok=True)
             run.instance_id = None
             run.ssh_address = None
@@ -159,7 +159,7 @@ def instance_alive(ctx: StepContext) -> bool:
 
 def ensure_terminated(ctx: StepContext) -> str:
     run = ctx.run
-    ctx.close_shell()
+    ctx.close_host()
     ids = {i.id for i in ctx.ec2.find_instances({TAG_RUN_ID: run.id})}
     if run.instance_id:
         ids.add(run.instance_id)

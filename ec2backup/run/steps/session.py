@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ...adapters.hostkeys import parse_console_host_keys, write_known_hosts
-from ...errors import (
-    RemoteCommandError,
-)
-from ...ports import (
-    CommandResult,
-    RemoteShell,
-)
+from ...errors import Ec2BackupError
+from ...ports import InstanceHost
 from ..context import StepContext
 
 log = logging.getLogger(__name__)
@@ -22,16 +19,28 @@ CONSOLE_KEYS_TIMEOUT = 120.0  # how long to look for host keys on the console be
 # --- on the instance ---------------------------------------------------------------------
 
 
-def remote(ctx: StepContext) -> RemoteShell:
-    """An SSH session to the run's instance, host key pinned from the console when possible."""
-    if ctx.shell is not None:
-        return ctx.shell
+def connect(ctx: StepContext) -> InstanceHost:
+    """The session to the run's instance, host key pinned from the console when possible."""
+    if ctx.host is not None:
+        return ctx.host
     ensure_host_keys(ctx)
     deadline = time.monotonic() + ctx.profile.ssh_timeout
-    ctx.shell = ctx.connector.connect(
+    ctx.host = ctx.connector.connect(
         ctx.ssh_target(), deadline, trust_on_first_use=ctx.run.host_key_source == "tofu"
     )
-    return ctx.shell
+    return ctx.host
+
+
+@contextmanager
+def attributed(ctx: StepContext) -> Iterator[None]:
+    """Errors raised inside (by the instance or rsync, which know only the host) name the run
+    and its resources."""
+    try:
+        yield
+    except Ec2BackupError as exc:
+        exc.run_id = exc.run_id or ctx.run.id
+        exc.resources.update(ctx.resources())
+        raise
 
 
 def ensure_host_keys(ctx: StepContext) -> None:
@@ -57,17 +66,3 @@ def ensure_host_keys(ctx: StepContext) -> None:
     ctx.run.host_key_source = "tofu"
     ctx.run.warnings = [*ctx.run.warnings, "host key trusted on first use (none on console)"]
     ctx.recorder.save()
-
-
-def _command_error(ctx: StepContext, what: str, result: CommandResult) -> RemoteCommandError:
-    detail = result.stderr.strip() or f"exit status {result.exit_status}"
-    return RemoteCommandError(
-        f"{what}: {detail}",
-        exit_status=result.exit_status,
-        run_id=ctx.run.id,
-        resources=ctx.resources(),
-    )
-
-
-def _sudo(ctx: StepContext) -> bool:
-    return ctx.profile.ssh_user != "root"
