@@ -3,6 +3,7 @@ snapshot) and deleted (restore's temporary volume) with the run's tags."""
 
 from __future__ import annotations
 
+from ...core.states import called
 from ...core.tags import TAG_ROLE, TAG_RUN_ID
 from ...errors import (
     InvalidResourceStateError,
@@ -65,7 +66,7 @@ def _ensure_tagged_volume(ctx: StepContext, role: str, snapshot_id: str | None =
                 client_token=f"{run.id}-{role}",
                 snapshot_id=snapshot_id,
             )
-            crash_point("called:create_volume")
+            crash_point(called("create_volume"))
             run.volume_id = volume.id
         ctx.recorder.save()
     ctx.ec2.wait_volume_available(run.volume_id, ctx.profile.attach_timeout)
