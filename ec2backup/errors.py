@@ -22,7 +22,9 @@
     │   ├── RemoteCommandError                  a command on the instance failed
     │   └── DeviceNotFoundError                 the attached volume did not show up
     ├── SyncError                       exit 7  rsync failed (exit code kept)
-    └── LeaseHeldError                  exit 8  another live process drives that run or volume
+    ├── LeaseHeldError                  exit 8  another live process drives that run or volume
+    └── AbandonedRunError                       no process drove a live run; reap ended its
+                                                instance (recorded on the run, never raised)
 
     Interrupted (a BaseException)       exit 130  Ctrl-C or SIGTERM during a run
 
@@ -179,6 +181,21 @@ class SyncError(Ec2BackupError):
 
 class LeaseHeldError(Ec2BackupError):
     exit_code = 8
+
+
+class AbandonedRunError(Ec2BackupError):
+    """What ``reap`` records on a run that was live in the database while no process held its
+    lease, once it has ended the run's instance. A run, not a command, fails with it: ``resume``
+    relaunches the run, ``resume --clean`` ends it."""
+
+    def __init__(self, run_id: str, instance_id: str, reason: str) -> None:
+        super().__init__(
+            f"its instance was reaped: {reason}",
+            run_id=run_id,
+            resources={"instance": instance_id},
+            hint=f"`ec2backup resume {run_id}` relaunches it, `--clean` ends it",
+        )
+        self.instance_id = instance_id
 
 
 EXIT_INTERRUPTED = 130

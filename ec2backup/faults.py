@@ -3,7 +3,9 @@
 ``EC2BACKUP_CRASH_AT=<name>`` makes the process SIGKILL itself when it reaches the point of
 that name: no handler, no flush, no cleanup, as a power cut would. Points are placed just
 before and just after each step's side effect, and in the windows between a cloud call and
-the recording of its result. Unset (always, outside the tests), a point costs one dict lookup.
+the recording of its result; their names come from the state machine
+(``core.states.crash_points``). Unset (always, outside the tests), a point costs one dict
+lookup.
 """
 
 from __future__ import annotations

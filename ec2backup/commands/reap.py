@@ -42,7 +42,7 @@ from ..db.leases import describe, live_leases
 from ..db.models import Lease, Run
 from ..db.recorder import RunRecorder
 from ..db.store import Store
-from ..errors import ConfigError, UserInputError
+from ..errors import AbandonedRunError, ConfigError, UserInputError
 from ..ports import Ec2, Instance
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 # shutting-down is already on its way out; terminating it again would only add calls.
 REAPABLE_STATES = tuple(s for s in LIVE_INSTANCE_STATES if s != "shutting-down")
-ABANDONED = "AbandonedRunError"
 
 
 @dataclass
@@ -255,8 +254,9 @@ def _mark_abandoned(store: Store, orphans: Sequence[Verdict]) -> None:
                 continue
             recorder = RunRecorder(session, run)
             build_machine(run, RunKind(run.kind), on_change=recorder)
-            run.error = f"abandoned: instance {v.instance.id} was reaped ({v.reason})"
-            run.error_type = ABANDONED
+            error = AbandonedRunError(run.id, v.instance.id, v.reason)
+            run.error = error.one_line()
+            run.error_type = type(error).__name__
             fire(run, "fail", detail=run.error)
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    pass
+from .states import BILLED_FROM, BILLED_STATES, BILLING_ENDS, RunState
 
 MIN_BILLED_SECONDS = 60.0
 
@@ -59,28 +58,8 @@ DEFAULT_PRICES = Prices()
 
 
 # --- one run's instance time --------------------------------------------------------------
-
-_ENDS = frozenset({"terminated", "done", "failed", "aborted"})
-# States a failed run can be resumed (or force-cleaned) into while its instance still exists.
-_HOLDS_INSTANCE = frozenset(
-    {
-        "instance_running",
-        "attaching",
-        "attached",
-        "formatting",
-        "formatted",
-        "mounting",
-        "mounted",
-        "syncing",
-        "synced",
-        "unmounting",
-        "unmounted",
-        "detaching",
-        "detached",
-        "terminating",
-        "cleaning",
-    }
-)
+# Which states bill is the state machine's to say (core/states.py): BILLED_FROM, BILLED_STATES
+# and BILLING_ENDS are derived from its steps.
 
 
 def _event(ev: Any) -> tuple[str | None, str, datetime]:
@@ -94,27 +73,28 @@ def _event(ev: Any) -> tuple[str | None, str, datetime]:
 
 def instance_seconds(events: Iterable[Any], now: datetime | None = None) -> list[float]:
     """Seconds of instance time per launch, in order. A launch runs from entering
-    ``launching`` to entering ``terminated``, ``done``, ``failed`` or ``aborted``. A failed run
-    that is resumed (or cleaned) into a state that still has its instance continues that
-    launch from the resume; ``launching`` entered again while a launch is open (``relaunch``:
-    the instance died under the run) starts a new one. A launch still open at the end is
-    counted up to ``now`` (not at all if ``now`` is None)."""
+    ``launching`` (``BILLED_FROM``) to entering ``terminated``, ``done``, ``failed`` or
+    ``aborted`` (``BILLING_ENDS``). A failed run that is resumed (or cleaned) into a state
+    that still has its instance (``BILLED_STATES``) continues that launch from the resume;
+    ``launching`` entered again while a launch is open (``relaunch``: the instance died under
+    the run) starts a new one. A launch still open at the end is counted up to ``now`` (not at
+    all if ``now`` is None)."""
     launches: list[float] = []
     open_at: datetime | None = None
     for ev in events:
         source, to, at = _event(ev)
-        if to == "launching":
+        if to == BILLED_FROM:
             if open_at is not None:
                 launches[-1] += (at - open_at).total_seconds()
                 launches.append(0.0)
-            elif not (source == "failed" and launches):
+            elif not (source == RunState.FAILED and launches):
                 launches.append(0.0)  # a resumed launch reuses its token: same instance
             open_at = at
-        elif to in _ENDS:
+        elif to in BILLING_ENDS:
             if open_at is not None:
                 launches[-1] += (at - open_at).total_seconds()
                 open_at = None
-        elif open_at is None and launches and source == "failed" and to in _HOLDS_INSTANCE:
+        elif open_at is None and launches and source == RunState.FAILED and to in BILLED_STATES:
             open_at = at
     if open_at is not None and now is not None:
         launches[-1] += max(0.0, (now - open_at).total_seconds())

@@ -22,6 +22,13 @@ live or failed run to ``cleaning`` (force-clean: unmount, detach, terminate), wh
 ``aborted``. ``relaunch`` takes a run whose instance died under it (from any
 state that needs the instance) back to ``launching``: the steps after it are idempotent, so
 they simply run again on the new instance.
+
+This module is the one place that knows the states. What other modules need to know about
+them is derived from ``STEPS``: the transition table; the step functions' keys (the ``Step``
+constants: ``run/steps/__init__.py`` ``ENSURE``); the crash points of the crash matrix
+(``crash_points``: before and after each step, and ``called:<call>`` after each cloud call a
+step declares); and which states bill instance time (``BILLED_FROM``, ``BILLED_STATES``,
+``BILLING_ENDS``: core/billing.py).
 """
 
 from __future__ import annotations
@@ -79,57 +86,91 @@ class Step:
     name: str
     active: RunState
     result: RunState
+    # The cloud calls whose result the step records only once they have returned: a crash in
+    # between leaves a resource the database does not name yet, which a resumed step must find
+    # again (by ClientToken or by the run's tags). Each has a crash point, ``called:<call>``.
+    calls: tuple[str, ...] = ()
+
+    @property
+    def before(self) -> str:
+        """The crash point after ``active`` is committed, before the side effect starts."""
+        return f"before:{self.name}"
+
+    @property
+    def after(self) -> str:
+        """The crash point after the side effect, before ``result`` is committed."""
+        return f"after:{self.name}"
 
 
-_LAUNCH = Step("launch", RunState.LAUNCHING, RunState.INSTANCE_RUNNING)
-_ATTACH = Step("attach", RunState.ATTACHING, RunState.ATTACHED)
-_DETACH = Step("detach", RunState.DETACHING, RunState.DETACHED)
-_TERMINATE = Step("terminate", RunState.TERMINATING, RunState.TERMINATED)
-_MOUNT_READ_ONLY = Step("mount_ro", RunState.MOUNTING, RunState.MOUNTED)
-_UNMOUNT = Step("unmount", RunState.UNMOUNTING, RunState.UNMOUNTED)
+# Every step, once: the step functions (run/steps/__init__.py ``ENSURE``) are keyed by these.
+CREATE_VOLUME = Step(
+    "create_volume", RunState.CREATING_VOLUME, RunState.VOLUME_CREATED, calls=("create_volume",)
+)
+# A temporary volume from the snapshot (none for a restore from the live volume).
+RESTORE_VOLUME = Step(
+    "restore_volume", RunState.CREATING_VOLUME, RunState.VOLUME_CREATED, calls=("create_volume",)
+)
+LAUNCH = Step("launch", RunState.LAUNCHING, RunState.INSTANCE_RUNNING, calls=("run_instance",))
+ATTACH = Step("attach", RunState.ATTACHING, RunState.ATTACHED)
+FORMAT = Step("format", RunState.FORMATTING, RunState.FORMATTED)
+MOUNT = Step("mount", RunState.MOUNTING, RunState.MOUNTED)
+MOUNT_READ_ONLY = Step("mount_ro", RunState.MOUNTING, RunState.MOUNTED)
+SYNC = Step("sync", RunState.SYNCING, RunState.SYNCED)
+PULL = Step("pull", RunState.SYNCING, RunState.SYNCED)
+COMPARE = Step("compare", RunState.SYNCING, RunState.SYNCED)
+UNMOUNT = Step("unmount", RunState.UNMOUNTING, RunState.UNMOUNTED)
+DETACH = Step("detach", RunState.DETACHING, RunState.DETACHED)
+TERMINATE = Step("terminate", RunState.TERMINATING, RunState.TERMINATED)
+SNAPSHOT = Step("snapshot", RunState.SNAPSHOTTING, RunState.DONE, calls=("create_snapshot",))
+DELETE_VOLUME = Step("delete_volume", RunState.DELETING_VOLUME, RunState.DONE)
 
 STEPS: dict[RunKind, tuple[Step, ...]] = {
-    RunKind.BACKUP: (
-        _LAUNCH,
-        _ATTACH,
-        Step("mount", RunState.MOUNTING, RunState.MOUNTED),
-        Step("sync", RunState.SYNCING, RunState.SYNCED),
-        _UNMOUNT,
-        _DETACH,
-        _TERMINATE,
-        Step("snapshot", RunState.SNAPSHOTTING, RunState.DONE),
-    ),
+    RunKind.BACKUP: (LAUNCH, ATTACH, MOUNT, SYNC, UNMOUNT, DETACH, TERMINATE, SNAPSHOT),
     # A temporary volume from a snapshot (or the live volume) mounted read-only, copied back.
     RunKind.RESTORE: (
-        Step("restore_volume", RunState.CREATING_VOLUME, RunState.VOLUME_CREATED),
-        _LAUNCH,
-        _ATTACH,
-        _MOUNT_READ_ONLY,
-        Step("pull", RunState.SYNCING, RunState.SYNCED),
-        _UNMOUNT,
-        _DETACH,
-        _TERMINATE,
-        Step("delete_volume", RunState.DELETING_VOLUME, RunState.DONE),
+        RESTORE_VOLUME,
+        LAUNCH,
+        ATTACH,
+        MOUNT_READ_ONLY,
+        PULL,
+        UNMOUNT,
+        DETACH,
+        TERMINATE,
+        DELETE_VOLUME,
     ),
     # The live volume mounted read-only and compared with the sources by checksum.
-    RunKind.VERIFY: (
-        _LAUNCH,
-        _ATTACH,
-        _MOUNT_READ_ONLY,
-        Step("compare", RunState.SYNCING, RunState.SYNCED),
-        _UNMOUNT,
-        _DETACH,
-        _TERMINATE,
-    ),
-    RunKind.INIT: (
-        Step("create_volume", RunState.CREATING_VOLUME, RunState.VOLUME_CREATED),
-        _LAUNCH,
-        _ATTACH,
-        Step("format", RunState.FORMATTING, RunState.FORMATTED),
-        _DETACH,
-        _TERMINATE,
-    ),
+    RunKind.VERIFY: (LAUNCH, ATTACH, MOUNT_READ_ONLY, COMPARE, UNMOUNT, DETACH, TERMINATE),
+    RunKind.INIT: (CREATE_VOLUME, LAUNCH, ATTACH, FORMAT, DETACH, TERMINATE),
 }
+
+
+def all_steps() -> list[Step]:
+    """Every step of every kind, once each, in the order the kinds list them."""
+    return list(dict.fromkeys(step for steps in STEPS.values() for step in steps))
+
+
+# --- crash points -----------------------------------------------------------------------
+
+_CALLS = frozenset(call for step in all_steps() for call in step.calls)
+
+
+def called(call: str) -> str:
+    """The crash point between the cloud call ``call`` and the recording of its result. Only a
+    call some step declares in its ``calls`` has one."""
+    if call not in _CALLS:
+        raise ValueError(f"no step declares the cloud call {call!r} (Step.calls)")
+    return f"called:{call}"
+
+
+def crash_points(kind: RunKind) -> list[str]:
+    """Every crash point a run of this kind passes, in order: before and after each step's
+    side effect, and between each declared cloud call and the recording of its result."""
+    points: list[str] = []
+    for step in STEPS[kind]:
+        for point in (step.before, *(called(c) for c in step.calls), step.after):
+            if point not in points:
+                points.append(point)
+    return points
 
 
 def path(kind: RunKind) -> list[RunState]:
@@ -180,9 +221,29 @@ def needs_instance(kind: RunKind) -> list[RunState]:
     """The states in which losing the instance loses work: from running until the volume is
     left clean (unmounted, or formatted). After that, termination only detaches it early."""
     steps = STEPS[kind]
-    before_detach = steps[steps.index(_DETACH) - 1]
+    before_detach = steps[steps.index(DETACH) - 1]
     states = path(kind)
     return states[states.index(RunState.INSTANCE_RUNNING) : states.index(before_detach.active) + 1]
+
+
+def holds_instance(kind: RunKind) -> list[RunState]:
+    """The states in which a run of this kind has its instance: from the launch's result to
+    the terminate step's active state (the instance is there until that step ends it)."""
+    states = path(kind)
+    return states[states.index(LAUNCH.result) : states.index(TERMINATE.active) + 1]
+
+
+# --- instance time (core/billing.py) ------------------------------------------------------
+
+# A launch bills from the moment its active state is entered (RunInstances follows)...
+BILLED_FROM = LAUNCH.active
+# ...through the states that hold its instance, of any kind; force-clean (``cleaning``) holds it
+# until it terminates it. A failed run resumed or cleaned into one of these bills again...
+BILLED_STATES = frozenset(
+    {*(state for kind in RunKind for state in holds_instance(kind)), RunState.CLEANING}
+)
+# ...until one of these is entered: the instance terminated, or the run ended or failed.
+BILLING_ENDS = frozenset({TERMINATE.result, *ENDED_STATES})
 
 
 def _failed_from(state: RunState) -> Callable[[EventData], bool]:

@@ -19,7 +19,15 @@ import time
 
 from transitions import EventData
 
-from ..core.states import RunKind, RunState, build_machine, fire, needs_instance, next_step
+from ..core.states import (
+    RunKind,
+    RunState,
+    Step,
+    build_machine,
+    fire,
+    needs_instance,
+    next_step,
+)
 from ..db.models import Run
 from ..errors import Ec2BackupError, Interrupted, is_transient
 from ..faults import crash_point
@@ -69,9 +77,9 @@ def drive(ctx: StepContext) -> Run:
             if state != step.active:
                 fire(run, f"begin_{step.name}")
             log.info("run %s: %s", run.id, step.active)
-            crash_point(f"before:{step.name}")
-            detail = run_step(ctx, step.name)
-            crash_point(f"after:{step.name}")
+            crash_point(step.before)
+            detail = run_step(ctx, step)
+            crash_point(step.after)
             fire(run, f"complete_{step.name}", detail=detail)
             log.info("run %s: %s (%s)", run.id, step.result, detail)
     except KeyboardInterrupt as exc:
@@ -95,16 +103,16 @@ def drive(ctx: StepContext) -> Run:
         ctx.close_host()
 
 
-def run_step(ctx: StepContext, name: str) -> str:
+def run_step(ctx: StepContext, step: Step) -> str:
     """Run one step, again on a fresh connection if it failed for a transient reason (a
     dropped connection, throttling): steps are idempotent, so a re-run picks up the pieces."""
     for attempt in range(len(STEP_RETRY_DELAYS) + 1):
         try:
-            return ENSURE[name](ctx)
+            return ENSURE[step](ctx)
         except Ec2BackupError as exc:
             if attempt == len(STEP_RETRY_DELAYS) or not is_transient(exc):
                 raise
-            note = f"{name} retried after: {exc.message}"
+            note = f"{step.name} retried after: {exc.message}"
             log.warning("run %s: %s (%d/%d)", ctx.run.id, note, attempt + 1, len(STEP_RETRY_DELAYS))
             ctx.run.warnings = [*ctx.run.warnings, note]
             ctx.recorder.save()

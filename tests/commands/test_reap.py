@@ -16,7 +16,7 @@ from ec2backup.core.tags import TAG_EXPIRES_AT, TAG_MANAGED, TAG_RUN_ID
 from ec2backup.db.leases import Holder
 from ec2backup.db.models import Lease, Run
 from ec2backup.db.store import Store, open_store
-from ec2backup.errors import UserInputError
+from ec2backup.errors import AbandonedRunError, UserInputError
 from ec2backup.ports import Attachment, Instance, LaunchSpec
 from tests.fakes import FakeEc2
 
@@ -183,8 +183,10 @@ def test_a_sweep_ends_orphans_only_and_marks_abandoned_runs(store: Store) -> Non
             assert (marked.state, marked.failed_from, marked.error_type) == (
                 "failed",
                 "syncing",
-                "AbandonedRunError",
+                AbandonedRunError.__name__,
             )
+            assert marked.error is not None and abandoned.id in marked.error
+            assert "ec2backup resume abandoned" in marked.error
             assert session.get(Run, "live").state == "syncing"  # type: ignore[union-attr]
     finally:
         holder.kill()

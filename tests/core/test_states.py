@@ -6,11 +6,18 @@ import pytest
 from transitions import MachineError
 
 from ec2backup.core.states import (
+    BILLED_FROM,
+    BILLED_STATES,
+    BILLING_ENDS,
     FINAL_STATES,
+    LAUNCH,
     STEPS,
+    TERMINATE,
     RunKind,
     RunState,
     build_machine,
+    called,
+    crash_points,
     needs_instance,
     next_step,
     path,
@@ -172,3 +179,41 @@ def test_table_uses_plain_state_values() -> None:
             else [transition["source"]]
         )
         assert all(type(s) is str for s in [*sources, transition["dest"]])
+
+
+def test_a_backup_crashes_before_and_after_each_step_and_after_its_launch_and_snapshot() -> None:
+    steps = [step.name for step in STEPS[RunKind.BACKUP]]
+    points = crash_points(RunKind.BACKUP)
+    assert [p for p in points if not p.startswith("called:")] == [
+        f"{when}:{step}" for step in steps for when in ("before", "after")
+    ]
+    assert [p for p in points if p.startswith("called:")] == [
+        "called:run_instance",
+        "called:create_snapshot",
+    ]
+    assert points.index("called:run_instance") == points.index("before:launch") + 1
+
+
+def test_only_a_declared_cloud_call_has_a_crash_point() -> None:
+    assert called("create_volume") == "called:create_volume"
+    with pytest.raises(ValueError, match="attach_volume"):
+        called("attach_volume")
+
+
+@pytest.mark.parametrize("kind", list(RunKind))
+def test_instance_time_is_billed_from_launching_until_terminated(kind: RunKind) -> None:
+    states = path(kind)
+    launching, terminated = states.index(LAUNCH.active), states.index(TERMINATE.result)
+    assert states[launching] == BILLED_FROM
+    assert set(states[launching + 1 : terminated]) <= BILLED_STATES
+    assert not set(states[:launching] + states[terminated:]) & BILLED_STATES
+    assert states[terminated] in BILLING_ENDS and states[-1] in BILLING_ENDS
+
+
+def test_billed_states_cover_every_kind_and_force_clean() -> None:
+    assert {RunState.FORMATTING, RunState.FORMATTED, RunState.SYNCING} <= BILLED_STATES
+    assert RunState.CLEANING in BILLED_STATES  # force-clean terminates the instance itself
+    assert {RunState.LAUNCHING, RunState.CREATING_VOLUME, RunState.DELETING_VOLUME}.isdisjoint(
+        BILLED_STATES
+    )
+    assert {"terminated", "done", "failed", "aborted"} == BILLING_ENDS

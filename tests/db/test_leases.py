@@ -16,6 +16,7 @@ from ec2backup.db.leases import Holder
 from ec2backup.db.models import Lease
 from ec2backup.db.store import Store, open_store
 from ec2backup.errors import LeaseHeldError
+from tests.children import Child
 from tests.databases import PostgresServer
 
 
@@ -127,44 +128,73 @@ def test_the_heartbeat_keeps_the_lease_fresh(store: Store, monkeypatch: pytest.M
             time.sleep(0.02)
 
 
+# Each racer opens the store, says "ready", waits for "go" (sent to all at once), tries, and
+# reports. A winner holds the lease until told to let go (its stdin closes): only once every
+# racer has reported, so that a slow one cannot find the lease already given back.
 RACER = """
-import sys, time
+import sys
 from ec2backup.db import leases
 from ec2backup.errors import LeaseHeldError
 from ec2backup.db.store import open_store
 store = open_store(sys.argv[1])
-start = float(sys.argv[2])
-while time.time() < start:
-    pass
+print("ready", flush=True)
+sys.stdin.readline()
 try:
-    with leases.held(store, sys.argv[3], ["volume:vol-race"]):
+    with leases.held(store, sys.argv[2], ["volume:vol-race"]):
         print("won", flush=True)
-        time.sleep(2)
+        sys.stdin.readline()
 except LeaseHeldError:
     print("lost", flush=True)
 """
 
-
-def race(url: str, n: int, script: str = RACER) -> list[str]:
-    """Start ``n`` processes that all try at the same instant; their outcomes, sorted."""
-    start = str(time.time() + 1.5)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, url, start, f"r{i}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(n)
-    ]
-    results = [p.communicate(timeout=60) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
-    return sorted(out.strip() for out, _ in results)
+DEADLINE = 120.0  # for any one exchange with the racers, however loaded the machine
 
 
-def test_two_processes_racing_for_one_volume_exactly_one_wins(store: Store, db_url: str) -> None:
-    assert race(db_url, 3) == ["lost", "lost", "won"]
-    assert rows(store) == []
+def start_racers(url: str, n: int, script: str, first: int = 0) -> list[Child]:
+    racers = [Child(script, url, f"r{first + i}") for i in range(n)]
+    deadline = time.monotonic() + DEADLINE
+    for racer in racers:
+        assert racer.read_line(deadline) == "ready"
+    return racers
+
+
+def race(racers: list[Child]) -> list[str]:
+    """Let every racer go at once; what each reported, in order."""
+    for racer in racers:
+        racer.send("go")
+    deadline = time.monotonic() + DEADLINE
+    return [racer.read_line(deadline) for racer in racers]
+
+
+def finish(racers: list[Child]) -> None:
+    codes = [racer.finish() for racer in racers]
+    assert codes == [0] * len(racers), [racer.stderr for racer in racers]
+
+
+def assert_one_winner_holds_it(url: str, racers: list[Child], outcomes: list[str]) -> None:
+    assert sorted(outcomes) == ["lost"] * (len(racers) - 1) + ["won"], outcomes
+    winner = outcomes.index("won")
+    # Every racer has reported and the winner still holds the lease: a newcomer loses too.
+    store = open_store(url)
+    try:
+        assert rows(store) == [("volume:vol-race", f"r{winner}", racers[winner].pid)]
+    finally:
+        store.close()
+    (late,) = start_racers(url, 1, RACER, first=len(racers))
+    try:
+        assert race([late]) == ["lost"]
+    finally:
+        finish([late])
+
+
+def test_processes_racing_for_one_volume_exactly_one_wins(store: Store, db_url: str) -> None:
+    racers = start_racers(db_url, 3, RACER)
+    try:
+        outcomes = race(racers)
+        assert_one_winner_holds_it(db_url, racers, outcomes)
+    finally:
+        finish(racers)
+    assert rows(store) == []  # the winner gave it back
 
 
 def test_two_processes_through_one_postgresql_server_exactly_one_proceeds(
@@ -176,22 +206,25 @@ def test_two_processes_through_one_postgresql_server_exactly_one_proceeds(
     try:
         url = postgres_server.url(database)
         open_store(url).close()
-        assert race(url, 2) == ["lost", "won"]
+        racers = start_racers(url, 2, RACER)
+        try:
+            assert_one_winner_holds_it(url, racers, race(racers))
+        finally:
+            finish(racers)
     finally:
         postgres_server.drop_database(database)
 
 
 TAKEOVER = """
-import sys, time
+import sys
 from ec2backup.db import leases
 from ec2backup.errors import LeaseHeldError
 from ec2backup.db.store import open_store
 store = open_store(sys.argv[1])
-start = float(sys.argv[2])
-while time.time() < start:
-    pass
+print("ready", flush=True)
+sys.stdin.readline()
 try:
-    leases._take(store, "volume:vol-stale", sys.argv[3], leases.Holder.me())
+    leases._take(store, "volume:vol-stale", sys.argv[2], leases.Holder.me())
     print("won", flush=True)
 except LeaseHeldError:
     print("lost", flush=True)
@@ -202,9 +235,14 @@ def test_processes_racing_to_take_over_a_stale_lease_exactly_one_wins(
     store: Store, db_url: str
 ) -> None:
     put(store, "volume:vol-stale", host="elsewhere", pid=1, age=3600)
-    assert race(db_url, 3, TAKEOVER) == ["lost", "lost", "won"]
+    racers = start_racers(db_url, 3, TAKEOVER)
+    try:
+        outcomes = race(racers)
+    finally:
+        finish(racers)
+    assert sorted(outcomes) == ["lost", "lost", "won"], outcomes
     ((key, run_id, pid),) = rows(store)
-    assert key == "volume:vol-stale" and run_id in {"r0", "r1", "r2"} and pid != 1
+    assert key == "volume:vol-stale" and run_id == f"r{outcomes.index('won')}" and pid != 1
 
 
 def test_a_takeover_that_loses_the_compare_and_swap_is_refused(

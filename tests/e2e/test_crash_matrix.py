@@ -1,7 +1,8 @@
 """The crash matrix: SIGKILL ec2backup at every crash point, then recover three ways.
 
 Crash points: just before and just after the side effect of every backup step, between a cloud
-call and the recording of its result, and 10 random instants during rsync. Recoveries, each
+call and the recording of its result (both from ``core.states.crash_points``), and 10 random
+instants during rsync. Recoveries, each
 from a fresh crash at that point: ``resume``; ``resume --clean``; ``reap --yes`` with the
 database deleted. After each, boto3 (not ec2backup) checks: no instance of ours pending,
 running, stopping or stopped; the volume available and unattached; at most one snapshot with
@@ -29,17 +30,13 @@ from typing import Any
 
 import pytest
 
+from ec2backup.core.states import RunKind, crash_points
 from tests.e2e.helpers import Cli, ec2_client, mounted_read_only, tree_digest
 
 pytestmark = pytest.mark.e2e
 
-STEPS = ("launch", "attach", "mount", "sync", "unmount", "detach", "terminate", "snapshot")
-POINTS = [
-    *(f"{when}:{step}" for step in STEPS for when in ("before", "after")),
-    "called:run_instance",
-    "called:create_snapshot",
-    *(f"rsync-{i}" for i in range(10)),
-]
+# Every crash point a backup passes, as the state machine declares them, then instants in rsync.
+POINTS = [*crash_points(RunKind.BACKUP), *(f"rsync-{i}" for i in range(10))]
 RECOVERIES = ("resume", "clean", "reap")
 LIVE = {"pending", "running", "stopping", "stopped"}
 SEED = 20261128

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ...core import states
+from ...core.states import Step
 from ..context import StepContext
 from .attachment import ensure_attached, ensure_detached
 from .filesystem import ensure_formatted, ensure_mounted, ensure_unmounted
@@ -22,20 +24,25 @@ from .snapshot import ensure_snapshot
 from .transfer import ensure_compared, ensure_pulled, ensure_synced
 from .volume import ensure_restore_volume, ensure_volume_created, ensure_volume_deleted
 
-ENSURE: dict[str, Callable[[StepContext], str]] = {
-    "create_volume": ensure_volume_created,
-    "launch": ensure_instance_running,
-    "attach": ensure_attached,
-    "format": ensure_formatted,
-    "mount": ensure_mounted,
-    "mount_ro": lambda ctx: ensure_mounted(ctx, read_only=True),
-    "restore_volume": ensure_restore_volume,
-    "pull": ensure_pulled,
-    "compare": ensure_compared,
-    "delete_volume": ensure_volume_deleted,
-    "sync": ensure_synced,
-    "unmount": ensure_unmounted,
-    "detach": ensure_detached,
-    "terminate": ensure_terminated,
-    "snapshot": ensure_snapshot,
+StepFunction = Callable[[StepContext], str]
+
+# Keyed by the steps of core/states.py themselves, not by their names: a step that is renamed,
+# added or dropped there cannot be silently missed here (tests/run/test_step_table.py checks
+# that every step of every kind has its function and that no function is left unused).
+ENSURE: dict[Step, StepFunction] = {
+    states.CREATE_VOLUME: ensure_volume_created,
+    states.RESTORE_VOLUME: ensure_restore_volume,
+    states.LAUNCH: ensure_instance_running,
+    states.ATTACH: ensure_attached,
+    states.FORMAT: ensure_formatted,
+    states.MOUNT: ensure_mounted,
+    states.MOUNT_READ_ONLY: lambda ctx: ensure_mounted(ctx, read_only=True),
+    states.SYNC: ensure_synced,
+    states.PULL: ensure_pulled,
+    states.COMPARE: ensure_compared,
+    states.UNMOUNT: ensure_unmounted,
+    states.DETACH: ensure_detached,
+    states.TERMINATE: ensure_terminated,
+    states.SNAPSHOT: ensure_snapshot,
+    states.DELETE_VOLUME: ensure_volume_deleted,
 }

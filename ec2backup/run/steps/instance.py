@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from ...core.states import called
 from ...core.tags import TAG_EXPIRES_AT, TAG_RUN_ID
 from ...core.times import utcnow
 from ...errors import (
@@ -132,7 +133,7 @@ def ensure_instance_running(ctx: StepContext) -> str:
             run.config = {**run.config, "image_id": ctx.ec2.resolve_image(ctx.profile.ami)}
             ctx.recorder.save()
         instance = _launch(ctx)
-        crash_point("called:run_instance")
+        crash_point(called("run_instance"))
     if run.instance_id != instance.id:
         run.instance_id = instance.id
         ctx.recorder.save()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...core.states import called
 from ...core.tags import TAG_RUN_ID
 from ...faults import crash_point
 from ..context import StepContext
@@ -22,7 +23,7 @@ def ensure_snapshot(ctx: StepContext) -> str:
                 f"ec2backup {run.profile} run {run.id}",
                 {**ctx.tags(), "Name": f"ec2backup {run.profile} {run.id}"},
             )
-            crash_point("called:create_snapshot")
+            crash_point(called("create_snapshot"))
             run.snapshot_id = snapshot.id
         ctx.recorder.save()
     # Not waited on: the snapshot captures the volume as of now and completes in the background.

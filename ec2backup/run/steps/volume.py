@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...core.states import called
 from ...core.tags import TAG_ROLE, TAG_RUN_ID
 from ...errors import (
     InvalidResourceStateError,
@@ -89,7 +90,7 @@ def _ensure_tagged_volume(ctx: StepContext, role: str, snapshot_id: str | None =
                 client_token=f"{run.id}-{role}",
                 snapshot_id=snapshot_id,
             )
-            crash_point("called:create_volume")
+            crash_point(called("create_volume"))
             run.volume_id = volume.id
         ctx.recorder.save()
     ctx.ec2.wait_volume_available(run.volume_id, ctx.profile.attach_timeout)
