@@ -98,6 +98,10 @@ class Profile(BaseModel):
     sources: tuple[Source, ...] = ()
     excludes: tuple[str, ...] = ()
     rsync_args: tuple[str, ...] = ()
+    # A backup refuses (unless run with --allow-deletions) to delete more than this share of
+    # the files in a source's copy: a source that was not there (an unmounted drive) must not
+    # be mirrored as "delete everything".
+    max_delete_percent: int = Field(default=50, ge=0, le=100)
     snapshot: bool = True
     tags: dict[str, str] = Field(default_factory=dict)
     security_group_ids: tuple[str, ...] = ()

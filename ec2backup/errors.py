@@ -4,6 +4,7 @@
     ├── UserInputError                  exit 2  bad input: fix the command or the config
     │   ├── ConfigError                         a config file, profile or field is wrong
     │   ├── InsufficientSpaceError              the data does not fit on the volume
+    │   ├── DeletionRefusedError                a sync would delete too much of a copy
     │   ├── UnknownRunError                     no run with that id in the database
     │   └── RunStateError                       the run cannot do that from its state
     ├── EnvironmentProblem              exit 3  the local machine lacks something
@@ -99,6 +100,14 @@ class InsufficientSpaceError(UserInputError):
     resumable = False
 
 
+class DeletionRefusedError(UserInputError):
+    """A source is empty while its copy is not, or mirroring it would delete more of the copy
+    than the profile allows: an unmounted drive looks just like "delete everything". Nothing
+    was copied or deleted; the run is cleaned up (no snapshot, so retention prunes nothing)."""
+
+    resumable = False
+
+
 class UnknownRunError(UserInputError):
     pass
 
@@ -174,9 +183,20 @@ class DeviceNotFoundError(RemoteError):
 class SyncError(Ec2BackupError):
     exit_code = 7
 
-    def __init__(self, message: str, *, rsync_exit: int | None = None, **kw: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        rsync_exit: int | None = None,
+        problems: list[str] | None = None,
+        problem_count: int = 0,
+        **kw: object,
+    ) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.rsync_exit = rsync_exit
+        # rsync's lines naming the files it could not copy (the first ones), and how many.
+        self.problems = list(problems or [])
+        self.problem_count = problem_count or len(self.problems)
 
 
 class LeaseHeldError(Ec2BackupError):

@@ -42,6 +42,8 @@ def test_loads_a_profile_with_defaults(tmp_path: Path) -> None:
         (GOOD + 'snapshot = "maybe"\n', "snapshot", "bool"),
         (GOOD.replace('owner = "me"', '"ec2backup:x" = "y"'), "tags", "reserved"),
         (GOOD + 'ami = "ubuntu"\n', "ami", "AMI id"),
+        (GOOD + "max_delete_percent = 101\n", "max_delete_percent", "less than or equal to 100"),
+        (GOOD + "max_delete_percent = -1\n", "max_delete_percent", "greater than or equal"),
     ],
 )
 def test_bad_values_name_file_profile_and_field(
@@ -98,3 +100,10 @@ def test_write_profile_keeps_comments_and_other_profiles(tmp_path: Path) -> None
     again = load_profile(path, "server")
     assert again == new
     assert "instance_type" not in text  # defaults are not written out
+
+
+def test_max_delete_percent_defaults_to_half() -> None:
+    assert (
+        Profile(name="p", region="us-east-1", availability_zone="us-east-1a").max_delete_percent
+        == 50
+    )

@@ -107,12 +107,23 @@ def init(
 
 
 @app.command("run")
-def run_(ctx: typer.Context, profile: ProfileOpt) -> None:
+def run_(
+    ctx: typer.Context,
+    profile: ProfileOpt,
+    allow_deletions: Annotated[
+        bool,
+        typer.Option(
+            "--allow-deletions",
+            help="Mirror a source even if that deletes more than max_delete_percent of its "
+            "copy, or all of it (an emptied source).",
+        ),
+    ] = False,
+) -> None:
     """Back up the profile's sources once. Prints the run id."""
     from ..commands.backup import start_backup
 
     with invocation(ctx).running() as app:
-        run = start_backup(app, profile)
+        run = start_backup(app, profile, allow_deletions=allow_deletions)
     typer.echo(run.id)
 
 

@@ -16,7 +16,7 @@ from .checks import check_fits, check_sources, check_volume
 from .runner import _create_run, _drive, new_run_id
 
 
-def start_backup(app: App, profile_name: str) -> Run:
+def start_backup(app: App, profile_name: str, *, allow_deletions: bool = False) -> Run:
     file = str(app.config_path)
     profile = load_profile(app.config_path, profile_name)
     require_backup_ready(profile, file)
@@ -33,7 +33,10 @@ def start_backup(app: App, profile_name: str) -> Run:
         check_fits(profile, check_volume(profile, ec2, file))
         # Resolved now: a missing AMI is bad input, found before anything is created.
         image_id = ec2.resolve_image(profile.ami)
-        _create_run(app, run_id, RunKind.BACKUP, profile, {"image_id": image_id})
+        extra: dict[str, Any] = {"image_id": image_id}
+        if allow_deletions:  # recorded: a resumed run keeps what the command said
+            extra["allow_deletions"] = True
+        _create_run(app, run_id, RunKind.BACKUP, profile, extra)
         return _drive(app, run_id)
 
 
