@@ -51,7 +51,7 @@ def check_deletions(ctx: StepContext, host: InstanceHost, space: SyncSpace) -> N
         in_copy = space.files.get(source.dest, 0)
         if in_copy == 0:
             continue
-        if _is_empty(source.path):
+        if _is_empty(source.path):  # however high max_delete_percent is
             raise DeletionRefusedError(
                 f"source {source.path} is empty but its copy on the volume ({source.dest}) "
                 f"holds {in_copy:,} files; mirroring it would delete them all (is a drive "
@@ -60,6 +60,8 @@ def check_deletions(ctx: StepContext, host: InstanceHost, space: SyncSpace) -> N
                 resources=ctx.resources(),
                 hint=f"if the source really is empty now, run `{again}`",
             )
+        if profile.max_delete_percent >= 100:  # no share is too much: no dry run needed
+            continue
         deleted = ctx.syncer.count_deletions(
             source.path,
             ctx.ssh_target(),
@@ -196,7 +198,6 @@ def not_root_note() -> str | None:
     if os.geteuid() == 0:
         return None
     return (
-        f"ec2backup ran as uid {os.geteuid()}, not root: rsync reads only the user.* extended "
-        "attributes (security.capability and trusted.* are not copied), and files this user "
-        "cannot read fail the run"
+        f"ec2backup ran as uid {os.geteuid()}, not root: trusted.* extended attributes are "
+        "not visible to it and were not copied, and files it cannot read fail the run"
     )
