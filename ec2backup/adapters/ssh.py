@@ -22,6 +22,7 @@ from typing import Any
 import asyncssh
 
 from ..errors import HostKeyError, RemoteCommandError, RemoteError, SshConnectError
+from ..fastpaths import QUICKACK, enabled
 from ..ports import CommandResult, RemoteShell, SshTarget
 from .hostkeys import host_key_of, write_known_hosts
 
@@ -343,7 +344,8 @@ class AsyncsshConnector:
             "keepalive_interval": self.keepalive_interval,
             "keepalive_count_max": self.keepalive_count_max,
         }
-        client = _AckingClient()
-        options["client_factory"] = lambda: client
-        options["server_host_keys_handler"] = client.server_host_keys
+        if enabled(QUICKACK):
+            client = _AckingClient()
+            options["client_factory"] = lambda: client
+            options["server_host_keys_handler"] = client.server_host_keys
         return await asyncssh.connect(target.host, **options)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..db.store import Store
+from ..fastpaths import BACKGROUND_IMPORT, enabled
 from ..paths import default_data_dir
 from ..ports import Ec2, RemoteConnector, RemoteShell, SshTarget, Syncer
 
@@ -64,7 +65,11 @@ class Adapters:
             return make_ec2(region, run_id)
 
         def connector() -> RemoteConnector:
-            return BackgroundLoadedConnector()
+            if enabled(BACKGROUND_IMPORT):
+                return BackgroundLoadedConnector()
+            from ..adapters.ssh import AsyncsshConnector
+
+            return AsyncsshConnector()
 
         def syncer() -> Syncer:
             from ..adapters.rsync import RsyncSyncer

@@ -6,6 +6,7 @@ schema) this module reads the runs with the standard library's sqlite3. Anything
 database, a file that does not exist yet, an older or newer schema, any SQLite error) returns
 None, and the caller opens the store as usual, which creates or upgrades the database and reports
 errors. tests/db/test_sqlite_runs.py checks that both paths give the same rows.
+``EC2BACKUP_NO_FASTPATHS`` (``fastpaths.SQLITE_RUNS``) makes it return None always.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ..fastpaths import SQLITE_RUNS, enabled
 
 # The newest migration. Checked against the migrations directory by the tests, so opening an
 # up-to-date database needs no Alembic import.
@@ -72,7 +75,7 @@ def list_runs_sqlite(
 ) -> list[dict[str, Any]] | None:
     """history.list_runs's rows read with sqlite3, or None where this path does not apply."""
     path = sqlite_file(url)
-    if path is None or not path.is_file():
+    if path is None or not path.is_file() or not enabled(SQLITE_RUNS):
         return None
     query = f"SELECT {', '.join(_COLUMNS)} FROM runs"
     where, params = [], []

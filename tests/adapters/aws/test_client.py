@@ -20,7 +20,7 @@ from moto import mock_aws
 
 from ec2backup.adapters.aws import client as aws_client
 from ec2backup.adapters.aws import waiters as aws_waiters
-from ec2backup.adapters.aws.botomodel import session_with_trimmed_models
+from ec2backup.adapters.aws.botomodel import botocore_session
 from ec2backup.adapters.aws.client import Boto3Ec2
 from ec2backup.adapters.aws.session import make_ec2
 from ec2backup.core.tags import TAG_KIND, TAG_MANAGED, TAG_RUN_ID
@@ -74,7 +74,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ec2(moto_aws: None, model_cache: Path) -> Boto3Ec2:
     # The trimmed model, as make_ec2 uses: every test here also proves it sufficient.
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(model_cache), region_name=REGION
+        botocore_session=botocore_session(model_cache), region_name=REGION
     )
     return Boto3Ec2(REGION, session=session, poll_interval=0.001, run_id=RUN)
 
