@@ -39,6 +39,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from ec2backup.fastpaths import (
+    BACKGROUND_IMPORT,
+    BOTOCORE_MODELS,
+    FAST_EXIT,
+    GC_PAUSE,
+    NAMES,
+    PROGRESS_BATCHES,
+    SQLITE_RUNS,
+)
+
 from .common import Figure, Section, make_tree
 from .sshhost import ssh_host, unavailable
 
@@ -257,34 +267,6 @@ finally:
     report()
 """
 
-FIRST_COMMAND = """
-import json, os, sys, time
-from pathlib import Path
-from ec2backup.adapters.ssh import AsyncsshConnector
-from ec2backup.ports import SshTarget
-host, port, user, key, known, pairs = sys.argv[1:]
-target = SshTarget(host=host, port=int(port), user=user, key_path=Path(key),
-                   known_hosts_path=Path(known))
-def once(on):
-    if on:
-        os.environ.pop("EC2BACKUP_NO_FASTPATHS", None)
-    else:
-        os.environ["EC2BACKUP_NO_FASTPATHS"] = "quickack"
-    start = time.perf_counter()
-    shell = AsyncsshConnector().connect(target, time.monotonic() + 30, trust_on_first_use=False)
-    connected = time.perf_counter()
-    shell.run("true")
-    done = time.perf_counter()
-    shell.close()
-    return {"connect": connected - start, "first": done - connected}
-once(True)  # warm-up: imports, the server's first fork
-out = []
-for i in range(int(pairs)):
-    sides = (True, False) if i % 2 == 0 else (False, True)
-    out.append({str(side): once(side) for side in sides})
-print(json.dumps(out))
-"""
-
 SYNC = """
 import json, os, resource, shutil, sys, time
 from pathlib import Path
@@ -429,16 +411,6 @@ def _callgrind_row(
     )
 
 
-# Trick names as the switch knows them (ec2backup/fastpaths.py). The benchmark measures
-# those the package still has.
-BOTOCORE_MODELS = "botocore-models"
-SQLITE_RUNS = "sqlite-runs"
-FAST_EXIT = "fast-exit"
-GC_PAUSE = "gc-pause"
-BACKGROUND_IMPORT = "background-import"
-QUICKACK = "quickack"
-PROGRESS_BATCHES = "progress-batches"
-
 WHOLE_RUN = "`ec2backup run` (50 files, 2 MiB; local cloud)"
 TO_MOUNTED = "`ec2backup run`: its events `created` -> `mounted` (first SSH commands done)"
 
@@ -465,13 +437,7 @@ def _log(text: str) -> None:
 
 
 def _measure_runs_command(
-    res: Results,
-    kept: frozenset[str],
-    cli: list[str],
-    root: Path,
-    base: dict[str, str],
-    pairs: int,
-    quick: bool,
+    res: Results, cli: list[str], root: Path, base: dict[str, str], pairs: int, quick: bool
 ) -> None:
     from .cli_speed import N_RUNS, fill_db
 
@@ -488,17 +454,16 @@ def _measure_runs_command(
     argv = [*cli, "runs"]
     what = f"`ec2backup runs` ({n_runs:,} runs, table)"
     measure(argv, env)  # warm-up
-    if SQLITE_RUNS in kept:
-        _log(f"{SQLITE_RUNS}: {pairs} pairs of `ec2backup runs`")
-        got = _process_pairs(argv, env, SQLITE_RUNS, pairs)
-        res.add(SQLITE_RUNS, f"{what}: CPU", got["cpu"], decides=True)
-        res.add(SQLITE_RUNS, f"{what}: wall", got["wall"])
-        if not quick:
-            # gc-pause's 10 s timer would fire within a command slowed ~100x by valgrind.
-            line = _callgrind_row(
-                SQLITE_RUNS, what, argv, env, statistics.median(got["cpu"].on), keep_off=GC_PAUSE
-            )
-            res.grind += [line] if line else []
+    _log(f"{SQLITE_RUNS}: {pairs} pairs of `ec2backup runs`")
+    got = _process_pairs(argv, env, SQLITE_RUNS, pairs)
+    res.add(SQLITE_RUNS, f"{what}: CPU", got["cpu"], decides=True)
+    res.add(SQLITE_RUNS, f"{what}: wall", got["wall"])
+    if not quick:
+        # gc-pause's 10 s timer would fire within a command slowed ~100x by valgrind.
+        line = _callgrind_row(
+            SQLITE_RUNS, what, argv, env, statistics.median(got["cpu"].on), keep_off=GC_PAUSE
+        )
+        res.grind += [line] if line else []
     got = _process_pairs(argv, env, "1", pairs)
     res.totals += [
         Row("all (=1)", f"{what}: wall", got["wall"]),
@@ -507,42 +472,38 @@ def _measure_runs_command(
 
 
 def _measure_on_the_cloud(
-    res: Results, kept: frozenset[str], cloud: Cloud, pairs: int, small_pairs: int, quick: bool
+    res: Results, cloud: Cloud, pairs: int, small_pairs: int, quick: bool
 ) -> None:
-    if BOTOCORE_MODELS in kept:
-        setup = [str(cloud.python), "-c", CLIENT_SETUP]
-        measure(setup, cloud.env)  # warm-up: writes the trimmed models to the cache
-        _log(f"{BOTOCORE_MODELS}: {small_pairs} pairs of the client set-up")
-        got = _process_pairs(setup, cloud.env, BOTOCORE_MODELS, small_pairs)
-        what = "a process making the run's clients (EC2, SSM) and first three calls"
-        res.add(BOTOCORE_MODELS, f"{what}: CPU", got["cpu"])
-        res.add(BOTOCORE_MODELS, f"{what}: wall", got["wall"])
-        if not quick:
-            line = _callgrind_row(
-                BOTOCORE_MODELS, what, setup, cloud.env, statistics.median(got["cpu"].on)
-            )
-            res.grind += [line] if line else []
-    for trick in (BOTOCORE_MODELS, FAST_EXIT, BACKGROUND_IMPORT, QUICKACK):
-        if trick not in kept:
-            continue
+    setup = [str(cloud.python), "-c", CLIENT_SETUP]
+    measure(setup, cloud.env)  # warm-up: writes the trimmed models to the cache
+    _log(f"{BOTOCORE_MODELS}: {small_pairs} pairs of the client set-up")
+    got = _process_pairs(setup, cloud.env, BOTOCORE_MODELS, small_pairs)
+    what = "a process making the run's clients (EC2, SSM) and first three calls"
+    res.add(BOTOCORE_MODELS, f"{what}: CPU", got["cpu"], decides=True)
+    res.add(BOTOCORE_MODELS, f"{what}: wall", got["wall"])
+    if not quick:
+        line = _callgrind_row(
+            BOTOCORE_MODELS, what, setup, cloud.env, statistics.median(got["cpu"].on)
+        )
+        res.grind += [line] if line else []
+    for trick in (FAST_EXIT, BACKGROUND_IMPORT):
         _log(f"{trick}: {pairs} pairs of `ec2backup run`")
         got = cloud.run_pairs(trick, pairs)
-        latency = trick in (BACKGROUND_IMPORT, QUICKACK)
+        latency = trick == BACKGROUND_IMPORT  # it hides a wait: wall clock, where it acts
         res.add(trick, f"{WHOLE_RUN}: CPU", got["cpu"], decides=not latency)
         res.add(trick, f"{WHOLE_RUN}: wall", got["wall"])
         res.add(trick, TO_MOUNTED, got["mounted"], decides=latency)
-    if GC_PAUSE in kept:
-        _log(f"{GC_PAUSE}: {pairs} pairs of `ec2backup run`, collections counted")
-        got = cloud.gc_pairs(pairs)
-        res.add(GC_PAUSE, f"{WHOLE_RUN}: CPU in the garbage collector", got["gc"], decides=True)
-        res.add(GC_PAUSE, f"{WHOLE_RUN}: CPU", got["cpu"])
-        res.add(GC_PAUSE, f"{WHOLE_RUN}: wall", got["wall"])
-        res.notes.append(
-            f"Garbage collections in one `ec2backup run`: "
-            f"{statistics.median(got['collections'].on):.0f} with `gc-pause` (before it starts: "
-            "the console script's imports), "
-            f"{statistics.median(got['collections'].off):.0f} without (median)."
-        )
+    _log(f"{GC_PAUSE}: {pairs} pairs of `ec2backup run`, collections counted")
+    got = cloud.gc_pairs(pairs)
+    res.add(GC_PAUSE, f"{WHOLE_RUN}: CPU in the garbage collector", got["gc"], decides=True)
+    res.add(GC_PAUSE, f"{WHOLE_RUN}: CPU", got["cpu"])
+    res.add(GC_PAUSE, f"{WHOLE_RUN}: wall", got["wall"])
+    res.notes.append(
+        f"Garbage collections in one `ec2backup run`: "
+        f"{statistics.median(got['collections'].on):.0f} with `gc-pause` (all before it "
+        "starts, in the console script's imports), "
+        f"{statistics.median(got['collections'].off):.0f} without (median)."
+    )
     _log(f"all tricks: {pairs} pairs of `ec2backup run`")
     got = cloud.run_pairs("1", pairs)
     res.totals += [
@@ -552,67 +513,43 @@ def _measure_on_the_cloud(
     ]
 
 
-def _measure_over_ssh(
-    res: Results,
-    kept: frozenset[str],
-    python: Path,
-    base: dict[str, str],
-    small_pairs: int,
-    sync_pairs: int,
-    quick: bool,
+def _measure_sync(
+    res: Results, python: Path, base: dict[str, str], sync_pairs: int, quick: bool
 ) -> None:
+    files, size = (2_000, 64 << 20) if quick else (10_000, 320 << 20)
     with ssh_host() as host:
         t = host.target
-        # The key as the instances install it (`restrict`): sshd then also sends debug
-        # messages right after login, as on the local cloud and on AWS.
-        public = Path(str(t.key_path) + ".pub").read_text().strip()
-        host.server.set_authorized_keys([f"restrict {public}"])
         args = [t.host, str(t.port), t.user, str(t.key_path), str(t.known_hosts_path)]
-        if QUICKACK in kept:
-            _log(f"{QUICKACK}: {small_pairs} pairs of a connection and its first command")
+        # Both ends in tmpfs: no disk write-back in the timings.
+        shm = Path(tempfile.mkdtemp(prefix="ec2backup-bench-fast-", dir="/dev/shm"))
+        try:
+            tree, dst_root = shm / "src", shm / "dst"
+            make_tree(tree, files, size)
+            dst_root.mkdir()
+            _log(f"{PROGRESS_BATCHES}: {sync_pairs} pairs of a sync")
             load0 = os.getloadavg()[0]
-            out = measure([str(python), "-c", FIRST_COMMAND, *args, str(small_pairs)], base)
-            got = _in_process_pairs(
-                json.loads(out.stdout), (load0, os.getloadavg()[0]), ["first", "connect"]
+            out = measure(
+                [str(python), "-c", SYNC, *args, str(tree), str(dst_root), str(sync_pairs)], base
             )
-            what = "one SSH connection (asyncssh, `restrict` key)"
-            res.add(QUICKACK, f"{what}: first command, wall", got["first"])
-            res.add(QUICKACK, f"{what}: connect, wall", got["connect"])
-        if PROGRESS_BATCHES in kept:
-            files, size = (2_000, 64 << 20) if quick else (10_000, 320 << 20)
-            # Both ends in tmpfs: no disk write-back in the timings.
-            shm = Path(tempfile.mkdtemp(prefix="ec2backup-bench-fast-", dir="/dev/shm"))
-            try:
-                tree, dst_root = shm / "src", shm / "dst"
-                make_tree(tree, files, size)
-                dst_root.mkdir()
-                _log(f"{PROGRESS_BATCHES}: {sync_pairs} pairs of a sync")
-                load0 = os.getloadavg()[0]
-                out = measure(
-                    [str(python), "-c", SYNC, *args, str(tree), str(dst_root), str(sync_pairs)],
-                    base,
-                )
-            finally:
-                shutil.rmtree(shm, ignore_errors=True)
-            got = _in_process_pairs(
-                json.loads(out.stdout),
-                (load0, os.getloadavg()[0]),
-                ["wall", "cpu", "rsync_cpu", "lines"],
-            )
-            what = f"a first sync of {files:,} files, {size >> 20} MiB (tmpfs, loopback)"
-            res.add(PROGRESS_BATCHES, f"{what}: wall", got["wall"], decides=True)
-            res.add(PROGRESS_BATCHES, f"{what}: CPU of the reading process", got["cpu"])
-            res.add(PROGRESS_BATCHES, f"{what}: CPU of local rsync and ssh", got["rsync_cpu"])
-            wall = got["wall"]
-            res.notes.append(
-                f"The syncs delivered {statistics.median(got['lines'].on):,.0f} progress "
-                f"updates each (median) with batched reads, "
-                f"{statistics.median(got['lines'].off):,.0f} without. With batching the sync "
-                f"took {statistics.median(wall.on):.2f} s (median), without "
-                f"{statistics.median(wall.off):.2f} s: the trick saves "
-                f"{wall.saved / statistics.median(wall.off):.1%} of a sync's time here, "
-                "in proportion to the number of files."
-            )
+        finally:
+            shutil.rmtree(shm, ignore_errors=True)
+    got = _in_process_pairs(
+        json.loads(out.stdout), (load0, os.getloadavg()[0]), ["wall", "cpu", "rsync_cpu", "lines"]
+    )
+    what = f"a first sync of {files:,} files, {size >> 20} MiB (tmpfs, loopback)"
+    res.add(PROGRESS_BATCHES, f"{what}: wall", got["wall"], decides=True)
+    res.add(PROGRESS_BATCHES, f"{what}: CPU of the reading process", got["cpu"])
+    res.add(PROGRESS_BATCHES, f"{what}: CPU of local rsync and ssh", got["rsync_cpu"])
+    wall = got["wall"]
+    res.notes.append(
+        f"The syncs delivered {statistics.median(got['lines'].on):,.0f} progress "
+        f"updates each (median) with batched reads, "
+        f"{statistics.median(got['lines'].off):,.0f} without. With batching the sync "
+        f"took {statistics.median(wall.on):.2f} s (median), without "
+        f"{statistics.median(wall.off):.2f} s: the trick saves "
+        f"{wall.saved / statistics.median(wall.off):.1%} of a sync's time here, "
+        "in proportion to the number of files."
+    )
 
 
 def run(quick: bool = False) -> Section:
@@ -630,10 +567,8 @@ def run(quick: bool = False) -> Section:
     if reason:
         section.notes.append(f"Not run: {reason}.")
         return section
-    from ec2backup import fastpaths
     from ec2backup.sandbox import Sandbox
 
-    kept = fastpaths.NAMES
     res = Results()
     console = python.parent / "ec2backup"
     cli = [str(console)] if console.exists() else [str(python), "-m", "ec2backup"]
@@ -641,7 +576,7 @@ def run(quick: bool = False) -> Section:
     with tempfile.TemporaryDirectory(prefix="ec2backup-bench-fast-") as tmp:
         root = Path(tmp)
         base["EC2BACKUP_CACHE_DIR"] = str(root / "cache")
-        _measure_runs_command(res, kept, cli, root, base, small_pairs, quick)
+        _measure_runs_command(res, cli, root, base, small_pairs, quick)
         src = root / "src"
         make_tree(src, 50, 2 << 20, per_dir=10)
         sandbox = Sandbox.start(root / "cloud")
@@ -672,12 +607,13 @@ def run(quick: bool = False) -> Section:
             cloud = Cloud(
                 env=env, cli=cli, python=python, src=src, db=root / "ec2backup.db", workdir=root
             )
-            _measure_on_the_cloud(res, kept, cloud, pairs, small_pairs, quick)
+            _measure_on_the_cloud(res, cloud, pairs, small_pairs, quick)
         finally:
             sandbox.stop()
-        if QUICKACK in kept or PROGRESS_BATCHES in kept:
-            _measure_over_ssh(res, kept, python, base, small_pairs, sync_pairs, quick)
+        _measure_sync(res, python, base, sync_pairs, quick)
 
+    for trick in sorted(NAMES - set(res.decisive)):  # a trick added without its measurement
+        section.figures.append(Figure(f"`{trick}` saves", None, "s", WORTH, better="higher"))
     for trick in sorted(res.decisive):
         what, got = res.decisive[trick]
         section.figures.append(
@@ -713,10 +649,10 @@ def run(quick: bool = False) -> Section:
             The `ec2backup run` pairs share one local cloud (no injected delays) and touch one
             4 KiB file before each pair; `created` and `mounted` are the run's own events
             (`run_events.at`), the first committed once the run is recorded, the second once
-            its first SSH commands (connect, mount) are done. The first-command and sync pairs
-            run in one process each, the switch set or cleared before each connection or
-            sync, against `tests/sshd.py`'s sshd on loopback. CPU is the ec2backup
-            process's own (not rsync's or ssh's) unless the row says otherwise.
+            its first SSH commands (connect, mount) are done. The sync pairs run in one
+            process, the switch set or cleared before each sync, against `tests/sshd.py`'s
+            sshd on loopback. CPU is the ec2backup process's own (not rsync's or ssh's)
+            unless the row says otherwise.
             """
         ).replace("\n", " ")
     )

@@ -23,7 +23,6 @@ SQLITE_RUNS = "sqlite-runs"  # db/sqlite_runs.py
 FAST_EXIT = "fast-exit"  # cli/main.py
 GC_PAUSE = "gc-pause"  # cli/main.py
 BACKGROUND_IMPORT = "background-import"  # commands/app.py
-QUICKACK = "quickack"  # adapters/ssh.py
 PROGRESS_BATCHES = "progress-batches"  # adapters/rsync.py
 
 NAMES = frozenset(
@@ -33,7 +32,6 @@ NAMES = frozenset(
         FAST_EXIT,
         GC_PAUSE,
         BACKGROUND_IMPORT,
-        QUICKACK,
         PROGRESS_BATCHES,
     }
 )

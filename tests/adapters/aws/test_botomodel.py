@@ -29,6 +29,14 @@ from ec2backup.adapters.aws.botomodel import (
     trim_service_model,
     trimmed_models_dir,
 )
+from ec2backup.fastpaths import ENV
+
+
+@pytest.fixture(autouse=True)
+def trick_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These test the trick itself, also when the suite runs with every trick off."""
+    monkeypatch.delenv(ENV, raising=False)
+
 
 # The adapter's modules: every call it makes is in one of them.
 AWS_PY = sorted(Path(ec2backup.adapters.aws.__file__).parent.glob("*.py"))
