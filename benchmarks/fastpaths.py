@@ -238,6 +238,16 @@ ec2.resolve_image(DEFAULT_AMI)  # SSM GetParameter + DescribeImages, as a run st
 ec2.find_instances({"ec2backup:managed": "true"})  # the first paginator
 """
 
+# What background-import can hide at most: the SSH adapter's import, in the foreground, in a
+# process that already has what a run imports before its first connection.
+SSH_IMPORT = """
+import json, time
+import ec2backup.adapters.aws.session, ec2backup.commands.backup, ec2backup.commands.runner
+start, cpu = time.perf_counter(), time.process_time()
+import ec2backup.adapters.ssh
+print(json.dumps([time.perf_counter() - start, time.process_time() - cpu]))
+"""
+
 # The console script, with the CPU seconds spent in the cyclic garbage collector counted
 # (gc.callbacks, the collecting thread's CPU time) and written to GC_PROBE_OUT at exit.
 GC_PROBE = """
@@ -486,6 +496,17 @@ def _measure_on_the_cloud(
             BOTOCORE_MODELS, what, setup, cloud.env, statistics.median(got["cpu"].on)
         )
         res.grind += [line] if line else []
+    imports = [
+        json.loads(measure([str(cloud.python), "-c", SSH_IMPORT], cloud.env).stdout)
+        for _ in range(small_pairs // 2)
+    ]
+    res.notes.append(
+        "For scale, what `background-import` can hide at most: importing the SSH adapter in "
+        "the foreground, in a process that has the rest of a run's modules, took "
+        f"{statistics.median(i[0] for i in imports) * 1000:.0f} ms of wall time and "
+        f"{statistics.median(i[1] for i in imports) * 1000:.0f} ms of CPU (median of "
+        f"{len(imports)})."
+    )
     for trick in (FAST_EXIT, BACKGROUND_IMPORT):
         _log(f"{trick}: {pairs} pairs of `ec2backup run`")
         got = cloud.run_pairs(trick, pairs)
