@@ -29,7 +29,7 @@ from .common import (
     settle,
 )
 
-# In the numbering order; also the order of the blocks in the document.
+# In the order of the blocks in docs/performance.md.
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "overhead": ("benchmarks.overhead", "1. Orchestration overhead"),
     "datapath": ("benchmarks.datapath", "2. Data path"),

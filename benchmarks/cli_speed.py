@@ -179,7 +179,7 @@ import typer._adapters  # typer imports it (and pydantic) when it runs a command
 t2 = time.perf_counter()
 from ec2backup.db.sqlite_runs import list_runs_sqlite
 from ec2backup.paths import default_db_url
-from ec2backup.cli.app import RUN_COLUMNS, TABLE_DEFAULT_LIMIT
+from ec2backup.cli.views import RUN_COLUMNS, TABLE_DEFAULT_LIMIT
 url = default_db_url()
 rows = list_runs_sqlite(url, limit=TABLE_DEFAULT_LIMIT + 1)[:TABLE_DEFAULT_LIMIT]
 t3 = time.perf_counter()
@@ -195,10 +195,10 @@ t6 = time.perf_counter()
 mods = sorted(m for m in ("boto3", "asyncssh", "sqlalchemy", "pydantic", "moto", "alembic")
               if m in sys.modules)
 # What the store's path (any database but an up-to-date SQLite file) costs on top.
-from ec2backup.cli.context import _app
+from ec2backup.cli.context import Invocation
 from ec2backup.commands.history import list_runs
 t7 = time.perf_counter()
-app = _app()
+app = Invocation().app()
 list_runs(app, limit=TABLE_DEFAULT_LIMIT + 1)
 t8 = time.perf_counter()
 print(json.dumps({

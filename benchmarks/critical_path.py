@@ -155,7 +155,7 @@ def run(quick: bool = False) -> Section:
         ),
         (
             "ec2backup",
-            "C. ec2backup today (steps.py `ensure_terminated`, `ensure_snapshot`): after the "
+            "C. ec2backup today (run/steps/ `ensure_terminated`, `ensure_snapshot`): after the "
             "volume is detached, terminate and create the snapshot without waiting for either",
         ),
     ]:

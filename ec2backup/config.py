@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .paths import CONFIG_ENV, default_config_path
+from .paths import CONFIG_ENV, default_config_path, write_atomically
 
 __all__ = ["CONFIG_ENV", "default_config_path"]
 
@@ -280,6 +280,4 @@ def write_profile(path: Path, profile: Profile) -> None:
             table[key] = value
     profiles[profile.name] = table
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(tomlkit.dumps(document))
-    tmp.replace(path)
+    write_atomically(path, tomlkit.dumps(document).encode())

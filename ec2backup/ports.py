@@ -1,4 +1,4 @@
-"""The small interfaces the service layer drives, and the plain values they return.
+"""The small interfaces the run and the commands drive, and the plain values they return.
 
 The engine (``run/engine.py``) and the steps (``run/steps/``) only see these.
 ``adapters/aws/`` implements ``Ec2`` with boto3, ``adapters/ssh.py`` implements
@@ -124,6 +124,20 @@ class Ec2(Protocol):
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         """Those of ``group_ids`` that do not exist in the region."""
+        ...
+
+
+class Account(Protocol):
+    """The account-level probes ``ec2backup doctor`` makes (read-only)."""
+
+    region: str
+
+    def caller_identity(self) -> dict[str, str]:
+        """STS GetCallerIdentity: ``account`` and ``arn``; raises if the credentials fail."""
+        ...
+
+    def region_status(self) -> str | None:
+        """None for a region no partition knows; else its opt-in status."""
         ...
 
 

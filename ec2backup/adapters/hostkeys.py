@@ -10,11 +10,12 @@ checked to decode as the SSH public key type it claims to be.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..paths import write_atomically
 
 if TYPE_CHECKING:
     import asyncssh
@@ -103,19 +104,7 @@ def write_known_hosts(path: Path, host: str, port: int, keys: Sequence[HostKey])
         raise ValueError("no host keys to pin")
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = known_hosts_lines(host, port, keys).encode("ascii")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
+    write_atomically(path, known_hosts_lines(host, port, keys).encode("ascii"), 0o600)
 
 
 def host_key_of(key: asyncssh.SSHKey) -> HostKey:

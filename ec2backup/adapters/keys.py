@@ -17,25 +17,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..paths import write_atomically
+
 PRIVATE_KEY_NAME = "id_ed25519"
 PUBLIC_KEY_NAME = "id_ed25519.pub"
-
-
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically, the file created with ``mode`` from the start."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        # The umask can only narrow the mode; fchmod makes it exact (ssh wants exactly 0600).
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
 
 
 def _public_line(key: Ed25519PrivateKey, comment: str) -> str:
@@ -71,13 +56,13 @@ def generate_run_key(directory: Path) -> tuple[Path, str]:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        _write_private(private, pem, 0o600)
+        write_atomically(private, pem, 0o600)
 
     line = _public_line(key, f"ec2backup-{directory.name}")
     # The .pub file is a convenience for humans; the line returned is derived from the
     # private key itself, so a stale or missing .pub file cannot mislead.
     if not public.exists() or public.read_text(encoding="ascii").strip() != line:
-        _write_private(public, (line + "\n").encode("ascii"), 0o644)
+        write_atomically(public, (line + "\n").encode("ascii"), 0o644)
     return private, line
 
 

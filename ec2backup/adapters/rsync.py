@@ -24,10 +24,10 @@ from typing import IO
 from ..errors import SyncError, ToolMissingError
 from ..fastpaths import PROGRESS_BATCHES, enabled
 from ..ports import SshTarget, SyncStats
+from .rsync_output import is_progress_line, parse_stats_line
 
 # Exit codes rsync documents; 24 means files vanished while being sent (a warning, kept).
 RSYNC_OK = 0
-RSYNC_PARTIAL = 23
 RSYNC_VANISHED = 24
 
 # AES-GCM is the fastest cipher on CPUs with AES-NI; chacha20 stays as a fallback for
@@ -40,17 +40,6 @@ SSH_CONNECT_TIMEOUT = 30
 
 MIN_RSYNC_VERSION = (3, 1)  # --info=progress2
 
-_STATS_FIELDS = {
-    "Number of regular files transferred": "files_transferred",
-    "Total bytes sent": "bytes_sent",
-    "Total file size": "total_size",
-}
-_STATS_RE = re.compile(
-    r"^\s*(?P<name>[A-Za-z ]+?)\s*:\s*(?P<value>[0-9][0-9,.]*)\s*(?P<unit>[KMGTP]?)"
-)
-_UNIT = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5}
-# A progress2 line: "  1,234,567  45%   12.34MB/s    0:00:12 (xfr#12, to-chk=0/200)"
-_PROGRESS_RE = re.compile(r"^\s*[0-9][0-9,.]*[KMGTP]?\s+\d+%")
 _VERSION_RE = re.compile(r"rsync\s+version\s+v?(\d+)\.(\d+)")
 _HOST_KEY_FAILURE = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED")
 
@@ -142,29 +131,6 @@ def build_rsync_command(
     remote = _remote_spec(target, remote_dir)
     argv += [remote, src] if pull else [src, remote]
     return argv
-
-
-def _to_int(value: str, unit: str) -> int:
-    if unit:
-        # --human-readable output ("1.23M"): approximate, it is all rsync gives.
-        return int(float(value.replace(",", "")) * _UNIT[unit])
-    # Plain numbers carry thousands separators ("1,234,567"; "." in some locales).
-    return int(value.replace(",", "").replace(".", ""))
-
-
-def parse_stats_line(line: str) -> tuple[str, int] | None:
-    """``(SyncStats field, value)`` for a ``--stats`` line we keep, else None."""
-    match = _STATS_RE.match(line)
-    if not match:
-        return None
-    field = _STATS_FIELDS.get(match.group("name"))
-    if field is None:
-        return None
-    return field, _to_int(match.group("value"), match.group("unit"))
-
-
-def is_progress_line(line: str) -> bool:
-    return bool(_PROGRESS_RE.match(line))
 
 
 def split_stream(chunks: Iterator[bytes]) -> Iterator[str]:

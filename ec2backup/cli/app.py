@@ -1,19 +1,16 @@
-"""The command line: parses, calls ``service``, renders. Imports of boto3, asyncssh, sqlalchemy
-and moto happen inside the commands, so ``ec2backup --help`` stays fast."""
+"""The command line: parses, calls ``commands``, renders through ``views``. Imports of boto3,
+asyncssh, sqlalchemy and moto happen inside the commands, so ``ec2backup --help`` stays fast."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from ..sandbox.cli import app as sandbox_app
-from .context import OPTIONS, _app, _running, _setup_logging
-
-if TYPE_CHECKING:
-    pass
-
+from . import views
+from .context import Invocation, invocation, setup_logging
 
 app = typer.Typer(
     help="Back up directories to an EBS volume through a short-lived EC2 instance.",
@@ -39,17 +36,20 @@ ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name i
 
 @app.callback()
 def _global(
+    ctx: typer.Context,
     config: ConfigOpt = None,
     db: DbOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
-    OPTIONS.config, OPTIONS.db, OPTIONS.debug, OPTIONS.quiet = config, db, debug, quiet
-    _setup_logging(debug, quiet)
+    ctx.obj = Invocation(config=config, db=db, debug=debug, quiet=quiet)
+    ctx.call_on_close(ctx.obj.close)
+    setup_logging(debug, quiet)
 
 
 @app.command()
 def init(
+    ctx: typer.Context,
     profile: ProfileOpt,
     az: Annotated[str, typer.Option("--az", help="Availability zone, e.g. us-east-1a.")],
     size: Annotated[int, typer.Option("--size", help="Volume size in GiB.")],
@@ -92,7 +92,7 @@ def init(
         settings["snapshot"] = False
     if security_group:
         settings["security_group_ids"] = security_group
-    with _running() as app:
+    with invocation(ctx).running() as app:
         run = start_init(
             app,
             profile,
@@ -107,17 +107,18 @@ def init(
 
 
 @app.command("run")
-def run_(profile: ProfileOpt) -> None:
+def run_(ctx: typer.Context, profile: ProfileOpt) -> None:
     """Back up the profile's sources once. Prints the run id."""
     from ..commands.backup import start_backup
 
-    with _running() as app:
+    with invocation(ctx).running() as app:
         run = start_backup(app, profile)
     typer.echo(run.id)
 
 
 @app.command()
 def resume(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run to continue.")],
     clean: Annotated[
         bool,
@@ -137,13 +138,14 @@ def resume(
 
     if snapshot and not clean:
         raise typer.BadParameter("--snapshot only goes with --clean", param_hint="--snapshot")
-    with _running() as app:
+    with invocation(ctx).running() as app:
         run = resume_run(app, run_id, clean=clean, snapshot=snapshot)
     typer.echo(f"{run.id} {run.state}" if clean else run.id)
 
 
 @app.command()
 def reap(
+    ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", help="Act; without it, only show.")] = False,
     older_than: Annotated[
         str | None,
@@ -162,41 +164,15 @@ def reap(
     """Find instances of ours that no live run owns; detach our volumes and terminate them.
     A dry run unless --yes. Works from the tags alone, even without a database."""
     from ..commands.reap import reap as reap_orphans
-    from .render import emit
 
-    rows = reap_orphans(_app(), regions=region or [], act=yes, older_than=older_than)
-    emit(
-        rows,
-        as_json=as_json,
-        columns=[
-            ("resource", "RESOURCE"),
-            ("state", "STATE"),
-            ("run_id", "RUN"),
-            ("action", "ACTION"),
-            ("reason", "WHY"),
-            ("volumes", "VOLUMES"),
-        ],
-    )
-    if not yes and any(r["orphan"] for r in rows):
-        typer.echo("dry run: nothing was changed; pass --yes to act", err=True)
-
-
-TABLE_DEFAULT_LIMIT = 50
-RUN_COLUMNS = [
-    ("id", "RUN"),
-    ("kind", "KIND"),
-    ("profile", "PROFILE"),
-    ("host", "HOST"),
-    ("state", "STATE"),
-    ("started", "STARTED (UTC)"),
-    ("instance_id", "INSTANCE"),
-    ("snapshot_id", "SNAPSHOT"),
-    ("error", "ERROR"),
-]
+    app = invocation(ctx).app()
+    rows = reap_orphans(app, regions=region or [], act=yes, older_than=older_than)
+    views.reap(rows, as_json=as_json, acted=yes)
 
 
 @app.command()
 def runs(
+    ctx: typer.Context,
     as_json: JsonOpt = False,
     profile: Annotated[str | None, typer.Option("--profile", "-p")] = None,
     limit: Annotated[
@@ -211,84 +187,45 @@ def runs(
 ) -> None:
     """The run history of every host using this database, newest first."""
     from ..db.sqlite_runs import list_runs_sqlite
-    from ..paths import default_db_url
-    from .render import emit, short_time
 
     # A table of thousands of rows helps nobody (and takes seconds to draw): the newest 50,
     # unless asked. JSON is for scripts: everything, unless --limit.
-    shown = limit or (None if as_json or all_runs else TABLE_DEFAULT_LIMIT)
+    shown = limit or (None if as_json or all_runs else views.TABLE_DEFAULT_LIMIT)
     fetch = shown + 1 if shown else None
     # SQLite at the newest schema is read without SQLAlchemy (~0.2 s of imports); anything
     # else goes through the store, which creates, upgrades and reports errors.
-    rows = list_runs_sqlite(OPTIONS.db or default_db_url(), profile=profile, host=host, limit=fetch)
+    rows = list_runs_sqlite(invocation(ctx).db_url(), profile=profile, host=host, limit=fetch)
     if rows is None:
         from ..commands.history import list_runs
 
-        rows = list_runs(_app(), profile=profile, host=host, limit=fetch)
+        rows = list_runs(invocation(ctx).app(), profile=profile, host=host, limit=fetch)
     more = shown is not None and len(rows) > shown
-    rows = rows[:shown] if shown else rows
-    if not as_json:
-        rows = [{**r, "started": short_time(r["started_at"])} for r in rows]
-    emit(rows, as_json=as_json, columns=RUN_COLUMNS)
+    views.runs(rows[:shown] if shown else rows, as_json=as_json)
     if more and not limit:
         typer.echo(f"the newest {shown} runs; --all or --limit N for more", err=True)
 
 
 @app.command()
-def show(run_id: Annotated[str, typer.Argument()], as_json: JsonOpt = False) -> None:
+def show(
+    ctx: typer.Context, run_id: Annotated[str, typer.Argument()], as_json: JsonOpt = False
+) -> None:
     """One run: its resources, statistics and timeline (time spent in each state)."""
     from ..commands.history import show_run
-    from .render import emit, emit_json, emit_table, short_time
 
-    data = show_run(_app(), run_id)
-    if as_json:
-        emit_json(data)
-        return
-    fields = [
-        {"field": k, "value": v}
-        for k, v in data.items()
-        if k not in ("events", "stats", "warnings", "cost")
-    ]
-    fields += [{"field": k, "value": v} for k, v in data["stats"].items()]
-    fields += [{"field": f"cost.{k}", "value": v} for k, v in data["cost"].items()]
-    fields += [{"field": "warning", "value": w} for w in data["warnings"]]
-    emit(fields, as_json=False, columns=[("field", "FIELD"), ("value", "VALUE")])
-    events = [{**e, "at": short_time(e["at"])} for e in data["events"]]
-    emit_table(
-        events,
-        [
-            ("at", "AT (UTC)"),
-            ("to", "STATE"),
-            ("seconds_in_state", "SECONDS"),
-            ("detail", "DETAIL"),
-        ],
-        title="timeline",
-    )
-
-
-SNAPSHOT_COLUMNS = [
-    ("id", "SNAPSHOT"),
-    ("started", "STARTED (UTC)"),
-    ("state", "STATE"),
-    ("size_gib", "SIZE (GiB)"),
-    ("run_id", "RUN"),
-]
+    views.show(show_run(invocation(ctx).app(), run_id), as_json=as_json)
 
 
 @app.command()
-def snapshots(profile: ProfileOpt, as_json: JsonOpt = False) -> None:
+def snapshots(ctx: typer.Context, profile: ProfileOpt, as_json: JsonOpt = False) -> None:
     """The profile's snapshots, newest first, with their current state."""
     from ..commands.snapshots import list_snapshots
-    from .render import emit, short_time
 
-    rows = list_snapshots(_app(), profile)
-    if not as_json:
-        rows = [{**r, "started": short_time(r["started_at"])} for r in rows]
-    emit(rows, as_json=as_json, columns=SNAPSHOT_COLUMNS)
+    views.snapshots(list_snapshots(invocation(ctx).app(), profile), as_json=as_json)
 
 
 @app.command()
 def prune(
+    ctx: typer.Context,
     profile: ProfileOpt,
     keep_last: Annotated[
         int | None, typer.Option("--keep-last", help="Keep the N newest.", show_default=False)
@@ -317,36 +254,10 @@ def prune(
     from ..commands.snapshots import policy_from_flags
     from ..commands.snapshots import prune as prune_snapshots
     from ..errors import CloudError
-    from .render import emit, short_time
 
     policy = policy_from_flags(keep_last, keep_daily, keep_weekly, keep_monthly)
-    result = prune_snapshots(_app(), profile, policy, yes=yes)
-    if as_json:
-        emit(result, as_json=True, columns=[])
-    else:
-        from rich.markup import escape  # an AWS error message may hold [brackets]
-
-        rows = [
-            {
-                **r,
-                "started": short_time(r["started_at"]),
-                "why": escape(
-                    "; ".join(r["reasons"]) + (f"; {r['error']}" if r.get("error") else "")
-                ),
-            }
-            for r in result["snapshots"]
-        ]
-        emit(
-            rows,
-            as_json=False,
-            columns=[*SNAPSHOT_COLUMNS[:3], ("action", "ACTION"), ("why", "WHY")],
-        )
-    if result["dry_run"]:
-        typer.echo(
-            f"dry run ({result['policy']}): would delete {result['removed']} of "
-            f"{len(result['snapshots'])} snapshots; pass --yes to delete them",
-            err=True,
-        )
+    result = prune_snapshots(invocation(ctx).app(), profile, policy, yes=yes)
+    views.prune(result, as_json=as_json)
     if result["failed"]:
         raise CloudError(
             f"{result['failed']} of {result['removed'] + result['failed']} snapshot deletions "
@@ -356,50 +267,16 @@ def prune(
 
 
 @app.command()
-def cost(profile: ProfileOpt, as_json: JsonOpt = False) -> None:
+def cost(ctx: typer.Context, profile: ProfileOpt, as_json: JsonOpt = False) -> None:
     """Estimate the profile's monthly bill: volume, snapshots, instance time."""
     from ..commands.cost import estimate
-    from .render import emit, emit_table
 
-    result = estimate(_app(), profile)
-    if as_json:
-        emit(result, as_json=True, columns=[])
-        return
-
-    def money(value: float | None, digits: int = 2) -> str | None:
-        return None if value is None else f"${value:.{digits}f}"
-
-    from rich.markup import escape  # the table renders markup: "[prices]" would vanish
-
-    rows = [
-        {
-            **i,
-            "quantity": None if i["quantity"] is None else f"{i['quantity']:.2f} {i['unit']}",
-            "price": money(i["unit_price_usd"], 4),
-            "monthly": money(i["monthly_usd"]),
-            "basis": escape(i["basis"]),
-        }
-        for i in result["items"]
-    ]
-    rows.append({"item": "total", "monthly": money(result["total_monthly_usd"])})
-    emit(
-        rows,
-        as_json=False,
-        columns=[
-            ("item", "ITEM"),
-            ("quantity", "QUANTITY"),
-            ("price", "PRICE (USD)"),
-            ("monthly", "PER MONTH"),
-            ("basis", "BASIS"),
-        ],
-        title=escape(f"{result['profile']} ({result['region']})"),
-    )
-    notes = [f"prices: {result['prices']}", *result["notes"]]
-    emit_table([{"note": escape(n)} for n in notes], [("note", "NOTE")])
+    views.cost(estimate(invocation(ctx).app(), profile), as_json=as_json)
 
 
 @app.command()
 def doctor(
+    ctx: typer.Context,
     profile: Annotated[
         str | None,
         typer.Option("--profile", "-p", help="Also check this profile's cloud resources."),
@@ -409,26 +286,19 @@ def doctor(
     """Check rsync, ssh, the config, the database and AWS access (and with --profile the
     region, volume, AMI and security groups). Exit 0 when all pass, 3 otherwise."""
     from ..commands.doctor import EXIT_FAILED, as_rows, run_checks
-    from ..config import default_config_path
-    from ..paths import default_db_url
-    from .render import emit
 
+    options = invocation(ctx)
     checks = run_checks(
-        config_path=OPTIONS.config or default_config_path(),
-        db_url=OPTIONS.db or default_db_url(),
-        profile_name=profile,
+        config_path=options.config_path(), db_url=options.db_url(), profile_name=profile
     )
-    emit(
-        as_rows(checks),
-        as_json=as_json,
-        columns=[("check", "CHECK"), ("status", "STATUS"), ("detail", "DETAIL"), ("fix", "FIX")],
-    )
+    views.doctor(as_rows(checks), as_json=as_json)
     if any(c.failed for c in checks):
         raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
 def schedule(
+    ctx: typer.Context,
     profile: ProfileOpt,
     systemd: Annotated[
         bool, typer.Option("--systemd", help="Print a systemd service and timer.")
@@ -452,12 +322,13 @@ def schedule(
     """Print what runs `ec2backup --quiet run --profile P` on a schedule, never two at once
     (flock -n). It only prints; install the output yourself."""
     from ..commands.schedule import schedule as schedule_text
-    from ..paths import default_config_path, default_data_dir
+    from ..paths import default_data_dir
 
+    options = invocation(ctx)
     text = schedule_text(
         profile,
-        config_path=OPTIONS.config or default_config_path(),
-        db_url=OPTIONS.db,
+        config_path=options.config_path(),
+        db_url=options.db,
         data_dir=default_data_dir(),
         systemd=systemd,
         cron=cron,
@@ -469,6 +340,7 @@ def schedule(
 
 @app.command()
 def restore(
+    ctx: typer.Context,
     to: Annotated[Path, typer.Option("--to", help="Directory to restore into.")],
     run: Annotated[
         str | None, typer.Option("--run", help="Restore the snapshot of this backup run.")
@@ -489,7 +361,7 @@ def restore(
     --to is deleted. Prints the run id."""
     from ..commands.restore import start_restore
 
-    with _running() as app:
+    with invocation(ctx).running() as app:
         result = start_restore(
             app,
             to=to,
@@ -503,23 +375,14 @@ def restore(
 
 
 @app.command()
-def verify(profile: ProfileOpt, as_json: JsonOpt = False) -> None:
+def verify(ctx: typer.Context, profile: ProfileOpt, as_json: JsonOpt = False) -> None:
     """Compare the sources with the volume's copy by checksum (read-only) and list each
     difference. Exit 0 when they match, 1 when they differ."""
     from ..commands.backup import differences, start_verify
-    from .render import emit_json
 
-    with _running() as app:
+    with invocation(ctx).running() as app:
         result = start_verify(app, profile)
     found = differences(result)
-    if as_json:
-        emit_json({"run_id": result.id, "matches": not found, "differences": found})
-    else:
-        for line in found:
-            typer.echo(line)
-        typer.echo(
-            f"run {result.id}: " + (f"{len(found)} differences" if found else "the volume matches"),
-            err=True,
-        )
+    views.verify(result.id, found, as_json=as_json)
     if found:
         raise typer.Exit(1)

@@ -16,7 +16,6 @@ import typer
 from ..errors import EXIT_INTERRUPTED, Ec2BackupError, Interrupted
 from ..fastpaths import FAST_EXIT, GC_PAUSE, enabled
 from .app import app
-from .context import _close_apps
 
 if TYPE_CHECKING:
     pass
@@ -93,7 +92,6 @@ def main() -> None:
     if enabled(GC_PAUSE):
         pause_gc(GC_OFF_SECONDS)
     code = run_cli()
-    _close_apps()
     try:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):  # `ec2backup runs | head`: the reader is gone

@@ -17,86 +17,16 @@ say "still listing".
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ..adapters.rsync_output import Progress2, parse_progress2
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-# "  1,234,567  45%   12.34MB/s    0:00:12 (xfr#12, to-chk=0/200)", or with -h "  1.23G  45% ..."
-_LINE_RE = re.compile(
-    r"^\s*(?P<bytes>[0-9][0-9,.]*)(?P<unit>[KMGTP]?)\s+(?P<pct>\d{1,3})%"
-    r"\s+(?P<rate>[0-9][0-9,.]*)(?P<rate_unit>[kKMGTP]?)B/s"
-    r"\s+(?P<time>\d+:\d{2}:\d{2})"
-    r"(?:\s+\(xfr#(?P<xfr>\d+),\s*(?P<chk>to|ir)-chk=(?P<left>\d+)/(?P<total>\d+)\))?"
-)
-# rsync's rates are 1024-based ("kB/s" = KiB/s); its -h sizes are 1000-based.
-_RATE_UNIT = {"": 1, "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
-_SIZE_UNIT = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5}
-
 DEFAULT_MIN_INTERVAL = 0.1  # seconds between redraws: 10 per second is smooth enough
-
-
-@dataclass(frozen=True)
-class Progress2:
-    """One ``--info=progress2`` line."""
-
-    bytes_done: int
-    percent: int
-    rate: float  # bytes per second, as rsync reports it (its average so far)
-    seconds: int  # rsync's time field: ETA mid-file, elapsed time on a file's last line
-    files_done: int | None = None  # xfr#
-    to_check: int | None = None  # files still to check
-    files_total: int | None = None
-    # "ir-chk": rsync is still listing the tree (incremental recursion), so the file total,
-    # and the byte total behind the percent, grow as it finds more.
-    listing: bool = False
-
-    @property
-    def total_estimate(self) -> int | None:
-        """The transfer's total size, from bytes and percent. rsync truncates the percent,
-        so the total lies in (bytes*100/(pct+1), bytes*100/pct]: take the middle."""
-        if self.percent >= 100:
-            return self.bytes_done
-        if self.percent <= 0 or self.bytes_done <= 0:
-            return None
-        high = self.bytes_done * 100 / self.percent
-        low = self.bytes_done * 100 / (self.percent + 1)
-        return int((high + low) / 2)
-
-
-def _number(text: str) -> float:
-    # Plain numbers carry thousands separators ("1,234,567"); -h gives decimals ("1.23").
-    if "," in text:
-        return float(text.replace(",", ""))
-    return float(text)
-
-
-def parse_progress2(line: str) -> Progress2 | None:
-    """The fields of a progress2 line, or None if it is not one."""
-    m = _LINE_RE.match(line)
-    if m is None:
-        return None
-    try:
-        size = _number(m.group("bytes")) * _SIZE_UNIT[m.group("unit")]
-        rate = _number(m.group("rate")) * _RATE_UNIT[m.group("rate_unit")]
-    except ValueError:
-        return None
-    h, mnt, s = (int(x) for x in m.group("time").split(":"))
-    xfr, left, total = m.group("xfr"), m.group("left"), m.group("total")
-    return Progress2(
-        bytes_done=int(size),
-        percent=min(int(m.group("pct")), 100),
-        rate=rate,
-        seconds=h * 3600 + mnt * 60 + s,
-        files_done=int(xfr) if xfr is not None else None,
-        to_check=int(left) if left is not None else None,
-        files_total=int(total) if total is not None else None,
-        listing=m.group("chk") == "ir",
-    )
 
 
 class ProgressSink(Protocol):

@@ -7,6 +7,7 @@ import os
 from ..config import Profile
 from ..errors import ConfigError, InsufficientSpaceError, UserInputError
 from ..ports import Ec2, Volume
+from ..run.steps.volume import volume_problem
 
 # --- checks before anything is created ---------------------------------------------------
 
@@ -39,21 +40,23 @@ def check_volume(profile: Profile, ec2: Ec2, file: str) -> Volume:
             field="volume_id",
             hint="check the volume id and the region",
         )
-    if volume.availability_zone != profile.availability_zone:
+    problem = volume_problem(volume, profile.availability_zone, None)
+    if problem is None:
+        return volume
+    if problem.kind == "zone":
         raise ConfigError(
-            f"volume {volume.id} is in {volume.availability_zone}, not in "
-            f"{profile.availability_zone}",
+            problem.message,
             file=file,
             profile=profile.name,
             field="availability_zone",
             hint=f'set availability_zone = "{volume.availability_zone}"',
         )
-    if volume.attachments:
+    if problem.kind == "attached":
         raise UserInputError(
-            f"volume {volume.id} is attached to instance {volume.attachments[0].instance_id}",
+            problem.message,
             hint="detach it first, or `ec2backup reap` if a crashed run left it there",
         )
-    return volume
+    raise UserInputError(problem.message, hint="try again once the volume is available")
 
 
 def check_fits(profile: Profile, volume: Volume) -> None:

@@ -13,24 +13,15 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..config import Profile, load_profile, parse_profile, read_document
 from ..errors import ConfigError, Ec2BackupError
-from ..ports import Ec2, Syncer
+from ..ports import Account, Ec2, Syncer
 
-__all__ = ["EXIT_FAILED", "Check", "CloudProbe", "check_database", "run_checks"]
+__all__ = ["EXIT_FAILED", "Check", "check_database", "run_checks"]
 
 EXIT_FAILED = 3  # as EnvironmentProblem: the machine or the account lacks something
-
-
-class CloudProbe(Ec2, Protocol):
-    """``Ec2`` plus the account-level probes doctor needs (``aws.Boto3Ec2`` has them)."""
-
-    region: str
-
-    def caller_identity(self) -> dict[str, str]: ...
-    def region_status(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -188,7 +179,7 @@ def _known_revisions() -> set[str]:
 # --- cloud --------------------------------------------------------------------------------
 
 
-def check_credentials(probe: CloudProbe) -> Check:
+def check_credentials(probe: Account) -> Check:
     try:
         who = probe.caller_identity()
     except Ec2BackupError as exc:
@@ -196,7 +187,7 @@ def check_credentials(probe: CloudProbe) -> Check:
     return _pass("credentials", f"account {who['account']} as {who['arn']}")
 
 
-def check_region(probe: CloudProbe, region: str) -> Check:
+def check_region(probe: Account, region: str) -> Check:
     try:
         status = probe.region_status()
     except Ec2BackupError as exc:
@@ -222,7 +213,7 @@ def check_region(probe: CloudProbe, region: str) -> Check:
     return _pass("region", f"{region} ({status})")
 
 
-def check_volume(probe: CloudProbe, profile: Profile, file: str) -> Check:
+def check_volume(probe: Ec2, profile: Profile, file: str) -> Check:
     from .checks import check_volume as service_check_volume
 
     if profile.volume_id is None:
@@ -243,7 +234,7 @@ def check_volume(probe: CloudProbe, profile: Profile, file: str) -> Check:
     )
 
 
-def check_ami(probe: CloudProbe, profile: Profile) -> Check:
+def check_ami(probe: Ec2, profile: Profile) -> Check:
     try:
         image_id = probe.resolve_image(profile.ami)
     except Ec2BackupError as exc:
@@ -252,7 +243,7 @@ def check_ami(probe: CloudProbe, profile: Profile) -> Check:
     return _pass("ami", shown)
 
 
-def check_security_groups(probe: CloudProbe, group_ids: Sequence[str]) -> Check:
+def check_security_groups(probe: Ec2, group_ids: Sequence[str]) -> Check:
     name = "security groups"
     if not group_ids:
         return _pass(name, "none set: the default VPC's default group is used")
@@ -293,14 +284,16 @@ def run_checks(
     config_path: Path,
     db_url: str,
     profile_name: str | None = None,
-    probe_factory: Callable[[str], CloudProbe] | None = None,
+    ec2_factory: Callable[[str], Ec2] | None = None,
+    account_factory: Callable[[str], Account] | None = None,
     syncer: Syncer | None = None,
 ) -> list[Check]:
     """Every check, in order. Without ``profile_name``: the local checks and the credentials."""
-    if probe_factory is None:
-        from ..adapters.aws.session import make_ec2
+    if ec2_factory is None or account_factory is None:
+        from ..adapters.aws.session import make_account, make_ec2
 
-        probe_factory = make_ec2
+        ec2_factory = ec2_factory or make_ec2
+        account_factory = account_factory or make_account
     if syncer is None:
         from ..adapters.rsync import RsyncSyncer
 
@@ -311,10 +304,10 @@ def run_checks(
     # STS of a misspelt region would fail as "cannot reach": ask the default region instead,
     # and let the region check say what is wrong.
     if profile is not None and _known_region(profile.region):
-        probe = probe_factory(profile.region)
+        account = account_factory(profile.region)
     else:
-        probe = probe_factory(_default_region())
-    credentials = check_credentials(probe)
+        account = account_factory(_default_region())
+    credentials = check_credentials(account)
     checks.append(credentials)
     if profile_name is None:
         return checks
@@ -324,16 +317,17 @@ def run_checks(
         return checks + [_skip(c, "the profile is not valid") for c in cloud]
     if credentials.failed:
         return checks + [_skip(c, "the credentials do not work") for c in cloud]
-    if probe.region != profile.region:
-        probe = probe_factory(profile.region)
-    region_check = check_region(probe, profile.region)
+    if account.region != profile.region:
+        account = account_factory(profile.region)
+    region_check = check_region(account, profile.region)
     checks.append(region_check)
     if region_check.failed:
         return checks + [_skip(c, "the region is not usable") for c in cloud[1:]]
+    ec2 = ec2_factory(profile.region)
     checks += [
-        check_volume(probe, profile, str(config_path)),
-        check_ami(probe, profile),
-        check_security_groups(probe, profile.security_group_ids),
+        check_volume(ec2, profile, str(config_path)),
+        check_ami(ec2, profile),
+        check_security_groups(ec2, profile.security_group_ids),
     ]
     return checks
 

@@ -1,11 +1,11 @@
-"""The run history: what `ec2backup runs` and `show` read. Kept apart from service.py so that
-these commands import neither pydantic nor the cloud and SSH libraries."""
+"""The run history: what `ec2backup runs` and `show` read. Kept apart from the commands that
+drive runs, so that these import neither pydantic nor the cloud and SSH libraries."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..core.times import iso
 from ..db.models import Run
 from ..db.summary import SUMMARY_COLUMNS, summary_row
 from ..errors import ConfigError
@@ -14,13 +14,9 @@ if TYPE_CHECKING:
     from .app import App
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 def run_summary(run: Run) -> dict[str, Any]:
     """The run's row in `ec2backup runs` (the same keys as ``db/sqlite_runs.py`` gives)."""
-    return summary_row([getattr(run, column) for column in SUMMARY_COLUMNS], _iso)
+    return summary_row([getattr(run, column) for column in SUMMARY_COLUMNS], iso)
 
 
 def list_runs(
@@ -45,7 +41,7 @@ def show_run(app: App, run_id: str) -> dict[str, Any]:
                 {
                     "from": ev.from_state,
                     "to": ev.to_state,
-                    "at": _iso(ev.at),
+                    "at": iso(ev.at),
                     "detail": ev.detail,
                     "seconds_in_state": seconds,
                 }

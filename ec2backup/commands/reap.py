@@ -21,13 +21,13 @@ Dry run unless asked.
 from __future__ import annotations
 
 import logging
-
-# service-origin imports
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
 
 from ..core.states import ENDED_STATES, RunKind, build_machine, fire
 from ..core.tags import (
@@ -37,8 +37,9 @@ from ..core.tags import (
     TAG_ROLE,
     TAG_RUN_ID,
 )
+from ..core.times import iso, utcnow
 from ..db.leases import describe, live_leases
-from ..db.models import Lease, Run, utcnow
+from ..db.models import Lease, Run
 from ..db.recorder import RunRecorder
 from ..db.store import Store
 from ..errors import ConfigError, UserInputError
@@ -67,9 +68,7 @@ class Verdict:
         return {
             "instance_id": self.instance.id,
             "state": self.instance.state,
-            "launched_at": self.instance.launch_time.isoformat()
-            if self.instance.launch_time
-            else None,
+            "launched_at": iso(self.instance.launch_time),
             "run_id": self.run_id,
             "orphan": self.orphan,
             "reason": self.reason,
@@ -161,7 +160,7 @@ def reap_region(
     instances = ec2.find_instances({TAG_MANAGED: "true"}, REAPABLE_STATES)
     run_ids = {i.tags[TAG_RUN_ID] for i in instances if TAG_RUN_ID in i.tags}
     with store.session() as session:
-        runs = {r.id: r for r in session.query(Run).filter(Run.id.in_(run_ids))}
+        runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(run_ids)))}
         session.expunge_all()
     verdicts = judge(instances, runs, dict(live_leases(store)), now=now, older_than=older_than)
     orphans = [v for v in verdicts if v.orphan]
@@ -218,7 +217,7 @@ def reap_restore_volumes(store: Store, ec2: Ec2, *, act: bool) -> list[VolumeVer
     live = live_leases(store)
     run_ids = {v.tags.get(TAG_RUN_ID) for v in volumes} - {None}
     with store.session() as session:
-        runs = {r.id: r for r in session.query(Run).filter(Run.id.in_(run_ids))}
+        runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(run_ids)))}
         session.expunge_all()
     verdicts = []
     for volume in volumes:

@@ -14,8 +14,9 @@ from typing import Any
 
 from ..config import Profile
 from ..core.states import FINAL_STATES, RunKind, RunState, fire
+from ..core.times import utcnow
 from ..db import leases
-from ..db.models import Event, Run, utcnow
+from ..db.models import Event, Run
 from ..db.recorder import RunRecorder
 from ..errors import RunStateError
 from .app import App

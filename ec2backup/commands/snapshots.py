@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Profile, load_profile
 from ..core.retention import Policy, select, sort_newest_first
 from ..core.tags import TAG_MANAGED, TAG_PROFILE, TAG_RUN_ID
+from ..core.times import iso
 from ..errors import Ec2BackupError, UserInputError
 from ..ports import Ec2, Snapshot
 
@@ -54,7 +55,7 @@ def snapshot_row(snapshot: Snapshot) -> dict[str, Any]:
     return {
         "id": snapshot.id,
         "run_id": snapshot.tags.get(TAG_RUN_ID),
-        "started_at": snapshot.started_at.isoformat() if snapshot.started_at else None,
+        "started_at": iso(snapshot.started_at),
         "size_gib": snapshot.size_gib,
         "state": snapshot.state,
         "volume_id": snapshot.volume_id or None,

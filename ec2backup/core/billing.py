@@ -4,7 +4,7 @@ from the run's event log. Prices default to us-east-1 on-demand. No I/O."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +84,7 @@ _HOLDS_INSTANCE = frozenset(
 
 
 def _event(ev: Any) -> tuple[str | None, str, datetime]:
-    """(from, to, at) of an ``models.Event`` or of a ``service.show_run`` timeline entry."""
+    """(from, to, at) of an ``Event`` row or of a ``commands.history.show_run`` timeline entry."""
     if isinstance(ev, Mapping):
         at = ev["at"]
         at = datetime.fromisoformat(at) if isinstance(at, str) else at
@@ -130,15 +130,12 @@ class RunCost:
     hourly_usd: float | None  # None: no price for this instance type
     usd: float | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def run_cost(
     events: Iterable[Any], instance_type: str, prices: Prices, now: datetime | None = None
 ) -> RunCost:
     """The instance cost of one run from its event log (``Event`` rows or the ``events`` of
-    ``service.show_run``)."""
+    ``commands.history.show_run``)."""
     per_launch = instance_seconds(events, now)
     billed = sum(max(MIN_BILLED_SECONDS, s) for s in per_launch)
     hourly = prices.hourly(instance_type)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from ..ports import Snapshot
+from .times import as_utc
 
 __all__ = ["Policy", "select", "sort_newest_first"]
 
@@ -54,13 +55,9 @@ class Policy:
         )
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def sort_newest_first(snapshots: Sequence[Snapshot], now: datetime) -> list[Snapshot]:
     def key(s: Snapshot) -> tuple[datetime, str]:
-        return (_utc(s.started_at or now), s.id)
+        return (as_utc(s.started_at or now), s.id)
 
     return sorted(snapshots, key=key, reverse=True)
 
@@ -110,7 +107,7 @@ def select(
         for s in counted:
             if len(seen) >= limit:
                 break
-            key, name = bucket(_utc(s.started_at or now))
+            key, name = bucket(as_utc(s.started_at or now))
             if seen and seen[-1] == key:
                 continue  # an older snapshot of a period already kept
             seen.append(key)

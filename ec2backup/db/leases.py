@@ -27,8 +27,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..core.times import utcnow
 from ..errors import LeaseHeldError
-from .models import Lease, utcnow
+from .models import Lease
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,6 @@ def is_stale(lease: Lease, now: datetime, me: Holder) -> bool:
         and lease.holder_pid != me.pid
         and not _pid_alive(lease.holder_pid)
     )
-
-
-def is_live(lease: Lease | None, now: datetime | None = None) -> bool:
-    return lease is not None and not is_stale(lease, now or utcnow(), Holder.me())
 
 
 def describe(lease: Lease, now: datetime) -> str:

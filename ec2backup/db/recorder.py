@@ -6,9 +6,10 @@ from sqlalchemy.orm import Session
 from transitions import EventData
 
 from ..core.states import ENDED_STATES
+from ..core.times import utcnow
 from ..paths import DB_ENV as DB_ENV
 from ..paths import default_db_url as default_db_url
-from .models import Event, Run, utcnow
+from .models import Event, Run
 from .sqlite_runs import SCHEMA_HEAD as SCHEMA_HEAD
 
 

@@ -12,10 +12,11 @@ errors. tests/db/test_sqlite_runs.py checks that both paths give the same rows.
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..core.times import iso
 from ..fastpaths import SQLITE_RUNS, enabled
 from .summary import SUMMARY_COLUMNS, summary_row
 
@@ -40,7 +41,7 @@ def _iso(stored: str | None) -> str | None:
     # SQLAlchemy keeps UTC as naive "YYYY-MM-DD HH:MM:SS.ffffff" text (models.UTCDateTime).
     if stored is None:
         return None
-    return datetime.fromisoformat(stored).replace(tzinfo=UTC).isoformat()
+    return iso(datetime.fromisoformat(stored))
 
 
 def list_runs_sqlite(

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..paths import write_atomically
 
 # A file in the console override directory with this name applies to the next instance launched.
 NEXT_INSTANCE = "next"
@@ -75,9 +76,7 @@ class Layout:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o600)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ from ec2backup.adapters.rsync import (
     RsyncSyncer,
     build_rsync_command,
     exit_to_result,
-    parse_stats_line,
     split_stream,
 )
 from ec2backup.errors import SyncError, ToolMissingError
@@ -106,20 +105,6 @@ def test_build_rsync_command_ipv6_and_default_port() -> None:
 
 
 # --- reading rsync's output ----------------------------------------------------------------
-
-
-def test_parse_stats_lines_with_thousands_separators() -> None:
-    assert parse_stats_line("Number of regular files transferred: 12,345") == (
-        "files_transferred",
-        12345,
-    )
-    assert parse_stats_line("Total file size: 1,234,567,890 bytes") == ("total_size", 1234567890)
-    assert parse_stats_line("Total bytes sent: 98,765") == ("bytes_sent", 98765)
-    assert parse_stats_line("Total bytes sent: 7") == ("bytes_sent", 7)
-    assert parse_stats_line("Total bytes sent: 1.50M") == ("bytes_sent", 1_500_000)
-    assert parse_stats_line("Total transferred file size: 5 bytes") is None
-    assert parse_stats_line("Number of files: 4 (reg: 1, dir: 2, link: 1)") is None
-    assert parse_stats_line("   1,024 100%  0.00kB/s  0:00:00 (xfr#1, to-chk=0/4)") is None
 
 
 def test_split_stream_splits_on_carriage_returns_across_chunks() -> None:

@@ -76,12 +76,12 @@ def test_logs_off_a_terminal_are_plain_unwrapped_lines(
 ) -> None:
     import logging
 
-    from ec2backup.cli.context import _setup_logging
+    from ec2backup.cli.context import setup_logging
 
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
-        _setup_logging(debug=False, quiet=False)  # pytest's stderr is not a terminal
+        setup_logging(debug=False, quiet=False)  # pytest's stderr is not a terminal
         long_tail = "x" * 150
         logging.getLogger("ec2backup.run.engine").info("run r1: launching %s", long_tail)
         logging.getLogger("ec2backup.run.engine").debug("not shown without --debug")

@@ -11,73 +11,10 @@ from rich.console import Console
 
 from ec2backup.cli.progress import (
     NullProgress,
-    Progress2,
     TerminalProgress,
     make_progress,
-    parse_progress2,
 )
-
-# Real lines from rsync 3.5.0 (`--info=progress2 --no-inc-recursive`, LC_ALL=C), with and
-# without -h, mid-file and at a file's end, and with incremental recursion (ir-chk).
-MID_FIRST = "         32,768   0%    0.00kB/s    0:00:00  "
-MID = "     21,331,968  53%   19.55MB/s    0:00:00  "
-END_FILE = "     30,000,000  74%   19.64MB/s    0:00:01 (xfr#1, to-chk=7/9)"
-LAST = "     40,005,000 100%   20.33MB/s    0:00:01 (xfr#7, to-chk=0/9)"
-HUMAN = "         30.00M  74%  772.40MB/s    0:00:00 (xfr#1, to-chk=7/9)"
-IR_CHK = "            444  13%  215.82kB/s    0:00:00 (xfr#160, ir-chk=1000/1191)"
-MANY = "    536,547,878  49%  379.01MB/s    0:00:01 (xfr#4997, to-chk=5053/10101)"
-
-
-def test_parse_mid_file_line() -> None:
-    p = parse_progress2(MID)
-    assert p == Progress2(bytes_done=21_331_968, percent=53, rate=19.55 * 1024**2, seconds=0)
-    assert parse_progress2(MID_FIRST) == Progress2(32_768, 0, 0.0, 0)
-
-
-def test_parse_end_of_file_line_with_counts() -> None:
-    p = parse_progress2(END_FILE)
-    assert p is not None
-    assert (p.bytes_done, p.percent, p.seconds) == (30_000_000, 74, 1)
-    assert (p.files_done, p.to_check, p.files_total) == (1, 7, 9)
-    assert p.rate == pytest.approx(19.64 * 1024**2)
-
-
-def test_parse_human_readable_and_ir_chk() -> None:
-    p = parse_progress2(HUMAN)
-    assert p is not None and p.bytes_done == 30_000_000 and p.percent == 74
-    q = parse_progress2(IR_CHK)
-    assert q is not None
-    assert (q.bytes_done, q.percent, q.seconds) == (444, 13, 0)
-    assert (q.files_done, q.to_check, q.files_total) == (160, 1000, 1191)
-    assert q.listing and not p.listing
-    assert q.rate == pytest.approx(215.82 * 1024)
-    r = parse_progress2(MANY)
-    assert r is not None and r.bytes_done == 536_547_878 and r.files_done == 4997
-    assert parse_progress2("  1,234,567  45%   12.34MB/s    1:02:03  ").seconds == 3723  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "",
-        "sending incremental file list",
-        "Number of files: 9 (reg: 7, dir: 2)",
-        "Total bytes sent: 40,015,229",
-        "sent 40,015,229 bytes  received 155 bytes  16,006,153.60 bytes/sec",
-        'rsync: [sender] link_stat "/nope" failed: No such file or directory (2)',
-    ],
-)
-def test_parse_rejects_other_rsync_output(line: str) -> None:
-    assert parse_progress2(line) is None
-
-
-def test_total_estimate_brackets_the_truncated_percent() -> None:
-    # 30,000,000 of 40,005,000 is 74.99%, printed as 74%.
-    p = parse_progress2(END_FILE)
-    assert p is not None and p.total_estimate is not None
-    assert abs(p.total_estimate - 40_005_000) / 40_005_000 < 0.01
-    assert parse_progress2(LAST).total_estimate == 40_005_000  # type: ignore[union-attr]
-    assert parse_progress2(MID_FIRST).total_estimate is None  # type: ignore[union-attr]
+from tests.adapters.test_rsync_output import END_FILE, IR_CHK, LAST, MID  # real rsync lines
 
 
 class FakeClock:

@@ -131,7 +131,7 @@ def test_run_cost_bills_per_second_with_a_minute_minimum_per_launch() -> None:
     result = run_cost(BACKUP, "t3.micro", DEFAULT_PRICES)
     assert result.billed_seconds == 300.0
     assert result.usd == pytest.approx(300 / 3600 * 0.0104)
-    assert result.as_dict()["hourly_usd"] == 0.0104
+    assert result.hourly_usd == 0.0104
 
 
 def test_run_cost_unknown_instance_type_has_no_price() -> None:

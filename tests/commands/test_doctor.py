@@ -17,6 +17,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from ec2backup.adapters.aws.account import Boto3Account
 from ec2backup.adapters.aws.client import Boto3Ec2
 from ec2backup.adapters.rsync import RsyncSyncer
 from ec2backup.commands import doctor
@@ -212,7 +213,8 @@ class World:
                 config_path=self.config,
                 db_url=self.db,
                 profile_name=profile,
-                probe_factory=lambda region: Boto3Ec2(region, poll_interval=0.001),
+                ec2_factory=lambda region: Boto3Ec2(region, poll_interval=0.001),
+                account_factory=lambda region: Boto3Account(region, boto3.session.Session()),
                 syncer=FakeSyncer(),
             )
         )
@@ -343,7 +345,8 @@ def test_a_missing_tool_fails_its_line_only(world: World) -> None:
             config_path=world.config,
             db_url=world.db,
             profile_name="p",
-            probe_factory=lambda region: Boto3Ec2(region),
+            ec2_factory=lambda region: Boto3Ec2(region),
+            account_factory=lambda region: Boto3Account(region, boto3.session.Session()),
             syncer=Missing(),
         )
     )

@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from ec2backup.core.times import utcnow
 from ec2backup.db import leases
 from ec2backup.db.leases import Holder
-from ec2backup.db.models import Lease, utcnow
+from ec2backup.db.models import Lease
 from ec2backup.db.store import Store, open_store
 from ec2backup.errors import LeaseHeldError
 from tests.databases import PostgresServer

@@ -16,7 +16,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from ec2backup.core.states import RunKind, build_machine
-from ec2backup.db.models import Base, Run, utcnow
+from ec2backup.core.times import utcnow
+from ec2backup.db.models import Base, Run
 from ec2backup.db.recorder import RunRecorder
 from ec2backup.db.sqlite_runs import SCHEMA_HEAD
 from ec2backup.db.store import Store, current_revision, migrations_dir, open_store

@@ -13,6 +13,7 @@ from ec2backup.commands.backup import start_backup
 from ec2backup.commands.history import list_runs, show_run
 from ec2backup.commands.runner import resume
 from ec2backup.core.states import RunKind, path
+from ec2backup.core.times import utcnow
 from ec2backup.db.store import open_store
 from ec2backup.errors import CloudError, Interrupted, RemoteCommandError, RemoteError, RunStateError
 from tests.fakes import FakeConnector, FakeEc2, FakeSyncer
@@ -173,7 +174,7 @@ def test_a_run_of_a_volume_held_by_a_live_process_is_refused(world: World) -> No
     import sys
 
     from ec2backup.db.leases import Holder
-    from ec2backup.db.models import Lease, utcnow
+    from ec2backup.db.models import Lease
     from ec2backup.errors import LeaseHeldError
 
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -11,6 +11,7 @@ import pytest
 
 from ec2backup.config import Profile, Source
 from ec2backup.core.tags import TAG_MANAGED, TAG_RUN_ID
+from ec2backup.core.times import utcnow
 from ec2backup.db.models import Run
 from ec2backup.db.recorder import RunRecorder
 from ec2backup.db.store import open_store
@@ -95,7 +96,6 @@ def test_launch_carries_the_dead_mans_switch(ctx: StepContext) -> None:
     from datetime import datetime, timedelta
 
     from ec2backup.core.tags import TAG_EXPIRES_AT
-    from ec2backup.db.models import utcnow
 
     specs = []
     run_instance = fake(ctx).run_instance

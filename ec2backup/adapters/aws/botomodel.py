@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import botocore.loaders
 import botocore.session
 
 from ...fastpaths import BOTOCORE_MODELS, enabled
+from ...paths import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +118,10 @@ def trim_service_model(full: Mapping[str, Any], operations: Iterable[str]) -> di
 
 
 def _write_whole(target: Path, model: Mapping[str, Any]) -> None:
-    """Written to a temporary file, then renamed: a concurrent run sees no file or the whole
-    one, and a failed write (a full disk) leaves nothing behind."""
+    """A concurrent run sees no file or the whole one, and a failed write (a full disk)
+    leaves nothing behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=target.parent, prefix=".service-2.", delete=False
-    ) as out:
-        try:
-            json.dump(model, out, separators=(",", ":"))
-        except BaseException:
-            out.close()
-            os.unlink(out.name)
-            raise
-    os.replace(out.name, target)
+    write_atomically(target, json.dumps(model, separators=(",", ":")).encode())
 
 
 def trim_endpoints(full: Mapping[str, Any], services: Iterable[str]) -> dict[str, Any]:

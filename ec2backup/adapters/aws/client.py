@@ -76,13 +76,6 @@ FILTER_VALUES_BATCH = 200
 DESCRIBE_PAGE_SIZE = 1000
 _INSTANCE_ID = re.compile(r"\bi-[0-9a-zA-Z]+\b")
 
-# Doctor's probes fail fast rather than riding through a minute of retries.
-_PROBE_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 3},
-    connect_timeout=5,
-    read_timeout=20,
-)
-
 
 class Boto3Ec2:
     """``ports.Ec2`` on boto3. ``poll_interval`` is the delay between polls of every wait;
@@ -102,11 +95,11 @@ class Boto3Ec2:
         self.poll_interval = poll_interval
         self.run_id = run_id
         with self._errors("create an EC2 client", {"region": region}):
-            self._session = session or boto3.session.Session(region_name=region)
-            self._client: EC2Client = self._session.client(
+            self.session = session or boto3.session.Session(region_name=region)
+            self._client: EC2Client = self.session.client(
                 "ec2", region_name=region, config=_CLIENT_CONFIG
             )
-            self._client_once: EC2Client = self._session.client(
+            self._client_once: EC2Client = self.session.client(
                 "ec2", region_name=region, config=_ONCE_CONFIG
             )
         self._ssm_client: SSMClient | None = None
@@ -129,7 +122,7 @@ class Boto3Ec2:
             name = ami.removeprefix("resolve:ssm:")
             with self._errors("ssm:GetParameter", {"parameter": name}):
                 if self._ssm_client is None:
-                    self._ssm_client = self._session.client(
+                    self._ssm_client = self.session.client(
                         "ssm", region_name=self.region, config=_CLIENT_CONFIG
                     )
                 try:
@@ -484,7 +477,7 @@ class Boto3Ec2:
                 if _error_code(exc) != "InvalidSnapshot.NotFound":
                     raise
 
-    # ---- read-only checks (doctor) -----------------------------------------------------
+    # ---- read-only checks ------------------------------------------------------------
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         """The ids in ``group_ids`` that name no security group in this region. A filter (not
@@ -498,30 +491,6 @@ class Boto3Ec2:
                 )
                 existing |= {g["GroupId"] for page in pages for g in page["SecurityGroups"]}
         return [g for g in dict.fromkeys(group_ids) if g not in existing]
-
-    def caller_identity(self) -> dict[str, str]:
-        """STS GetCallerIdentity: proves the credentials work. Returns account and ARN."""
-        with self._errors("sts:GetCallerIdentity"):
-            sts = self._session.client("sts", region_name=self.region, config=_PROBE_CONFIG)
-            response = sts.get_caller_identity()
-        return {"account": response.get("Account", ""), "arn": response.get("Arn", "")}
-
-    def region_status(self) -> str | None:
-        """None if botocore knows no such region in any partition; else the region's opt-in
-        status from DescribeRegions (``opt-in-not-required``, ``opted-in``,
-        ``not-opted-in``)."""
-        known = {
-            region
-            for partition in self._session.get_available_partitions()
-            for region in self._session.get_available_regions("ec2", partition)
-        }
-        if self.region not in known:
-            return None
-        with self._errors("ec2:DescribeRegions", {"region": self.region}):
-            client = self._session.client("ec2", region_name=self.region, config=_PROBE_CONFIG)
-            regions = client.describe_regions(AllRegions=True, RegionNames=[self.region])
-        found = regions.get("Regions") or [{}]
-        return str(found[0].get("OptInStatus") or "opt-in-not-required")
 
     # ---- waits -------------------------------------------------------------------------
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from ...core.times import as_utc
 from ...ports import Attachment, Instance, Snapshot, Volume
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import FilterTypeDef, TagSpecificationTypeDef
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+def _when(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
 
 
 def _tags(raw: Sequence[Mapping[str, Any]] | None) -> dict[str, str]:
@@ -48,7 +45,7 @@ def _instance(raw: Mapping[str, Any]) -> Instance:
         public_ip=raw.get("PublicIpAddress") or None,
         private_ip=raw.get("PrivateIpAddress") or None,
         tags=_tags(raw.get("Tags")),
-        launch_time=_utc(raw.get("LaunchTime")),
+        launch_time=_when(raw.get("LaunchTime")),
     )
 
 
@@ -73,7 +70,7 @@ def _snapshot(raw: Mapping[str, Any]) -> Snapshot:
         id=raw["SnapshotId"],
         state=raw["State"],
         volume_id=raw.get("VolumeId", ""),
-        started_at=_utc(raw.get("StartTime")),
+        started_at=_when(raw.get("StartTime")),
         size_gib=int(size) if size is not None else None,
         tags=_tags(raw.get("Tags")),
     )

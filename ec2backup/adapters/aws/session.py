@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import TYPE_CHECKING
 
 import boto3
 
+from .account import Boto3Account
 from .client import Boto3Ec2
-
-if TYPE_CHECKING:
-    pass
-
 
 # One boto3 session and one set of clients per region and AWS environment, shared by every
 # ``Boto3Ec2`` this process makes: a new session loads botocore's EC2 model again (~0.15 s), a
@@ -32,3 +28,8 @@ def make_ec2(region: str, run_id: str | None = None) -> Boto3Ec2:
     ec2 = copy.copy(base)  # its own run id on errors; the session and clients are shared
     ec2.run_id = run_id
     return ec2
+
+
+def make_account(region: str) -> Boto3Account:
+    """The account probes, on the session ``make_ec2`` shares."""
+    return Boto3Account(region, make_ec2(region).session)

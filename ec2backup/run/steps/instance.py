@@ -7,7 +7,7 @@ import logging
 from datetime import timedelta
 
 from ...core.tags import TAG_EXPIRES_AT, TAG_RUN_ID
-from ...db.models import utcnow
+from ...core.times import utcnow
 from ...errors import (
     CapacityError,
     InvalidResourceStateError,

@@ -3,6 +3,8 @@ snapshot) and deleted (restore's temporary volume) with the run's tags."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ...core.tags import TAG_ROLE, TAG_RUN_ID
 from ...errors import (
     InvalidResourceStateError,
@@ -29,24 +31,46 @@ def _volume(ctx: StepContext) -> Volume:
     return volume
 
 
-def check_volume_usable(ctx: StepContext, volume: Volume) -> None:
-    """The volume must be in the profile's AZ and attached to nothing but this run's instance."""
-    if volume.availability_zone != ctx.profile.availability_zone:
-        raise InvalidResourceStateError(
-            f"volume {volume.id} is in {volume.availability_zone}, "
-            f"not in the profile's {ctx.profile.availability_zone}",
-            run_id=ctx.run.id,
-            hint="set availability_zone in the profile to the volume's zone",
+@dataclass(frozen=True)
+class VolumeProblem:
+    """Why a volume cannot be used by a run: ``kind`` is ``zone``, ``attached`` or ``state``."""
+
+    kind: str
+    message: str
+    other_instance: str | None = None
+
+
+def volume_problem(
+    volume: Volume, availability_zone: str, own_instance: str | None
+) -> VolumeProblem | None:
+    """The one rule, for the check before a run and for every step that uses the volume: it
+    must be in the profile's AZ, attached to nothing but the run's own instance, and
+    available or in use."""
+    if volume.availability_zone != availability_zone:
+        return VolumeProblem(
+            "zone",
+            f"volume {volume.id} is in {volume.availability_zone}, not in {availability_zone}",
         )
-    foreign = [a.instance_id for a in volume.attachments if a.instance_id != ctx.run.instance_id]
+    foreign = [a.instance_id for a in volume.attachments if a.instance_id != own_instance]
     if foreign:
-        raise InvalidResourceStateError(
-            f"volume {volume.id} is attached to instance {foreign[0]}, which is not this run's",
-            run_id=ctx.run.id,
-            hint="detach it there first (or reap it if it is a leftover of ec2backup)",
+        return VolumeProblem(
+            "attached", f"volume {volume.id} is attached to instance {foreign[0]}", foreign[0]
         )
     if volume.state not in ("available", "in-use"):
-        raise InvalidResourceStateError(f"volume {volume.id} is {volume.state}", run_id=ctx.run.id)
+        return VolumeProblem("state", f"volume {volume.id} is {volume.state}")
+    return None
+
+
+def check_volume_usable(ctx: StepContext, volume: Volume) -> None:
+    problem = volume_problem(volume, ctx.profile.availability_zone, ctx.run.instance_id)
+    if problem is None:
+        return
+    hint = {
+        "zone": "set availability_zone in the profile to the volume's zone",
+        "attached": "detach it there first (or reap it if it is a leftover of ec2backup)",
+    }.get(problem.kind)
+    message = problem.message + (", which is not this run's" if problem.kind == "attached" else "")
+    raise InvalidResourceStateError(message, run_id=ctx.run.id, hint=hint)
 
 
 def _ensure_tagged_volume(ctx: StepContext, role: str, snapshot_id: str | None = None) -> str:

@@ -218,9 +218,9 @@ def test_unwritable_cache_falls_back_to_the_full_model(tmp_path: Path) -> None:
 def test_a_failed_write_leaves_no_file_and_falls_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def disk_full(*_args: object, **_kwargs: object) -> None:
+    def disk_full(*_args: object, **_kwargs: object) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("ec2backup.adapters.aws.botomodel.json.dump", disk_full)
+    monkeypatch.setattr("ec2backup.paths.os.write", disk_full)
     assert trimmed_models_dir(tmp_path) is None
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -7,7 +7,6 @@ import base64
 import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,11 +15,9 @@ import botocore.retries.standard
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.stub import ANY, Stubber
-from moto import mock_aws
 
 from ec2backup.adapters.aws import client as aws_client
 from ec2backup.adapters.aws import waiters as aws_waiters
-from ec2backup.adapters.aws.botomodel import botocore_session
 from ec2backup.adapters.aws.client import Boto3Ec2
 from ec2backup.adapters.aws.session import make_ec2
 from ec2backup.core.tags import TAG_KIND, TAG_MANAGED, TAG_RUN_ID
@@ -33,22 +30,12 @@ from ec2backup.errors import (
     WaitTimeoutError,
 )
 from ec2backup.ports import LaunchSpec
+from tests.adapters.aws.conftest import REGION, RUN
 
-REGION = "us-east-1"
 AZ = "us-east-1b"
-RUN = "run-test-1"
 VOL = "vol-0123456789abcdef0"
 INST = "i-0123456789abcdef0"
 OTHER = "i-0fedcba9876543210"
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -57,26 +44,6 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0
     )
-
-
-@pytest.fixture
-def moto_aws(aws_env: None) -> Iterator[None]:
-    with mock_aws():
-        yield
-
-
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-@pytest.fixture
-def ec2(moto_aws: None, model_cache: Path) -> Boto3Ec2:
-    # The trimmed model, as make_ec2 uses: every test here also proves it sufficient.
-    session = boto3.session.Session(
-        botocore_session=botocore_session(model_cache), region_name=REGION
-    )
-    return Boto3Ec2(REGION, session=session, poll_interval=0.001, run_id=RUN)
 
 
 @pytest.fixture
@@ -710,12 +677,12 @@ def test_make_ec2_shares_one_session_per_region_and_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first, second = make_ec2(REGION, run_id=RUN), make_ec2(REGION)
-    assert first._session is second._session  # botocore's models are loaded once
+    assert first.session is second.session  # botocore's models are loaded once
     assert first._client is second._client and first._client_once is second._client_once
     assert (first.run_id, second.run_id) == (RUN, None)  # each puts its own run id on errors
-    assert make_ec2("eu-west-1")._session is not first._session
+    assert make_ec2("eu-west-1").session is not first.session
     monkeypatch.setenv("AWS_PROFILE_X", "other")  # any AWS_* change: credentials may differ
-    assert make_ec2(REGION)._session is not first._session
+    assert make_ec2(REGION).session is not first.session
     assert make_ec2(REGION)._client is not first._client
 
 
@@ -846,22 +813,3 @@ def test_missing_security_groups(ec2: Boto3Ec2, raw: Any) -> None:
     missing = "sg-0123456789abcdef0"
     assert ec2.missing_security_groups([group, missing, missing]) == [missing]
     assert ec2.missing_security_groups([group]) == []
-
-
-def test_caller_identity_and_region_status(ec2: Boto3Ec2) -> None:
-    assert ec2.caller_identity()["account"] == "123456789012"
-    assert ec2.region_status() == "opt-in-not-required"
-    assert Boto3Ec2("us-east-9").region_status() is None  # no such region anywhere
-
-
-def test_caller_identity_without_credentials(
-    aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(CloudError) as err:
-        Boto3Ec2(REGION).caller_identity()
-    assert "sts:GetCallerIdentity: no AWS credentials" in err.value.message
