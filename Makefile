@@ -39,8 +39,7 @@ demo: venv system-deps
 
 # Then the plain way of every speed trick (ec2backup/fastpaths.py): the unit tests of the
 # modules that hold one, again with every trick off.
-FASTPATH_TESTS := tests/adapters tests/cli/test_app.py tests/commands/test_app.py \
-  tests/test_fastpaths.py
+FASTPATH_TESTS := tests/adapters tests/cli/test_app.py tests/test_fastpaths.py
 test: venv system-deps
 	$(BIN)/pytest
 	EC2BACKUP_NO_FASTPATHS=1 $(BIN)/pytest -q $(FASTPATH_TESTS)

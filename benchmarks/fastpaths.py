@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -36,11 +35,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from ec2backup.fastpaths import (
-    BACKGROUND_IMPORT,
     BOTOCORE_MODELS,
     FAST_EXIT,
     GC_PAUSE,
@@ -238,16 +235,6 @@ ec2.resolve_image(DEFAULT_AMI)  # SSM GetParameter + DescribeImages, as a run st
 ec2.find_instances({"ec2backup:managed": "true"})  # the first paginator
 """
 
-# What background-import can hide at most: the SSH adapter's import, in the foreground, in a
-# process that already has what a run imports before its first connection.
-SSH_IMPORT = """
-import json, time
-import ec2backup.adapters.aws.session, ec2backup.commands.backup, ec2backup.commands.runner
-start, cpu = time.perf_counter(), time.process_time()
-import ec2backup.adapters.ssh
-print(json.dumps([time.perf_counter() - start, time.process_time() - cpu]))
-"""
-
 # The console script, with the CPU seconds spent in the cyclic garbage collector counted
 # (gc.callbacks, the collecting thread's CPU time) and written to GC_PROBE_OUT at exit.
 GC_PROBE = """
@@ -340,29 +327,10 @@ class Cloud:
     cli: list[str]
     python: Path
     src: Path
-    db: Path
     workdir: Path
 
     def touch(self) -> None:  # something to send before each pair, like a real backup
         (self.src / "d00000" / "f0000000.bin").write_bytes(os.urandom(4096))
-
-    def to_mounted(self, run_id: str) -> float:
-        """Seconds from the run's first event (`created`) to `mounted` (its first SSH commands
-        done): the stretch where the SSH library is loaded and first used."""
-        conn = sqlite3.connect(self.db)
-        try:
-            at = dict(
-                conn.execute(
-                    "SELECT to_state, at FROM run_events WHERE run_id = ? "
-                    "AND to_state IN ('created', 'mounted')",
-                    (run_id,),
-                ).fetchall()
-            )
-        finally:
-            conn.close()
-        return (
-            datetime.fromisoformat(at["mounted"]) - datetime.fromisoformat(at["created"])
-        ).total_seconds()
 
     def run_pairs(self, off: str, n: int) -> dict[str, Pairs]:
         def once(on: bool) -> dict[str, float]:
@@ -370,8 +338,7 @@ class Cloud:
                 [*self.cli, "run", "--profile", "bench"],
                 _env_for(self.env, off=None if on else off),
             )
-            mounted = self.to_mounted(done.stdout.strip())
-            return {"wall": done.wall, "cpu": done.cpu, "mounted": mounted}
+            return {"wall": done.wall, "cpu": done.cpu}
 
         return alternate(n, once, self.touch)
 
@@ -422,7 +389,6 @@ def _callgrind_row(
 
 
 WHOLE_RUN = "`ec2backup run` (50 files, 2 MiB; local cloud)"
-TO_MOUNTED = "`ec2backup run`: its events `created` -> `mounted` (first SSH commands done)"
 
 
 # --- the benchmark ----------------------------------------------------------------------
@@ -496,24 +462,10 @@ def _measure_on_the_cloud(
             BOTOCORE_MODELS, what, setup, cloud.env, statistics.median(got["cpu"].on)
         )
         res.grind += [line] if line else []
-    imports = [
-        json.loads(measure([str(cloud.python), "-c", SSH_IMPORT], cloud.env).stdout)
-        for _ in range(small_pairs // 2)
-    ]
-    res.notes.append(
-        "For scale, what `background-import` can hide at most: importing the SSH adapter in "
-        "the foreground, in a process that has the rest of a run's modules, took "
-        f"{statistics.median(i[0] for i in imports) * 1000:.0f} ms of wall time and "
-        f"{statistics.median(i[1] for i in imports) * 1000:.0f} ms of CPU (median of "
-        f"{len(imports)})."
-    )
-    for trick in (FAST_EXIT, BACKGROUND_IMPORT):
-        _log(f"{trick}: {pairs} pairs of `ec2backup run`")
-        got = cloud.run_pairs(trick, pairs)
-        latency = trick == BACKGROUND_IMPORT  # it hides a wait: wall clock, where it acts
-        res.add(trick, f"{WHOLE_RUN}: CPU", got["cpu"], decides=not latency)
-        res.add(trick, f"{WHOLE_RUN}: wall", got["wall"])
-        res.add(trick, TO_MOUNTED, got["mounted"], decides=latency)
+    _log(f"{FAST_EXIT}: {pairs} pairs of `ec2backup run`")
+    got = cloud.run_pairs(FAST_EXIT, pairs)
+    res.add(FAST_EXIT, f"{WHOLE_RUN}: CPU", got["cpu"], decides=True)
+    res.add(FAST_EXIT, f"{WHOLE_RUN}: wall", got["wall"])
     _log(f"{GC_PAUSE}: {pairs} pairs of `ec2backup run`, collections counted")
     got = cloud.gc_pairs(pairs)
     res.add(GC_PAUSE, f"{WHOLE_RUN}: CPU in the garbage collector", got["gc"], decides=True)
@@ -530,7 +482,6 @@ def _measure_on_the_cloud(
     res.totals += [
         Row("all (=1)", f"{WHOLE_RUN}: wall", got["wall"]),
         Row("all (=1)", f"{WHOLE_RUN}: CPU", got["cpu"]),
-        Row("all (=1)", TO_MOUNTED, got["mounted"]),
     ]
 
 
@@ -625,9 +576,7 @@ def run(quick: bool = False) -> Section:
                 env,
             )
             measure([*cli, "run", "--profile", "bench"], env)  # warm-up: fills the volume
-            cloud = Cloud(
-                env=env, cli=cli, python=python, src=src, db=root / "ec2backup.db", workdir=root
-            )
+            cloud = Cloud(env=env, cli=cli, python=python, src=src, workdir=root)
             _measure_on_the_cloud(res, cloud, pairs, small_pairs, quick)
         finally:
             sandbox.stop()
@@ -668,9 +617,7 @@ def run(quick: bool = False) -> Section:
         + textwrap.dedent(
             """\
             The `ec2backup run` pairs share one local cloud (no injected delays) and touch one
-            4 KiB file before each pair; `created` and `mounted` are the run's own events
-            (`run_events.at`), the first committed once the run is recorded, the second once
-            its first SSH commands (connect, mount) are done. The sync pairs run in one
+            4 KiB file before each pair. The sync pairs run in one
             process, the switch set or cleared before each sync, against `tests/sshd.py`'s
             sshd on loopback. CPU is the ec2backup process's own (not rsync's or ssh's)
             unless the row says otherwise.

@@ -22,7 +22,6 @@ BOTOCORE_MODELS = "botocore-models"  # adapters/aws/botomodel.py
 SQLITE_RUNS = "sqlite-runs"  # db/sqlite_runs.py
 FAST_EXIT = "fast-exit"  # cli/main.py
 GC_PAUSE = "gc-pause"  # cli/main.py
-BACKGROUND_IMPORT = "background-import"  # commands/app.py
 PROGRESS_BATCHES = "progress-batches"  # adapters/rsync.py
 
 NAMES = frozenset(
@@ -31,7 +30,6 @@ NAMES = frozenset(
         SQLITE_RUNS,
         FAST_EXIT,
         GC_PAUSE,
-        BACKGROUND_IMPORT,
         PROGRESS_BATCHES,
     }
 )

@@ -116,14 +116,6 @@ def _gc_pause(tmp_path: Path, on: bool, monkeypatch: pytest.MonkeyPatch) -> None
     assert collector_on == ("False" if on else "True")  # paused for the command's first 10 s
 
 
-def _background_import(tmp_path: Path, on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ec2backup.adapters.ssh import AsyncsshConnector
-    from ec2backup.commands.app import Adapters, BackgroundLoadedConnector
-
-    connector = Adapters.real().connector()
-    assert isinstance(connector, BackgroundLoadedConnector if on else AsyncsshConnector)
-
-
 def _progress_batches(tmp_path: Path, on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     from ec2backup.adapters import rsync
 
@@ -145,7 +137,6 @@ CHECKS: dict[str, Callable[[Path, bool, pytest.MonkeyPatch], None]] = {
     fastpaths.SQLITE_RUNS: _sqlite_runs,
     fastpaths.FAST_EXIT: _fast_exit,
     fastpaths.GC_PAUSE: _gc_pause,
-    fastpaths.BACKGROUND_IMPORT: _background_import,
     fastpaths.PROGRESS_BATCHES: _progress_batches,
 }
 
