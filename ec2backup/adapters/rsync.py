@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import SyncError, ToolMissingError
+from ..fastpaths import PROGRESS_BATCHES, enabled
 from ..ports import SshTarget, SyncStats
 from .rsync_output import is_progress_line, parse_stats_line
 
@@ -349,7 +350,8 @@ class RsyncSyncer:
         reader.start()
         stats: dict[str, int] = {}
         try:
-            chunks = _chunks(proc.stdout, pause_after_progress=PROGRESS_READ_PAUSE)
+            pause = PROGRESS_READ_PAUSE if enabled(PROGRESS_BATCHES) else 0.0
+            chunks = _chunks(proc.stdout, pause_after_progress=pause)
             for line in split_stream(chunks):
                 # Progress first: it is most of the output (about a line per file).
                 if is_progress_line(line):

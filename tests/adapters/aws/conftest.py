@@ -9,7 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from ec2backup.adapters.aws.botomodel import session_with_trimmed_models
+from ec2backup.adapters.aws.botomodel import botocore_session
 from ec2backup.adapters.aws.client import Boto3Ec2
 
 REGION = "us-east-1"
@@ -38,8 +38,9 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def ec2(moto_aws: None, model_cache: Path) -> Boto3Ec2:
-    # The trimmed model, as make_ec2 uses: every test here also proves it sufficient.
+    # The session make_ec2 uses (the trimmed models, or botocore's own with
+    # EC2BACKUP_NO_FASTPATHS): every test here also proves it sufficient.
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(model_cache), region_name=REGION
+        botocore_session=botocore_session(model_cache), region_name=REGION
     )
     return Boto3Ec2(REGION, session=session, poll_interval=0.001, run_id=RUN)
