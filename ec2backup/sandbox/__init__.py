@@ -58,7 +58,8 @@ GetConsoleOutput, boot, power-off, addresses), ``volumes.py`` (Create/Delete/Att
 DetachVolume, devices), ``snapshots.py`` (Create/Delete/DescribeSnapshots), ``tokens.py``
 (ClientToken), ``launch_checks.py`` (capacity and limits on RunInstances), ``faults.py`` (EC2
 call faults, re-reading the settings), ``reconcile.py`` (the periodic step), ``iam.py`` (IAM
-mode), ``seed.py`` (the AMI and SSM parameter).
+mode; ``iam_requests.py`` and ``iam_policy.py``: what it authorizes and how), ``seed.py``
+(the AMI and SSM parameter).
 
 * ``random_public_ip`` (where moto makes a network interface) returns a fresh 127.0.X.Y, so
   the RunInstances response carries an address that is ours. moto's random public addresses
@@ -130,14 +131,23 @@ EC2 call)
 
 IAM mode (``--iam``, ``Sandbox.start(iam=True)``)
 -------------------------------------------------
-moto's own enforcement (``moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0``, as
-``set_initial_no_auth_action_count(0)`` does): every request must carry a SigV4 signature by
-a known IAM access key (else 401 ``AuthFailure``) and the user's policies must allow the action
-(moto checks actions and resources "*", not conditions). It is switched on after the seeding,
-which writes to moto's backends directly. An administrator (``sandbox-admin``, ``*:*``) is made
-then; its key is in ``state.json`` (mode 0600) and in ``Sandbox.env``.
-``Sandbox.create_iam_user(name, policy)`` makes users with it. EC2 denials are answered as EC2
-does: 403 ``UnauthorizedOperation`` (moto would say ``AccessDenied``).
+Every request must carry a SigV4 signature by a known IAM access key (moto's check: else 401
+``AuthFailure``), and every EC2 and SSM call is authorized as AWS authorizes it
+(``iam.py``): ``iam_requests.py`` lists each (action, resource ARN) pair the Service
+Authorization Reference (parliament's copy) says the call needs, with only the condition keys
+it lists for that resource type, their values taken from the request and the resources
+(``aws:RequestTag``, ``aws:ResourceTag``, ``aws:TagKeys``, ``ec2:CreateAction`` for tags
+given at creation, ``ec2:InstanceType``, ``ec2:MetadataHttpTokens``...);
+``iam_policy.py`` evaluates the user's policies for each pair (explicit Deny over Allow, a
+missing key makes a condition false, ``...IfExists``, ``ForAllValues``/``ForAnyValue``).
+One pair denied refuses the call, worded as AWS does: EC2 403 ``UnauthorizedOperation``
+("... is not authorized to perform: ec2:RunInstances on resource: arn:...:volume/* because no
+identity-based policy allows ...", with an encoded message), SSM ``AccessDeniedException``.
+RunInstances with ``DryRun`` is authorized the same way and answers ``DryRunOperation``.
+``sts:GetCallerIdentity`` needs no permission; IAM calls keep moto's check (actions only).
+IAM is switched on after the seeding, which writes to moto's backends directly. An
+administrator (``sandbox-admin``, ``*:*``) is made then; its key is in ``state.json`` (mode
+0600) and in ``Sandbox.env``. ``Sandbox.create_iam_user(name, policy)`` makes users with it.
 
 Files in the directory D
 ------------------------

@@ -246,7 +246,7 @@ class Sandbox:
         """Create IAM user ``name`` holding ``policy_document`` (an inline policy) with the
         sandbox's administrator key; return its ``AWS_ACCESS_KEY_ID`` and
         ``AWS_SECRET_ACCESS_KEY`` (use with ``{**sandbox.env, **keys}``). Only an IAM sandbox
-        (``iam=True``) enforces the policy; moto checks actions, not conditions."""
+        (``iam=True``) enforces the policy (per resource, with conditions: ``iam.py``)."""
         import boto3  # here, not at the top: the CLI's --help must not import it
 
         iam = boto3.client(

@@ -17,8 +17,9 @@ the one ``CloudState`` they share (``state.py``), and installs them into moto's 
   ``faults.py`` (latency, throttling, 5xx errors, lost responses, seeded);
 * ``reconcile`` (``reconcile.py``) runs every ``RECONCILE_INTERVAL`` seconds and finishes what
   takes time on AWS;
-* in IAM mode (``enable_iam``, ``iam.py``), moto's own IAM enforcement is switched on after the
-  seeding (``seed.py``), and EC2's denials are answered as EC2 answers them (403
+* in IAM mode (``enable_iam``, ``iam.py``), IAM is enforced after the seeding (``seed.py``):
+  moto checks the signatures, and EC2 and SSM calls are authorized per resource and condition
+  as AWS does (``iam_requests.py``, ``iam_policy.py``), denials worded as AWS words them (403
   ``UnauthorizedOperation``).
 
 One lock (``CloudState.lock``) serialises the hooks and the reconcile step, since the moto
@@ -34,9 +35,9 @@ from moto.core.responses import ActionResult
 from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.responses import EC2Response
 
+from . import iam
 from .faults import CloudFault, Faults
 from .host import release_loops_under
-from .iam import enable_iam, install_ec2_denials
 from .instances import Instances
 from .layout import Layout
 from .reconcile import Reconciler
@@ -97,7 +98,7 @@ class LocalCloud:
 
         setattr(EC2Response, "call_action", call_action)  # noqa: B010 (mypy rejects assigning to a method)
 
-        install_ec2_denials()
+        iam.install()
 
     def _wrap(self, action: str, hook: Hook) -> None:
         original = getattr(EC2Response, action)
@@ -126,7 +127,7 @@ class LocalCloud:
     def enable_iam(self) -> tuple[str, str]:
         """Switch on moto's IAM enforcement and return an administrator's access key. Call
         after ``seed``: the seeding goes to the backends directly, never through the checks."""
-        return enable_iam(self.state.region)
+        return iam.enable_iam(self.state.region)
 
     def seed(self) -> str:
         """Register the Ubuntu AMI and the SSM public parameter that names it."""

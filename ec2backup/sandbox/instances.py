@@ -49,6 +49,8 @@ class Instances:
 
     def run_instances(self, response: EC2Response, original: Original) -> ActionResult:
         backend = response.ec2_backend
+        if response._get_bool_param("DryRun", False):
+            return original()  # authorized already: moto answers DryRunOperation
         known = self.tokens.check(response, "RunInstances")
         if known is not None:
             # A replay shows the instances as they are now; moto would always say "pending".
