@@ -83,9 +83,13 @@ mode; ``iam_requests.py`` and ``iam_policy.py``: what it authorizes and how), ``
 * DescribeSnapshots: honours ``OwnerIds`` (moto ignores it), so ``self`` lists the account's
   own snapshots only, not the one behind Canonical's AMI.
 * Seeded at start, in an account that is otherwise empty like a new one (moto's ~200 default
-  AMIs are not loaded): an Ubuntu 24.04 AMI (owner Canonical) and the SSM public parameter
-  ``/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id``
-  naming it (``Sandbox.default_ami_id``).
+  AMIs are not loaded): Ubuntu 24.04 AMIs (owner Canonical) for x86_64 and arm64 and the SSM
+  public parameters ``/aws/service/canonical/ubuntu/server/24.04/stable/current/{amd64,arm64}/
+  hvm/ebs-gp3/ami-id`` naming them (``Sandbox.default_ami_id`` is the amd64 one,
+  ``Sandbox.ami_ids`` both).
+* RunInstances refuses, as EC2 does (``launch_checks.py``, from moto's instance-type data): an
+  image whose architecture the type does not support (``InvalidParameterValue``) and a type
+  not offered in the zone (``Unsupported``, naming the zones that offer it).
 * Extension points: ``LocalCloud.before_action``/``after_action`` (every EC2 call; they apply
   the faults of ``faults.py``), ``LocalCloud.action_hooks`` (one more action: a method of the
   part it concerns) and ``Reconciler.reconcile`` (every 0.2 s, under the same lock as the

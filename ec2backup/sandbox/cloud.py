@@ -58,7 +58,7 @@ class LocalCloud:
         self.instances = Instances(self.state, self.tokens, self.volumes)
         self.snapshots = Snapshots(self.state)
         self.reconciler = Reconciler(self.state, self.faults, self.instances, self.volumes)
-        self.default_ami_id = ""
+        self.ami_ids: dict[str, str] = {}
 
     # --- installation ------------------------------------------------------------------------
 
@@ -129,10 +129,11 @@ class LocalCloud:
         after ``seed``: the seeding goes to the backends directly, never through the checks."""
         return iam.enable_iam(self.state.region)
 
-    def seed(self) -> str:
-        """Register the Ubuntu AMI and the SSM public parameter that names it."""
-        self.default_ami_id = seed(self.state.region)
-        return self.default_ami_id
+    def seed(self) -> dict[str, str]:
+        """Register the Ubuntu AMIs and the SSM public parameters that name them; return the
+        AMI ids by architecture."""
+        self.ami_ids = seed(self.state.region)
+        return self.ami_ids
 
     # --- background --------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from moto.ec2.responses import EC2Response
 
 from . import console
 from .host import Machine, boot_machine, make_host_key
-from .launch_checks import check_capacity
+from .launch_checks import check_capacity, check_image_and_type
 from .layout import NEXT_INSTANCE
 from .state import CloudState, Original, PowerOff, Scheduled
 from .tokens import ClientTokens
@@ -58,6 +58,7 @@ class Instances:
             transformers.pop("RunInstances.Reservation.Instances.Instance.State", None)
             response.RESPONSE_KEY_PATH_TO_TRANSFORMER = transformers
             return ActionResult(backend.reservations[known])
+        check_image_and_type(response)
         check_capacity(self.state.settings, response)
         result = original()
         reservation: Any = result.result

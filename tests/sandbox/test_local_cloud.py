@@ -62,12 +62,13 @@ def test_the_account_holds_only_what_the_sandbox_seeded(sandbox: Sandbox) -> Non
     # Like a new AWS account: no public AMIs of moto's own, and so no snapshots behind them
     # listed as the caller's (they made every DescribeSnapshots OwnerIds=self slow).
     ec2 = client(sandbox, "ec2")
-    assert [i["ImageId"] for i in ec2.describe_images()["Images"]] == [sandbox.default_ami_id]
-    # The AMI's snapshot is Canonical's, as on AWS: listed for its owner, not as the caller's.
-    (canonical,) = ec2.describe_snapshots(OwnerIds=["099720109477"])["Snapshots"]
-    assert sandbox.default_ami_id in canonical["Description"]
+    images = {i["ImageId"]: i["Architecture"] for i in ec2.describe_images()["Images"]}
+    assert images == {sandbox.default_ami_id: "x86_64", sandbox.ami_ids["arm64"]: "arm64"}
+    # The AMIs' snapshots are Canonical's, as on AWS: listed for their owner, not the caller's.
+    canonical = ec2.describe_snapshots(OwnerIds=["099720109477"])["Snapshots"]
+    assert {i for i in images for s in canonical if i in s["Description"]} == set(images)
     own = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
-    assert canonical["SnapshotId"] not in {s["SnapshotId"] for s in own}
+    assert not {s["SnapshotId"] for s in canonical} & {s["SnapshotId"] for s in own}
     assert all(s["OwnerId"] == own_account(ec2) for s in own)
 
 
@@ -427,3 +428,50 @@ def test_importing_the_cli_does_not_import_moto_or_boto3() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+ARM64_PARAMETER = UBUNTU_PARAMETER.replace("/amd64/", "/arm64/")
+
+
+def test_an_image_of_another_architecture_is_refused_as_ec2_words_it(
+    sandbox: Sandbox, launch: Launch, ec2: Any
+) -> None:
+    arm64 = client(sandbox, "ssm").get_parameter(Name=ARM64_PARAMETER)["Parameter"]["Value"]
+    assert arm64 == sandbox.ami_ids["arm64"] != sandbox.default_ami_id
+    with pytest.raises(ClientError) as refused:
+        launch(InstanceType="t4g.micro")  # the amd64 image
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert refused.value.response["Error"]["Message"].startswith(
+        "The architecture 'arm64' of the specified instance type does not match the"
+        " architecture 'x86_64' of the specified AMI."
+    )
+    with pytest.raises(ClientError) as backwards:
+        launch(InstanceType="t3.micro", ImageId=arm64)
+    assert (
+        "'x86_64' of the specified instance type does not match the architecture 'arm64'"
+        in (backwards.value.response["Error"]["Message"])
+    )
+    instance = launch(InstanceType="t4g.micro", ImageId=arm64)
+    assert instance["Architecture"] == "arm64" or instance["ImageId"] == arm64
+    (image,) = ec2.describe_images(ImageIds=[arm64])["Images"]
+    assert image["Architecture"] == "arm64"
+
+
+def test_a_type_not_offered_in_the_zone_is_unsupported(launch: Launch, ec2: Any) -> None:
+    offered = ec2.describe_instance_type_offerings(
+        LocationType="availability-zone",
+        Filters=[{"Name": "instance-type", "Values": ["t3.micro"]}],
+    )["InstanceTypeOfferings"]
+    zones = sorted(o["Location"] for o in offered)
+    assert "us-east-1e" not in zones and "us-east-1a" in zones
+    with pytest.raises(ClientError) as refused:
+        launch(Placement={"AvailabilityZone": "us-east-1e"})
+    error = refused.value.response["Error"]
+    assert error["Code"] == "Unsupported"
+    assert error["Message"] == (
+        "Your requested instance type (t3.micro) is not supported in your requested"
+        " Availability Zone (us-east-1e). Please retry your request by not specifying an"
+        f" Availability Zone or choosing {', '.join(zones)}."
+    )
+    # t2.nano is offered there.
+    launch(InstanceType="t2.nano", Placement={"AvailabilityZone": "us-east-1e"})
