@@ -77,6 +77,24 @@ class Ec2(Protocol):
     ``wait_*`` poll quickly and raise ``WaitTimeoutError`` after ``timeout`` seconds."""
 
     def resolve_image(self, ami: str) -> str: ...
+    def image_architecture(self, image_id: str) -> str:
+        """``x86_64`` or ``arm64`` (EC2's names)."""
+        ...
+
+    def instance_type_architectures(
+        self, instance_types: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """The architectures each type supports; types EC2 does not know are left out."""
+        ...
+
+    def offered_instance_types(self, availability_zone: str) -> set[str]:
+        """Every instance type offered in the zone (DescribeInstanceTypeOfferings)."""
+        ...
+
+    def check_launch(self, spec: LaunchSpec) -> None:
+        """A dry run of ``run_instance(spec)``: raises what IAM would refuse, creates nothing."""
+        ...
+
     def run_instance(self, spec: LaunchSpec) -> Instance: ...
     def get_instance(self, instance_id: str) -> Instance | None: ...
     def find_instances(

@@ -65,7 +65,7 @@ def actions_in_code() -> set[str]:
         package / "commands" / "doctor.py",
     ]:
         text = module.read_text()
-        for op in re.findall(r"\._client(?:_once)?\.([a-z_]+)\(", text):
+        for op in re.findall(r"\.(?:_client|client)(?:_once)?\.([a-z_]+)\(", text):
             if op not in ("get_paginator", "get_waiter", "meta"):
                 used.add(f"ec2:{_camel(op)}")
         used |= {f"ec2:{_camel(op)}" for op in re.findall(r'get_paginator\("([a-z_]+)"\)', text)}
@@ -75,7 +75,8 @@ def actions_in_code() -> set[str]:
             if "describe_regions" in text
             else set()
         )
-        used |= {f"ssm:{_camel(op)}" for op in re.findall(r"ssm_client\.([a-z_]+)\(", text)}
+        ssm_calls = re.findall(r"ssm_client(?:\(\))?\.([a-z_]+)\(", text)
+        used |= {f"ssm:{_camel(op)}" for op in ssm_calls}
         used |= {f"sts:{_camel(op)}" for op in re.findall(r"sts\.([a-z_]+)\(", text)}
     # Waiters poll Describe* calls, already listed; TagSpecifications need CreateTags.
     return used | {"ec2:CreateTags"}

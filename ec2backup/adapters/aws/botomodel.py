@@ -48,6 +48,8 @@ EC2_OPERATIONS = frozenset(
         "DeleteSnapshot",
         "DeleteVolume",
         "DescribeImages",
+        "DescribeInstanceTypeOfferings",
+        "DescribeInstanceTypes",
         "DescribeInstances",
         "DescribeRegions",
         "DescribeSecurityGroups",
