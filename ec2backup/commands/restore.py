@@ -11,7 +11,7 @@ from ..db import leases
 from ..db.models import Run
 from ..errors import RunStateError, UserInputError
 from .app import App
-from .checks import check_volume
+from .checks import check_volume, plan_launch
 from .runner import _create_run, _drive, new_run_id
 
 
@@ -73,7 +73,7 @@ def start_restore(
                 f"snapshot {snapshot_id} is {snapshot.state}", hint="try again once it completes"
             )
         extra |= {"snapshot_id": snapshot_id, "size_gib": snapshot.size_gib or 1}
-    extra["image_id"] = ec2.resolve_image(profile.ami)
+    extra |= plan_launch(profile, ec2, file).config()
     new_id = new_run_id()
     with leases.held(app.store, new_id, [leases.run_key(new_id), *keys]):
         _create_run(

@@ -100,6 +100,49 @@ def test_a_missing_permission_is_one_line_naming_the_action(
     ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
 
 
+def test_a_launch_the_policy_denies_by_condition_is_refused_and_nothing_is_made(
+    iam_sandbox: Any, tmp_path: Path
+) -> None:
+    """The documented policy, with launches allowed only for t2.nano: init of a t3.micro
+    profile is refused by IAM (its dry run) before it makes a volume or a security group."""
+    policy = json.loads(json.dumps(POLICY))
+    (launch,) = [
+        s for s in policy["Statement"] if s["Sid"] == "LaunchOnlyTaggedInstancesWithImdsv2"
+    ]
+    launch["Condition"]["StringEquals"]["ec2:InstanceType"] = "t2.nano"
+    keys = iam_sandbox.create_iam_user("ec2backup-nano-only", policy)
+    cli = cli_as(iam_sandbox, keys, tmp_path)
+    source = tmp_path / "home"
+    source.mkdir()
+    (source / "a").write_text("a")
+    admin = ec2_client(iam_sandbox)
+    before = _everything(admin)
+    result = cli(
+        "init", "--profile", "n", "--az", "us-east-1a", "--size", "1", "--source", str(source),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("ec2backup: error: ")]
+    assert "not authorized to call ec2:RunInstances on arn:aws:ec2:us-east-1:" in line
+    assert ":instance/* (UnauthorizedOperation)" in line
+    assert _everything(admin) == before, "something was created"
+    assert cli.json("runs") == []
+    # The same user may launch what the condition allows.
+    (tmp_path / "config.toml").unlink(missing_ok=True)
+    cli("init", "--profile", "n", "--az", "us-east-1a", "--size", "1", "--source", str(source),
+        "--instance-type", "t2.nano")  # fmt: skip
+
+
+def _everything(ec2: Any) -> tuple[set[str], set[str], set[str]]:
+    instances = {
+        i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+    }
+    volumes = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+    groups = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    return instances, volumes, groups
+
+
 # Loaded by every Python process the test starts (PYTHONPATH): appends "service:Operation" for
 # each API call botocore makes (paginators and waiters included; retries are one call) to the
 # file named by EC2BACKUP_TEST_CALLS.

@@ -71,11 +71,23 @@ def _new_launch_attempt(ctx: StepContext, instance_type: str) -> None:
     ctx.recorder.save()
 
 
+def _instance_types(ctx: StepContext) -> list[str]:
+    """The types to try, in order: as checked when the run was created (offered in the zone),
+    else the profile's."""
+    recorded = ctx.run.config.get("instance_types")
+    if recorded:
+        return list(recorded)
+    return [ctx.profile.instance_type, *ctx.profile.fallback_instance_types]
+
+
 def _launch_spec(ctx: StepContext) -> LaunchSpec:
     run = ctx.run
+    instance_type = run.config["instance_type"]
+    # Each type its own architecture's image (a fallback may be arm64 where the first is not).
+    image_id = dict(run.config.get("images") or {}).get(instance_type, run.config["image_id"])
     return LaunchSpec(
-        image_id=run.config["image_id"],
-        instance_type=run.config["instance_type"],
+        image_id=image_id,
+        instance_type=instance_type,
         availability_zone=ctx.profile.availability_zone,
         client_token=run.launch_token or "",
         tags={
@@ -93,7 +105,7 @@ def _launch(ctx: StepContext) -> Instance:
     """RunInstances, falling back to the profile's other instance types while AWS has no
     capacity for one in the volume's zone (the zone itself is fixed by the volume)."""
     run = ctx.run
-    types = [ctx.profile.instance_type, *ctx.profile.fallback_instance_types]
+    types = _instance_types(ctx)
     while True:
         try:
             return ctx.ec2.run_instance(_launch_spec(ctx))
@@ -127,7 +139,7 @@ def ensure_instance_running(ctx: StepContext) -> str:
             run.instance_id = None
             run.ssh_address = None
         if gone or run.launch_token is None:
-            _new_launch_attempt(ctx, ctx.profile.instance_type)
+            _new_launch_attempt(ctx, _instance_types(ctx)[0])
         if "image_id" not in run.config:
             run.config = {**run.config, "image_id": ctx.ec2.resolve_image(ctx.profile.ami)}
             ctx.recorder.save()
