@@ -27,6 +27,9 @@ class Instance:
     private_ip: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     launch_time: datetime | None = None
+    # The device of its root volume (/dev/sda1): never detached from a running instance, and
+    # deleted with it (the AMI's DeleteOnTermination).
+    root_device: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The volume hooks: an image per volume, a loop device and a Nitro device link per attachment,
 and the EC2 semantics moto lacks (ClientToken on CreateVolume, AttachVolume's checks, a
-DetachVolume that waits while the filesystem is mounted). ``reconcile`` finishes the attaches
+DetachVolume that waits while the filesystem is mounted and refuses a root volume of an
+instance that is not stopped, ``OperationNotPermitted``). ``reconcile`` finishes the attaches
 and detaches that are delayed."""
 
 from __future__ import annotations
@@ -103,6 +104,13 @@ class Volumes:
         )
         if attachment is None or instance_id != attachment.instance.id:
             return original()  # moto answers the error cases itself
+        instance = attachment.instance
+        if attachment.device == instance.root_device_name and instance.state != "stopped":
+            # As on AWS: a root volume leaves only a stopped instance (Force or not).
+            raise EC2ClientError(
+                "OperationNotPermitted",
+                f"Unable to detach root volume '{volume_id}' from instance '{instance_id}'",
+            )
         answer = ActionResult(
             {
                 "VolumeId": volume_id,

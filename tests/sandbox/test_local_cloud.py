@@ -475,3 +475,37 @@ def test_a_type_not_offered_in_the_zone_is_unsupported(launch: Launch, ec2: Any)
     )
     # t2.nano is offered there.
     launch(InstanceType="t2.nano", Placement={"AvailabilityZone": "us-east-1e"})
+
+
+def test_a_running_instances_root_volume_cannot_be_detached_and_goes_with_it(
+    launch: Launch, ec2: Any
+) -> None:
+    instance = launch()
+    instance_id = instance["InstanceId"]
+    (reservation,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    described = reservation["Instances"][0]
+    root_device = described["RootDeviceName"]
+    (root,) = [
+        m["Ebs"]["VolumeId"]
+        for m in described["BlockDeviceMappings"]
+        if m["DeviceName"] == root_device
+    ]
+    for force in (False, True):
+        with pytest.raises(ClientError) as refused:
+            ec2.detach_volume(VolumeId=root, InstanceId=instance_id, Force=force)
+        assert refused.value.response["Error"]["Code"] == "OperationNotPermitted"
+        assert refused.value.response["Error"]["Message"] == (
+            f"Unable to detach root volume '{root}' from instance '{instance_id}'"
+        )
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    gone = with_deadline(lambda: not _volume_exists(ec2, root), timeout=10)
+    assert gone  # DeleteOnTermination, as the Ubuntu AMI maps its root volume
+
+
+def _volume_exists(ec2: Any, volume_id: str) -> bool:
+    try:
+        ec2.describe_volumes(VolumeIds=[volume_id])
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidVolume.NotFound"
+        return False
+    return True

@@ -49,6 +49,7 @@ def _instance(raw: Mapping[str, Any]) -> Instance:
         private_ip=raw.get("PrivateIpAddress") or None,
         tags=_tags(raw.get("Tags")),
         launch_time=_utc(raw.get("LaunchTime")),
+        root_device=raw.get("RootDeviceName") or None,
     )
 
 
