@@ -61,6 +61,7 @@ class Snapshot:
     started_at: datetime | None = None
     size_gib: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    progress: str | None = None  # "40%" while pending
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,15 @@ class Ec2(Protocol):
     def wait_volume_available(self, volume_id: str, timeout: float) -> Volume: ...
     def wait_volume_attached(self, volume_id: str, instance_id: str, timeout: float) -> Volume: ...
     def wait_instance_terminated(self, instance_id: str, timeout: float) -> None: ...
+    def wait_snapshot_completed(
+        self,
+        snapshot_id: str,
+        timeout: float,
+        on_progress: Callable[[Snapshot], None] = lambda _s: None,
+    ) -> Snapshot:
+        """Wait until the snapshot is ``completed`` (a volume can be made from it then);
+        ``on_progress`` sees it at every poll while it is pending."""
+        ...
 
     # Batch calls for reap and prune, and read-only checks for doctor.
     def terminate_instances(self, instance_ids: Sequence[str]) -> None:

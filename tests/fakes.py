@@ -226,6 +226,17 @@ class FakeEc2:
         assert volume.attachment_to(instance_id) is not None
         return volume
 
+    def wait_snapshot_completed(
+        self,
+        snapshot_id: str,
+        timeout: float,
+        on_progress: Callable[[Snapshot], None] = lambda _s: None,
+    ) -> Snapshot:
+        self._call("wait_snapshot_completed")
+        snapshot = replace(self.snapshots[snapshot_id], state="completed", progress="100%")
+        self.snapshots[snapshot_id] = snapshot
+        return snapshot
+
     def wait_instance_terminated(self, instance_id: str, timeout: float) -> None:
         self._call("wait_instance_terminated")
         assert self.instances[instance_id].state == "terminated"

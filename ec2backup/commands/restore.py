@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,34 @@ from ..core.states import RunKind
 from ..db import leases
 from ..db.models import Run
 from ..errors import RunStateError, UserInputError
+from ..ports import Ec2, Snapshot
 from .app import App
 from .checks import check_volume, plan_launch
 from .runner import _create_run, _drive, new_run_id
+
+log = logging.getLogger(__name__)
+
+
+# A snapshot right after its backup is pending for minutes on AWS (hours for a large first
+# one): EC2 refuses it as the source of a volume until it is completed.
+SNAPSHOT_WAIT_SECONDS = 6 * 3600
+
+
+def _wait_for(ec2: Ec2, snapshot: Snapshot) -> Snapshot:
+    last: list[str | None] = [None]
+
+    def progress(now: Snapshot) -> None:
+        if now.progress != last[0]:
+            last[0] = now.progress
+            log.info(
+                "snapshot %s is %s (%s); the restore starts once it is completed",
+                now.id,
+                now.state,
+                now.progress or "?",
+            )
+
+    progress(snapshot)
+    return ec2.wait_snapshot_completed(snapshot.id, SNAPSHOT_WAIT_SECONDS, progress)
 
 
 def start_restore(
@@ -68,9 +94,12 @@ def start_restore(
                 f"snapshot {snapshot_id} does not exist in {profile.region}",
                 hint="list them with `ec2backup snapshots`",
             )
+        if snapshot.state == "pending":
+            snapshot = _wait_for(ec2, snapshot)
         if snapshot.state != "completed":
             raise UserInputError(
-                f"snapshot {snapshot_id} is {snapshot.state}", hint="try again once it completes"
+                f"snapshot {snapshot_id} is {snapshot.state}",
+                hint="restore from another snapshot (`ec2backup snapshots`)",
             )
         extra |= {"snapshot_id": snapshot_id, "size_gib": snapshot.size_gib or 1}
     extra |= plan_launch(profile, ec2, file).config()

@@ -100,6 +100,12 @@ def start(
         help="shutting-down -> terminated (and stopping -> stopped).",
         rich_help_panel=DELAYS,
     ),
+    snapshot_delay: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Snapshot pending -> completed (no volume can be made from it before).",
+        rich_help_panel=DELAYS,
+    ),
     minute_seconds: float = typer.Option(
         60.0,
         min=0.001,
@@ -147,6 +153,7 @@ def start(
         "attach_delay": attach_delay,
         "detach_delay": detach_delay,
         "terminate_delay": terminate_delay,
+        "snapshot_delay": snapshot_delay,
         "minute_seconds": minute_seconds,
         "cut_ssh_after": cut_ssh_after,
         "cut_ssh_on": cut_ssh_on,

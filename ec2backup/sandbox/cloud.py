@@ -57,7 +57,9 @@ class LocalCloud:
         self.volumes = Volumes(self.state, self.tokens)
         self.instances = Instances(self.state, self.tokens, self.volumes)
         self.snapshots = Snapshots(self.state)
-        self.reconciler = Reconciler(self.state, self.faults, self.instances, self.volumes)
+        self.reconciler = Reconciler(
+            self.state, self.faults, self.instances, self.volumes, self.snapshots
+        )
         self.ami_ids: dict[str, str] = {}
 
     # --- installation ------------------------------------------------------------------------
@@ -155,4 +157,5 @@ class LocalCloud:
             self.state.pending_attaches.clear()
             self.state.pending_boots.clear()
             self.state.power_offs.clear()
+            self.state.pending_snapshots.clear()
             return release_loops_under(self.state.layout.root)

@@ -45,6 +45,9 @@ class CloudSettings:
     unless forced)."""
     terminate_delay: float = 0.0
     """shutting-down -> terminated (also stopping -> stopped after a shutdown from inside)."""
+    snapshot_delay: float = 0.0
+    """A new snapshot stays ``pending`` (its progress rising) this long before ``completed``; a
+    volume cannot be created from it meanwhile (``IncorrectState``), as on AWS."""
 
     # --- dead-man's switch -------------------------------------------------------------------
     minute_seconds: float = 60.0
@@ -80,6 +83,7 @@ class CloudSettings:
             "attach_delay",
             "detach_delay",
             "terminate_delay",
+            "snapshot_delay",
         ):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):

@@ -55,6 +55,13 @@ class PendingAttach:
 
 
 @dataclass(frozen=True)
+class PendingSnapshot:
+    snapshot: Any
+    started: float  # time.monotonic()
+    due: float
+
+
+@dataclass(frozen=True)
 class Scheduled:
     """Something due to happen to an instance at ``due`` (time.monotonic())."""
 
@@ -86,6 +93,7 @@ class CloudState:
         self.pending_attaches: dict[str, PendingAttach] = {}
         self.power_offs: dict[str, PowerOff] = {}
         self.shutdown_timers: dict[str, Scheduled] = {}
+        self.pending_snapshots: dict[str, PendingSnapshot] = {}  # by snapshot id
         self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
         self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)
 

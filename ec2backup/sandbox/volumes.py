@@ -32,6 +32,9 @@ class Volumes:
         known = self.tokens.check(response, "CreateVolume")
         if known is not None:
             return ActionResult(backend.get_volume(known))
+        snapshot_id = response._get_param("SnapshotId")
+        if snapshot_id and snapshot_id in self.state.pending_snapshots:
+            raise EC2ClientError("IncorrectState", "Snapshot is in invalid state - pending")
         result = original()
         volume: Any = result.result
         self.tokens.remember(response, "CreateVolume", volume.id)

@@ -514,3 +514,33 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
         assert "boot_delay=3.0" in status.stdout
     finally:
         stop_sandbox(directory)
+
+
+def test_a_snapshot_stays_pending_and_no_volume_comes_from_it_meanwhile(
+    sandbox_faults: Sandbox,
+) -> None:
+    ec2 = client(sandbox_faults, "ec2")
+    source = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    sandbox_faults.configure_faults(snapshot_delay=2.0)
+    snapshot_id = ec2.create_snapshot(VolumeId=source)["SnapshotId"]
+    (pending,) = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert pending["State"] == "pending" and pending["Progress"] != "100%"
+    with pytest.raises(ClientError) as refused:
+        ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot_id)
+    assert refused.value.response["Error"] == {
+        "Code": "IncorrectState",
+        "Message": "Snapshot is in invalid state - pending",
+    }
+    with_deadline(
+        lambda: (
+            ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
+            == "completed"
+        ),
+        timeout=10,
+    )
+    (done,) = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert done["Progress"] == "100%"
+    restored = ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot_id)
+    ec2.delete_volume(VolumeId=restored["VolumeId"])
+    ec2.delete_snapshot(SnapshotId=snapshot_id)
+    ec2.delete_volume(VolumeId=source)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -534,6 +534,32 @@ class Boto3Ec2:
             timeout_hint="check the instance in the EC2 console and terminate it there if "
             "needed, then resume",
         )
+
+    def wait_snapshot_completed(
+        self,
+        snapshot_id: str,
+        timeout: float,
+        on_progress: Callable[[Snapshot], None] = lambda _s: None,
+    ) -> Snapshot:
+        def report(response: Mapping[str, Any]) -> None:
+            for raw in response.get("Snapshots", ()):
+                on_progress(_snapshot(raw))
+
+        response = self._wait(
+            # botocore's own SnapshotCompleted; the stubs type ``.config`` as a dict.
+            cast(SingleWaiterConfig, self._client.get_waiter("snapshot_completed").config),
+            {"SnapshotIds": [snapshot_id]},
+            timeout,
+            action="snapshot completed",
+            resources={"snapshot": snapshot_id},
+            observe=lambda r: ", ".join(
+                f"{s.state} {s.progress or ''}".strip()
+                for s in (_snapshot(x) for x in r.get("Snapshots", ()))
+            ),
+            timeout_hint="the snapshot is still being copied: try again later",
+            after_poll=report,
+        )
+        return _snapshot(response["Snapshots"][0])
 
     def _wait(
         self,

@@ -77,6 +77,7 @@ def _snapshot(raw: Mapping[str, Any]) -> Snapshot:
         started_at=_utc(raw.get("StartTime")),
         size_gib=int(size) if size is not None else None,
         tags=_tags(raw.get("Tags")),
+        progress=raw.get("Progress") or None,
     )
 
 
