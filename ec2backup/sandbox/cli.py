@@ -106,6 +106,13 @@ def start(
         help="Snapshot pending -> completed (no volume can be made from it before).",
         rich_help_panel=DELAYS,
     ),
+    consistency_lag: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Eventual consistency: a new resource answers NotFound by id, and is missing from"
+        " tag-filtered Describe calls, for this long.",
+        rich_help_panel=DELAYS,
+    ),
     minute_seconds: float = typer.Option(
         60.0,
         min=0.001,
@@ -154,6 +161,7 @@ def start(
         "detach_delay": detach_delay,
         "terminate_delay": terminate_delay,
         "snapshot_delay": snapshot_delay,
+        "consistency_lag": consistency_lag,
         "minute_seconds": minute_seconds,
         "cut_ssh_after": cut_ssh_after,
         "cut_ssh_on": cut_ssh_on,

@@ -14,7 +14,8 @@ the one ``CloudState`` they share (``state.py``), and installs them into moto's 
   ``instances.py``, ``volumes.py``, ``snapshots.py``, with ``tokens.py`` (ClientToken) and
   ``launch_checks.py`` (capacity);
 * ``before_action`` sees every EC2 call first and ``after_action`` its answer: the faults of
-  ``faults.py`` (latency, throttling, 5xx errors, lost responses, seeded);
+  ``faults.py`` (latency, throttling, 5xx errors, lost responses, seeded) and the eventual
+  consistency of ``consistency.py`` (NotFound by id right after a create);
 * ``reconcile`` (``reconcile.py``) runs every ``RECONCILE_INTERVAL`` seconds and finishes what
   takes time on AWS;
 * in IAM mode (``enable_iam``, ``iam.py``), IAM is enforced after the seeding (``seed.py``):
@@ -36,6 +37,7 @@ from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.responses import EC2Response
 
 from . import iam
+from .consistency import Consistency
 from .faults import CloudFault, Faults
 from .host import release_loops_under
 from .instances import Instances
@@ -54,9 +56,10 @@ class LocalCloud:
         self.state = CloudState(layout, region)
         self.faults = Faults(self.state)
         self.tokens = ClientTokens()
-        self.volumes = Volumes(self.state, self.tokens)
-        self.instances = Instances(self.state, self.tokens, self.volumes)
-        self.snapshots = Snapshots(self.state)
+        self.consistency = Consistency(self.state)
+        self.volumes = Volumes(self.state, self.tokens, self.consistency)
+        self.instances = Instances(self.state, self.tokens, self.volumes, self.consistency)
+        self.snapshots = Snapshots(self.state, self.consistency)
         self.reconciler = Reconciler(
             self.state, self.faults, self.instances, self.volumes, self.snapshots
         )
@@ -79,6 +82,9 @@ class LocalCloud:
             "create_snapshot": self.snapshots.create_snapshot,
             "delete_snapshot": self.snapshots.delete_snapshot,
             "describe_snapshots": self.snapshots.describe_snapshots,
+            "describe_instances": self.consistency.describe_instances,
+            "describe_volumes": self.consistency.describe_volumes,
+            "create_security_group": self.create_security_group,
         }
 
     def install(self) -> None:
@@ -116,7 +122,15 @@ class LocalCloud:
     def before_action(self, response: EC2Response) -> Any:
         """Return a response (``(status, headers, body)``) to answer an EC2 call without
         running it, or None to run it."""
-        return self.faults.before_action(response)
+        early = self.faults.before_action(response)
+        if early is None:
+            self.consistency.check(response)  # raises CloudFault: NotFound while young
+        return early
+
+    def create_security_group(self, response: EC2Response, original: Any) -> ActionResult:
+        result = original()
+        self.consistency.note([result.result["GroupId"]])
+        return result
 
     def after_action(self, response: EC2Response, answer: Any) -> Any:
         """The answer to an EC2 call that ran, or the one that replaces it."""

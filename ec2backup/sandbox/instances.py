@@ -18,6 +18,7 @@ from moto.ec2.models.instances import StateReason
 from moto.ec2.responses import EC2Response
 
 from . import console
+from .consistency import Consistency
 from .host import Machine, boot_machine, make_host_key
 from .launch_checks import check_capacity, check_image_and_type
 from .layout import NEXT_INSTANCE
@@ -38,10 +39,13 @@ STATE_CODES = {
 
 
 class Instances:
-    def __init__(self, state: CloudState, tokens: ClientTokens, volumes: Volumes) -> None:
+    def __init__(
+        self, state: CloudState, tokens: ClientTokens, volumes: Volumes, consistency: Consistency
+    ) -> None:
         self.state = state
         self.tokens = tokens
         self.volumes = volumes
+        self.consistency = consistency
 
     def allocate_address(self) -> str:
         with self.state.lock:
@@ -63,6 +67,7 @@ class Instances:
         result = original()
         reservation: Any = result.result
         self.tokens.remember(response, "RunInstances", reservation.id)
+        self.consistency.note(i.id for i in reservation.instances)
         delay = self.state.settings.boot_delay
         for instance in reservation.instances:
             self._give_address(instance)

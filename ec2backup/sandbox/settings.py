@@ -45,6 +45,9 @@ class CloudSettings:
     unless forced)."""
     terminate_delay: float = 0.0
     """shutting-down -> terminated (also stopping -> stopped after a shutdown from inside)."""
+    consistency_lag: float = 0.0
+    """For this long after a create, calls naming the new instance, volume, security group or
+    snapshot by id answer NotFound, and tag-filtered Describe calls leave it out."""
     snapshot_delay: float = 0.0
     """A new snapshot stays ``pending`` (its progress rising) this long before ``completed``; a
     volume cannot be created from it meanwhile (``IncorrectState``), as on AWS."""
@@ -84,6 +87,7 @@ class CloudSettings:
             "detach_delay",
             "terminate_delay",
             "snapshot_delay",
+            "consistency_lag",
         ):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):

@@ -13,6 +13,7 @@ from moto.core.responses import ActionResult
 from moto.ec2.models.elastic_block_store import Snapshot as MotoSnapshot
 from moto.ec2.responses import EC2Response
 
+from .consistency import Consistency
 from .host import copy_sparse
 from .state import CloudState, Original, PendingSnapshot
 
@@ -23,12 +24,14 @@ MotoSnapshot.progress = property(  # type: ignore[method-assign,assignment]
 
 
 class Snapshots:
-    def __init__(self, state: CloudState) -> None:
+    def __init__(self, state: CloudState, consistency: Consistency) -> None:
         self.state = state
+        self.consistency = consistency
 
     def create_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
         result = original()
         snapshot: Any = result.result
+        self.consistency.note([snapshot.id])
         layout = self.state.layout
         image = layout.volume_image(snapshot.volume.id)
         if image.exists():
@@ -66,8 +69,8 @@ class Snapshots:
         snapshots, not the public ones behind other owners' AMIs (the seeded Ubuntu AMI's)."""
         result = original()
         owners = response._get_param("OwnerIds", [])
-        if not owners:
-            return result
-        wanted = {DEFAULT_ACCOUNT_ID if owner == "self" else owner for owner in owners}
-        snapshots: Any = result.result["Snapshots"]  # type: ignore[index]
-        return ActionResult({"Snapshots": [s for s in snapshots if s.owner_id in wanted]})
+        snapshots: Any = self.consistency.visible(response, list(result.result["Snapshots"]))  # type: ignore[index]
+        if owners:
+            wanted = {DEFAULT_ACCOUNT_ID if owner == "self" else owner for owner in owners}
+            snapshots = [s for s in snapshots if s.owner_id in wanted]
+        return ActionResult({**result.result, "Snapshots": snapshots})  # type: ignore[dict-item]

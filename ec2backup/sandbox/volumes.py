@@ -15,6 +15,7 @@ from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError, VolumeInUseError
 from moto.ec2.responses import EC2Response
 
+from .consistency import Consistency
 from .host import HostError, attach_loop, copy_sparse, detach_loop, make_sparse, nitro_device_name
 from .state import CloudState, Device, Original, PendingAttach, PendingDetach
 from .tokens import ClientTokens
@@ -23,9 +24,10 @@ log = logging.getLogger("ec2backup.sandbox")
 
 
 class Volumes:
-    def __init__(self, state: CloudState, tokens: ClientTokens) -> None:
+    def __init__(self, state: CloudState, tokens: ClientTokens, consistency: Consistency) -> None:
         self.state = state
         self.tokens = tokens
+        self.consistency = consistency
 
     def create_volume(self, response: EC2Response, original: Original) -> ActionResult:
         backend = response.ec2_backend
@@ -38,6 +40,7 @@ class Volumes:
         result = original()
         volume: Any = result.result
         self.tokens.remember(response, "CreateVolume", volume.id)
+        self.consistency.note([volume.id])
         image = self.state.layout.volume_image(volume.id)
         snapshot_image = self.state.layout.snapshot_image(volume.snapshot_id or "none")
         if volume.snapshot_id and snapshot_image.exists():

@@ -544,3 +544,59 @@ def test_a_snapshot_stays_pending_and_no_volume_comes_from_it_meanwhile(
     ec2.delete_volume(VolumeId=restored["VolumeId"])
     ec2.delete_snapshot(SnapshotId=snapshot_id)
     ec2.delete_volume(VolumeId=source)
+
+
+def test_new_resources_are_not_found_by_id_nor_by_tag_for_the_consistency_lag(
+    sandbox_faults: Sandbox, launch: Launch
+) -> None:
+    ec2 = client(sandbox_faults, "ec2", config=no_retries())
+    sandbox_faults.configure_faults(consistency_lag=2.0)
+    tag = {"Key": "lag-test", "Value": str(time.monotonic_ns())}
+    volume_id = ec2.create_volume(
+        AvailabilityZone=AZ, Size=1, TagSpecifications=[{"ResourceType": "volume", "Tags": [tag]}]
+    )["VolumeId"]
+    instance_id = launch(TagSpecifications=[{"ResourceType": "instance", "Tags": [tag]}])[
+        "InstanceId"
+    ]
+    group_id = ec2.create_security_group(GroupName=tag["Value"], Description="lag")["GroupId"]
+    by_tag = [{"Name": f"tag:{tag['Key']}", "Values": [tag["Value"]]}]
+    for call, code, message in (
+        (
+            lambda: ec2.describe_volumes(VolumeIds=[volume_id]),
+            "InvalidVolume.NotFound",
+            f"The volume '{volume_id}' does not exist.",
+        ),
+        (
+            lambda: ec2.describe_instances(InstanceIds=[instance_id]),
+            "InvalidInstanceID.NotFound",
+            f"The instance ID '{instance_id}' does not exist",
+        ),
+        (
+            lambda: ec2.authorize_security_group_ingress(
+                GroupId=group_id, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="127.0.0.1/32"
+            ),
+            "InvalidGroup.NotFound",
+            f"The security group '{group_id}' does not exist",
+        ),
+    ):
+        with pytest.raises(ClientError) as missing:
+            call()
+        assert missing.value.response["Error"] == {"Code": code, "Message": message}
+    assert ec2.describe_volumes(Filters=by_tag)["Volumes"] == []
+    assert ec2.describe_instances(Filters=by_tag)["Reservations"] == []
+    # Then it shows, by id and by tag.
+    with_deadline(lambda: ec2.describe_volumes(Filters=by_tag)["Volumes"], timeout=10)
+    assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+    assert ec2.describe_instances(Filters=by_tag)["Reservations"]
+    ec2.delete_volume(VolumeId=volume_id)
+    with_deadline(lambda: _shows(lambda: ec2.describe_security_groups(GroupIds=[group_id])))
+    ec2.delete_security_group(GroupId=group_id)
+
+
+def _shows(call: Any) -> bool:
+    try:
+        call()
+    except ClientError as e:
+        assert e.response["Error"]["Code"].endswith(".NotFound")
+        return False
+    return True
