@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from ..db import leases
 from ..db.models import Run
 from ..errors import RunStateError, UserInputError
 from ..ports import Ec2, Snapshot
+from ..run.steps.visibility import while_recent
 from .app import App
 from .checks import check_volume, plan_launch
 from .runner import _create_run, _drive, new_run_id
@@ -63,6 +65,7 @@ def start_restore(
     if to.exists() and not to.is_dir():
         raise UserInputError(f"--to {to} exists and is not a directory")
     file = str(app.config_path)
+    made_at: datetime | None = None
     if run_id:
         with app.store.session() as session:
             source_run = app.store.get_run(session, run_id)
@@ -72,6 +75,7 @@ def start_restore(
                     hint="pick a backup run that made one (`ec2backup runs`), or --snapshot",
                 )
             snapshot_id = source_run.snapshot_id
+            made_at = source_run.updated_at
             profile = Profile.model_validate(source_run.config["profile"])
     elif not profile_name:
         raise UserInputError("--profile is needed with --snapshot and --live")
@@ -88,7 +92,8 @@ def start_restore(
         keys.append(leases.volume_key(profile.volume_id))
     else:
         assert snapshot_id is not None
-        snapshot = ec2.get_snapshot(snapshot_id)
+        # Made moments ago by that backup, EC2 may not show it yet (eventual consistency).
+        snapshot = while_recent(made_at, lambda: ec2.get_snapshot(snapshot_id))
         if snapshot is None:
             raise UserInputError(
                 f"snapshot {snapshot_id} does not exist in {profile.region}",

@@ -478,8 +478,7 @@ class Boto3Ec2:
 
     def wait_volume_available(self, volume_id: str, timeout: float) -> Volume:
         response = self._wait(
-            # botocore's own VolumeAvailable; the stubs type ``.config`` as a dict.
-            cast(SingleWaiterConfig, self._client.get_waiter("volume_available").config),
+            _WAITERS.get_waiter("VolumeAvailable"),
             {"VolumeIds": [volume_id]},
             timeout,
             action="volume available",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 class Ec2Clients(Protocol):
     region: str
     run_id: str | None
+    poll_interval: float
 
     @property
     def client(self) -> EC2Client:

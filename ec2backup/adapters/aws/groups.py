@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ...errors import ResourceNotFoundError
 from .clients import Ec2Clients
 from .convert import _batches, _tag_specs
+from .waiters import while_not_found
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import FilterTypeDef
@@ -52,16 +53,21 @@ def ensure_security_group(
             TagSpecifications=_tag_specs(tags, "security-group"),
         )["GroupId"]
     with ec2.errors("ec2:AuthorizeSecurityGroupIngress", resources):
-        ec2.client.authorize_security_group_ingress(
-            GroupId=group_id,
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": 22,
-                    "ToPort": 22,
-                    "IpRanges": [{"CidrIp": ssh_cidr, "Description": "ec2backup host"}],
-                }
-            ],
+        # The group was created just now: EC2 may not know its id for a moment.
+        while_not_found(
+            lambda: ec2.client.authorize_security_group_ingress(
+                GroupId=group_id,
+                IpPermissions=[
+                    {
+                        "IpProtocol": "tcp",
+                        "FromPort": 22,
+                        "ToPort": 22,
+                        "IpRanges": [{"CidrIp": ssh_cidr, "Description": "ec2backup host"}],
+                    }
+                ],
+            ),
+            ("InvalidGroup.NotFound",),
+            ec2.poll_interval,
         )
     return str(group_id)
 

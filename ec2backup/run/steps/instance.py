@@ -18,6 +18,7 @@ from ...ports import (
     LaunchSpec,
 )
 from ..context import StepContext
+from .visibility import LAUNCHED_AT, note_create, until_visible
 from .volume import _volume, check_volume_usable
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,21 @@ def user_data(public_key: str, lifetime_minutes: int) -> str:
     )
 
 
+def _run_instance(ctx: StepContext) -> Instance | None:
+    """The run's recorded instance; NotFound right after its launch is EC2 catching up."""
+    instance_id = ctx.run.instance_id
+    assert instance_id is not None
+    return until_visible(ctx, LAUNCHED_AT, lambda: ctx.ec2.get_instance(instance_id))
+
+
 def _live_run_instance(ctx: StepContext) -> Instance | None:
     if ctx.run.instance_id:
-        instance = ctx.ec2.get_instance(ctx.run.instance_id)
+        instance = _run_instance(ctx)
         if instance is not None and instance.state in _USABLE_INSTANCE:
             return instance
         return None
-    # The process may have died between RunInstances and recording its result.
+    # The process may have died between RunInstances and recording its result. (A launch
+    # retried under the same client token returns that instance even while tags lag.)
     found = ctx.ec2.find_instances({TAG_RUN_ID: ctx.run.id}, _USABLE_INSTANCE)
     return found[0] if found else None
 
@@ -68,6 +77,7 @@ def _new_launch_attempt(ctx: StepContext, instance_type: str) -> None:
         "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "instance_type": instance_type,
     }
+    note_create(ctx, LAUNCHED_AT)
     ctx.recorder.save()
 
 
@@ -148,6 +158,7 @@ def ensure_instance_running(ctx: StepContext) -> str:
     if run.instance_id != instance.id:
         run.instance_id = instance.id
         ctx.recorder.save()
+        crash_point("recorded:instance_id")  # before EC2 need show the new id
     instance = ctx.ec2.wait_instance_running(instance.id, ctx.profile.boot_timeout)
     address = instance.public_ip or instance.private_ip
     if not address:
@@ -162,7 +173,7 @@ def ensure_instance_running(ctx: StepContext) -> str:
 def instance_alive(ctx: StepContext) -> bool:
     if ctx.run.instance_id is None:
         return False
-    instance = ctx.ec2.get_instance(ctx.run.instance_id)
+    instance = _run_instance(ctx)
     return instance is not None and instance.state in _USABLE_INSTANCE
 
 
@@ -172,9 +183,18 @@ def instance_alive(ctx: StepContext) -> bool:
 def ensure_terminated(ctx: StepContext) -> str:
     run = ctx.run
     ctx.close_shell()
-    ids = {i.id for i in ctx.ec2.find_instances({TAG_RUN_ID: run.id})}
+
+    def tagged() -> set[str] | None:
+        return {i.id for i in ctx.ec2.find_instances({TAG_RUN_ID: run.id})} or None
+
     if run.instance_id:
-        ids.add(run.instance_id)
+        _run_instance(ctx)  # terminating an id EC2 does not show yet would do nothing
+        ids = (tagged() or set()) | {run.instance_id}
+    elif run.launch_token:
+        # Launched (maybe) and not recorded: tags lag too, so look until the launch is old.
+        ids = until_visible(ctx, LAUNCHED_AT, tagged) or set()
+    else:
+        ids = tagged() or set()
     states = {instance_id: ctx.ec2.terminate_instance(instance_id) for instance_id in sorted(ids)}
     for instance_id, state in states.items():
         # Billing stops at shutting-down and our volume is detached already: waiting for
