@@ -157,6 +157,14 @@ class Ec2(Protocol):
         """Those of ``group_ids`` that do not exist in the region."""
         ...
 
+    def default_subnet(self, availability_zone: str) -> str | None:
+        """The default VPC's subnet in the zone, if there is one."""
+        ...
+
+    def subnet_routes_to_internet(self, subnet_id: str) -> bool:
+        """Whether the subnet routes 0.0.0.0/0 to an internet gateway."""
+        ...
+
 
 class Account(Protocol):
     """The account-level probes ``ec2backup doctor`` makes (read-only)."""

@@ -90,6 +90,12 @@ class FakeEc2:
     def check_launch(self, spec: LaunchSpec) -> None:
         self._call("check_launch")
 
+    def default_subnet(self, availability_zone: str) -> str | None:
+        return f"subnet-{availability_zone}"
+
+    def subnet_routes_to_internet(self, subnet_id: str) -> bool:
+        return True
+
     def run_instance(self, spec: LaunchSpec) -> Instance:
         self._call("run_instance")
         if spec.client_token in self.tokens:

@@ -92,6 +92,7 @@ class LaunchPlan:
 
     instance_types: tuple[str, ...]
     images: dict[str, str]
+    subnet_id: str
 
     def config(self) -> dict[str, Any]:
         """As recorded on a run (``image_id``: the first type's, as before fallbacks)."""
@@ -100,7 +101,30 @@ class LaunchPlan:
             "image_id": self.images[first],
             "images": dict(self.images),
             "instance_types": list(self.instance_types),
+            "subnet_id": self.subnet_id,
         }
+
+
+def check_network(profile: Profile, ec2: Ec2, file: str) -> str:
+    """The subnet the instances go to (the profile's, else the zone's default one), which must
+    route to the internet: the backup host reaches the instance at its public address."""
+    where = {"file": file, "profile": profile.name, "field": "subnet_id"}
+    subnet_id = profile.subnet_id or ec2.default_subnet(profile.availability_zone)
+    if subnet_id is None:
+        raise ConfigError(
+            f"{profile.availability_zone} has no default subnet (no default VPC?)",
+            hint="set subnet_id to a subnet of that zone with a route to an internet gateway",
+            **where,
+        )
+    if not ec2.subnet_routes_to_internet(subnet_id):
+        raise ConfigError(
+            f"subnet {subnet_id} has no route to the internet (no 0.0.0.0/0 route to an "
+            "internet gateway), so this host could not reach the instance over SSH",
+            hint="set subnet_id to a public subnet, or add a 0.0.0.0/0 route to an internet "
+            "gateway to the subnet's route table",
+            **where,
+        )
+    return subnet_id
 
 
 def _arch_parameter(ami: str) -> tuple[str, str] | None:
@@ -132,7 +156,8 @@ def plan_launch(
     """Check, before anything is created, that the profile's instances can be launched: every
     type exists and is offered in the volume's zone, each has an image of its architecture
     (the profile's SSM parameter with the architecture swapped, or the profile's AMI, which
-    must match), and IAM lets this identity make the launch (a dry run)."""
+    must match), the subnet routes to the internet, and IAM lets this identity make the launch
+    (a dry run)."""
     where = {"file": file, "profile": profile.name}
     types = list(dict.fromkeys([profile.instance_type, *profile.fallback_instance_types]))
     known = ec2.instance_type_architectures(types)
@@ -190,6 +215,7 @@ def plan_launch(
             parameter = f"{around[0]}/{_EC2_TO_UBUNTU[arch]}/{around[1]}"
             by_arch[arch] = ec2.resolve_image(parameter)
         images[name] = by_arch[arch]
+    subnet_id = check_network(profile, ec2, file)
     first = types[0]
     ec2.check_launch(
         LaunchSpec(
@@ -201,7 +227,7 @@ def plan_launch(
             security_group_ids=profile.security_group_ids
             if security_group_ids is None
             else security_group_ids,
-            subnet_id=profile.subnet_id,
+            subnet_id=subnet_id,
         )
     )
-    return LaunchPlan(tuple(types), images)
+    return LaunchPlan(tuple(types), images, subnet_id)

@@ -36,7 +36,7 @@ from moto.core.responses import ActionResult
 from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.responses import EC2Response
 
-from . import iam
+from . import iam, moto_fixes
 from .consistency import Consistency
 from .faults import CloudFault, Faults
 from .host import release_loops_under
@@ -88,6 +88,7 @@ class LocalCloud:
         }
 
     def install(self) -> None:
+        moto_fixes.install()
         moto_enis.random_public_ip = self.instances.allocate_address
         for action, hook in self.action_hooks().items():
             self._wrap(action, hook)

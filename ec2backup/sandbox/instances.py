@@ -70,7 +70,6 @@ class Instances:
         self.consistency.note(i.id for i in reservation.instances)
         delay = self.state.settings.boot_delay
         for instance in reservation.instances:
-            self._give_address(instance)
             if delay > 0:
                 set_state(instance, "pending")
                 self.state.pending_boots[instance.id] = Scheduled(
@@ -80,15 +79,18 @@ class Instances:
                 self.boot(backend, instance)
         return result
 
-    def _give_address(self, instance: Any) -> None:
+    def _machine_address(self, backend: Any, instance: Any) -> str:
+        """Where the instance's sshd listens: its public address, if it has one (moto gives
+        one where the subnet maps them or the launch asks: ``allocate_address``) and its subnet
+        routes to an internet gateway; else an address nobody is told, as an instance the
+        backup host cannot reach."""
         address = instance.public_ip
-        if not address or not address.startswith("127."):
-            # Launched without a public address: give it one anyway, it is our only way in.
-            instance.nics[0].public_ip = self.allocate_address()
+        if address and address.startswith("127.") and routes_to_internet(backend, instance):
+            return str(address)
+        return self.allocate_address()
 
     def boot(self, backend: Any, instance: Any) -> None:
-        self._give_address(instance)
-        address = instance.public_ip
+        address = self._machine_address(backend, instance)
         user_data = user_data_text(instance.user_data)
         keys = console.authorized_keys(user_data)
         if instance.key_name and instance.key_name in backend.key_pairs:
@@ -227,6 +229,26 @@ class Instances:
                 "Output": Base64EncodedString.from_raw_string(text),
             }
         )
+
+
+def routes_to_internet(backend: Any, instance: Any) -> bool:
+    """Whether the instance's subnet has a 0.0.0.0/0 route to an internet gateway (its own
+    route table's, else its VPC's main one)."""
+    subnet_id = instance.subnet_id
+    try:
+        vpc_id = backend.get_subnet(subnet_id).vpc_id
+    except EC2ClientError:
+        return False
+    tables = list(backend.route_tables.values())
+    own = [t for t in tables if subnet_id in t._associations.values()]
+    main = [t for t in tables if t.vpc_id == vpc_id and t.main_association_id]
+    for table in own or main:
+        for route in table.routes:
+            gateway = getattr(route, "gateway", None)
+            to_igw = gateway is not None and str(gateway.id).startswith("igw-")
+            if route.destination_cidr_block == "0.0.0.0/0" and to_igw:
+                return True
+    return False
 
 
 def set_state(instance: Any, name: str) -> None:

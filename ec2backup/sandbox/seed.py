@@ -1,8 +1,12 @@
 """What a new sandbox account holds (``server.py`` keeps moto's ~200 default AMIs out): Ubuntu
-24.04 AMIs owned by Canonical, one per architecture (amd64 = ``x86_64``, ``arm64``), and the
-SSM public parameters that name them, as ec2backup looks them up."""
+24.04 AMIs owned by Canonical, one per architecture (amd64 = ``x86_64``, ``arm64``), the SSM
+public parameters that name them, as ec2backup looks them up, and, as in a new AWS account,
+an internet gateway for the default VPC with the 0.0.0.0/0 route to it in its main route table
+(moto's default VPC has none)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.utils import utcnow
@@ -28,6 +32,7 @@ def seed(region: str) -> dict[str, str]:
     ids by EC2 architecture (``x86_64``, ``arm64``)."""
     backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
     ssm = ssm_backends[DEFAULT_ACCOUNT_ID][region]
+    _default_vpc_internet(backend)
     ids = {}
     for arch, ec2_arch in ARCHITECTURES.items():
         ami = Ami(
@@ -62,3 +67,14 @@ def seed(region: str) -> dict[str, str]:
         )
         ids[ec2_arch] = ami.id
     return ids
+
+
+def _default_vpc_internet(backend: Any) -> None:
+    vpc = backend.get_default_vpc()
+    if vpc is None:
+        return
+    igw = backend.create_internet_gateway()
+    backend.attach_internet_gateway(igw.id, vpc.id)
+    for table in backend.route_tables.values():
+        if table.vpc_id == vpc.id and table.main_association_id:
+            backend.create_route(table.id, "0.0.0.0/0", gateway_id=igw.id)

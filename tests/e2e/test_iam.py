@@ -167,9 +167,6 @@ if _calls:
 NOT_CALLED = {
     # tags go in the create calls' TagSpecifications, which AWS authorises as ec2:CreateTags
     "ec2:CreateTags",
-    # asked only when a running instance has no public address (a subnet without
-    # MapPublicIpOnLaunch); every instance of the local cloud has one
-    "ec2:DescribeSubnets",
 }
 
 

@@ -509,3 +509,55 @@ def _volume_exists(ec2: Any, volume_id: str) -> bool:
         assert e.response["Error"]["Code"] == "InvalidVolume.NotFound"
         return False
     return True
+
+
+def _instance(ec2: Any, instance_id: str) -> dict[str, Any]:
+    (reservation,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return reservation["Instances"][0]  # type: ignore[no-any-return]
+
+
+def test_a_public_address_only_where_the_subnet_maps_one_or_the_launch_asks(
+    sandbox: Sandbox, launch: Launch, ec2: Any
+) -> None:
+    # A new account's default VPC routes 0.0.0.0/0 to an internet gateway, as on AWS.
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    (table,) = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])[
+        "RouteTables"
+    ]
+    assert any(
+        r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("GatewayId", "").startswith("igw-")
+        for r in table["Routes"]
+    )
+    private = ec2.create_subnet(
+        VpcId=vpc["VpcId"], CidrBlock="172.31.240.0/24", AvailabilityZone=AZ
+    )["Subnet"]["SubnetId"]
+    # (The subnet stays: the launch fixture terminates its instances after the test.)
+    assert not ec2.describe_subnets(SubnetIds=[private])["Subnets"][0]["MapPublicIpOnLaunch"]
+    quiet = launch(SubnetId=private, Placement={})
+    assert "PublicIpAddress" not in _instance(ec2, quiet["InstanceId"])
+    asked = launch(
+        Placement={},
+        NetworkInterfaces=[
+            {"DeviceIndex": 0, "SubnetId": private, "AssociatePublicIpAddress": True}
+        ],
+    )
+    assert _instance(ec2, asked["InstanceId"])["PublicIpAddress"].startswith("127.")
+
+
+def test_an_instance_in_a_subnet_without_a_route_to_the_internet_cannot_be_reached(
+    launch: Launch, ec2: Any
+) -> None:
+    vpc_id = ec2.create_vpc(CidrBlock="10.250.0.0/16")["Vpc"]["VpcId"]
+    subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.250.1.0/24", AvailabilityZone=AZ)[
+        "Subnet"
+    ]["SubnetId"]
+    instance = launch(
+        Placement={},
+        NetworkInterfaces=[
+            {"DeviceIndex": 0, "SubnetId": subnet_id, "AssociatePublicIpAddress": True}
+        ],
+    )
+    address = _instance(ec2, instance["InstanceId"])["PublicIpAddress"]
+    assert address.startswith("127."), address  # never connect anywhere else
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((address, 22), 2):
+        pass

@@ -52,6 +52,7 @@ EC2_OPERATIONS = frozenset(
         "DescribeInstanceTypes",
         "DescribeInstances",
         "DescribeRegions",
+        "DescribeRouteTables",
         "DescribeSecurityGroups",
         "DescribeSnapshots",
         "DescribeSubnets",

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, cast
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
 )
 from botocore.waiter import SingleWaiterConfig
@@ -97,10 +96,18 @@ def _launch_params(spec: LaunchSpec) -> dict[str, Any]:
     }
     if spec.user_data:
         params["UserData"] = spec.user_data  # botocore base64-encodes it
+    # A public address asked for, not left to the subnet's MapPublicIpOnLaunch: the backup
+    # host reaches the instance over the internet. Subnet and groups then go on the interface.
+    interface: dict[str, Any] = {
+        "DeviceIndex": 0,
+        "AssociatePublicIpAddress": True,
+        "DeleteOnTermination": True,
+    }
     if spec.security_group_ids:
-        params["SecurityGroupIds"] = list(spec.security_group_ids)
+        interface["Groups"] = list(spec.security_group_ids)
     if spec.subnet_id:
-        params["SubnetId"] = spec.subnet_id
+        interface["SubnetId"] = spec.subnet_id
+    params["NetworkInterfaces"] = [interface]
     return params
 
 
@@ -427,11 +434,16 @@ class Boto3Ec2:
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         return groups.missing_security_groups(self, group_ids)
 
+    def default_subnet(self, availability_zone: str) -> str | None:
+        return groups.default_subnet(self, availability_zone)
+
+    def subnet_routes_to_internet(self, subnet_id: str) -> bool:
+        return groups.subnet_routes_to_internet(self, subnet_id)
+
     # ---- waits -------------------------------------------------------------------------
 
     def wait_instance_running(self, instance_id: str, timeout: float) -> Instance:
-        """Wait until the instance is running and has its public IP. An instance in a subnet
-        that does not assign public IPs is returned once running (it will never get one)."""
+        """Wait until the instance is running and has its public IP (the launch asks for one)."""
         resources = {"instance": instance_id}
         deadline = time.monotonic() + timeout
 
@@ -451,7 +463,7 @@ class Boto3Ec2:
             timeout_hint="the instance is slow to boot: raise the boot timeout and resume",
         )
         raw = next(i for r in response["Reservations"] for i in r["Instances"])
-        if raw.get("PublicIpAddress") or not self._subnet_assigns_public_ip(raw.get("SubnetId")):
+        if raw.get("PublicIpAddress"):
             return _instance(raw)
         # Running, but the public IP is not there yet: keep polling for it.
         response = self._wait(
@@ -465,16 +477,6 @@ class Boto3Ec2:
             "addresses",
         )
         return _instances_in(response)[0]
-
-    def _subnet_assigns_public_ip(self, subnet_id: str | None) -> bool:
-        if not subnet_id:
-            return True
-        try:
-            subnets = self._client.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
-        except (ClientError, BotoCoreError):
-            # Not allowed to look (IAM) or not found: assume the default, a public IP.
-            return True
-        return bool(subnets and subnets[0].get("MapPublicIpOnLaunch"))
 
     def wait_volume_available(self, volume_id: str, timeout: float) -> Volume:
         response = self._wait(

@@ -1,5 +1,6 @@
-"""The security group ``init`` makes (SSH from the backup host only), and the check that the
-groups a profile names exist."""
+"""The network around an instance: the security group ``init`` makes (SSH from the backup host
+only), the check that the groups a profile names exist, the zone's default subnet, and whether
+a subnet routes to the internet (so that the backup host can reach the instance)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,47 @@ def missing_security_groups(ec2: Ec2Clients, group_ids: Sequence[str]) -> list[s
             pages = ec2.client.get_paginator("describe_security_groups").paginate(Filters=filters)
             existing |= {g["GroupId"] for page in pages for g in page["SecurityGroups"]}
     return [g for g in dict.fromkeys(group_ids) if g not in existing]
+
+
+def default_subnet(ec2: Ec2Clients, availability_zone: str) -> str | None:
+    """The default VPC's subnet in the zone (where a launch without a subnet goes), if any."""
+    filters: list[FilterTypeDef] = [
+        {"Name": "availability-zone", "Values": [availability_zone]},
+        {"Name": "default-for-az", "Values": ["true"]},
+    ]
+    with ec2.errors("ec2:DescribeSubnets", {"availability_zone": availability_zone}):
+        subnets = ec2.client.describe_subnets(Filters=filters)["Subnets"]
+    return str(subnets[0]["SubnetId"]) if subnets else None
+
+
+def subnet_routes_to_internet(ec2: Ec2Clients, subnet_id: str) -> bool:
+    """Whether the subnet's route table (its own, else its VPC's main one) sends 0.0.0.0/0 to an
+    internet gateway: without one, the backup host cannot reach the instance's public address."""
+    resources = {"subnet": subnet_id}
+    with ec2.errors("ec2:DescribeSubnets", resources):
+        subnets = ec2.client.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+    if not subnets:
+        raise ResourceNotFoundError(
+            "subnet not found", run_id=ec2.run_id, resources=resources, hint="check subnet_id"
+        )
+    vpc_id = subnets[0]["VpcId"]
+    with ec2.errors("ec2:DescribeRouteTables", resources):
+        own = ec2.client.describe_route_tables(
+            Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}]
+        )["RouteTables"]
+        tables = (
+            own
+            or ec2.client.describe_route_tables(
+                Filters=[
+                    {"Name": "vpc-id", "Values": [vpc_id]},
+                    {"Name": "association.main", "Values": ["true"]},
+                ]
+            )["RouteTables"]
+        )
+    return any(
+        route.get("DestinationCidrBlock") == "0.0.0.0/0"
+        and str(route.get("GatewayId", "")).startswith("igw-")
+        and route.get("State", "active") == "active"
+        for table in tables
+        for route in table.get("Routes", ())
+    )

@@ -107,7 +107,7 @@ def _launch_spec(ctx: StepContext) -> LaunchSpec:
         },
         user_data=user_data(ctx.public_key, ctx.profile.instance_lifetime_minutes),
         security_group_ids=ctx.profile.security_group_ids,
-        subnet_id=ctx.profile.subnet_id,
+        subnet_id=run.config.get("subnet_id") or ctx.profile.subnet_id,
     )
 
 
@@ -160,10 +160,14 @@ def ensure_instance_running(ctx: StepContext) -> str:
         ctx.recorder.save()
         crash_point("recorded:instance_id")  # before EC2 need show the new id
     instance = ctx.ec2.wait_instance_running(instance.id, ctx.profile.boot_timeout)
-    address = instance.public_ip or instance.private_ip
+    # Never the private address: this host is not in the VPC.
+    address = instance.public_ip
     if not address:
         raise InvalidResourceStateError(
-            f"instance {instance.id} has no IP address", run_id=run.id, resources=ctx.resources()
+            f"instance {instance.id} has no public IPv4 address",
+            run_id=run.id,
+            resources=ctx.resources(),
+            hint="use a subnet (subnet_id) with a route to an internet gateway",
         )
     run.ssh_address = address
     ctx.recorder.save()

@@ -1,0 +1,26 @@
+"""Where moto departs from EC2 in a way ec2backup's calls meet, set right.
+
+* TerminateInstances of an instance already terminated: EC2 answers it again (terminated ->
+  terminated) and does nothing; moto deletes its network interfaces a second time and answers
+  ``InvalidNetworkInterfaceID.NotFound`` when they were created with DeleteOnTermination.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from moto.ec2.models.instances import Instance
+
+_original_terminate = Instance.terminate
+
+
+def _terminate(self: Any) -> Any:
+    if self._state.name == "terminated":
+        return copy.copy(self._state)
+    return _original_terminate(self)
+
+
+def install() -> None:
+    """Idempotent; also used by tests that run moto in-process."""
+    setattr(Instance, "terminate", _terminate)  # noqa: B010 (mypy rejects assigning to a method)
