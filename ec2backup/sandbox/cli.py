@@ -79,10 +79,26 @@ def start(
         help="Limit faults and latency to this EC2 action (e.g. RunInstances); repeatable.",
         rich_help_panel=FAULTS,
     ),
+    timing: str = typer.Option(
+        "instant",
+        help="instant, or aws: every delay left at 0 takes AWS's typical value (boot 12 s,"
+        " SSH ready 20 s later, attach 5, detach 8, terminate 45, snapshot 600), times"
+        " --timing-scale.",
+        rich_help_panel=DELAYS,
+    ),
+    timing_scale: float = typer.Option(
+        1.0, min=0.001, help="Multiplies the aws delays (same order).", rich_help_panel=DELAYS
+    ),
     boot_delay: float = typer.Option(
         0.0,
         min=0.0,
         help="pending -> running; sshd starts once running.",
+        rich_help_panel=DELAYS,
+    ),
+    ssh_delay: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="running -> cloud-final done: host keys on the console, logins accepted.",
         rich_help_panel=DELAYS,
     ),
     attach_delay: float = typer.Option(
@@ -156,7 +172,10 @@ def start(
         "latency": latency,
         "fault_seed": fault_seed,
         "fault_actions": tuple(fault_action),
+        "timing": timing,
+        "timing_scale": timing_scale,
         "boot_delay": boot_delay,
+        "ssh_delay": ssh_delay,
         "attach_delay": attach_delay,
         "detach_delay": detach_delay,
         "terminate_delay": terminate_delay,

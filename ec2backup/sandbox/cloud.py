@@ -173,4 +173,5 @@ class LocalCloud:
             self.state.pending_boots.clear()
             self.state.power_offs.clear()
             self.state.pending_snapshots.clear()
+            self.state.pending_cloud_final.clear()
             return release_loops_under(self.state.layout.root)

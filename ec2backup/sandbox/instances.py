@@ -22,7 +22,7 @@ from .consistency import Consistency
 from .host import Machine, boot_machine, make_host_key
 from .launch_checks import check_capacity, check_image_and_type
 from .layout import NEXT_INSTANCE
-from .state import CloudState, Original, PowerOff, Scheduled
+from .state import CloudFinal, CloudState, Original, PowerOff, Scheduled
 from .tokens import ClientTokens
 from .volumes import Volumes
 
@@ -68,7 +68,7 @@ class Instances:
         reservation: Any = result.result
         self.tokens.remember(response, "RunInstances", reservation.id)
         self.consistency.note(i.id for i in reservation.instances)
-        delay = self.state.settings.boot_delay
+        delay = self.state.settings.delay("boot_delay")
         for instance in reservation.instances:
             if delay > 0:
                 set_state(instance, "pending")
@@ -98,8 +98,14 @@ class Instances:
         hostname = "ip-" + str(instance.private_ip).replace(".", "-")
         directory = self.state.layout.instance_dir(instance.id)
         log.info("booting %s on %s:22", instance.id, address)
-        machine = boot_machine(directory, instance.id, address, hostname, keys)
+        ssh_delay = self.state.settings.delay("ssh_delay")
+        # sshd answers at once; cloud-init installs the key (and prints the host keys) later.
+        machine = boot_machine(directory, instance.id, address, hostname, [] if ssh_delay else keys)
         self.state.machines[instance.id] = machine
+        if ssh_delay > 0:
+            self.state.pending_cloud_final[instance.id] = CloudFinal(
+                backend, instance, time.monotonic() + ssh_delay, tuple(keys)
+            )
         next_override = self.state.layout.console_overrides / NEXT_INSTANCE
         if next_override.exists():
             next_override.rename(self.state.layout.console_overrides / instance.id)
@@ -112,7 +118,7 @@ class Instances:
             )
 
     def terminate_instances(self, response: EC2Response, original: Original) -> ActionResult:
-        delay = self.state.settings.terminate_delay
+        delay = self.state.settings.delay("terminate_delay")
         if delay <= 0:
             result = original()
             for item in result.result["TerminatingInstances"]:  # type: ignore[index]
@@ -192,10 +198,20 @@ class Instances:
             instance._reason = ""
         log.info("%s is %s", instance.id, power_off.final)
 
+    def finish_cloud_init(self, final: CloudFinal) -> None:
+        instance_id = final.instance.id
+        self.state.pending_cloud_final.pop(instance_id, None)
+        machine = self.state.machines.get(instance_id)
+        if machine is not None and machine.alive():
+            machine.install_authorized_keys(final.keys)
+            self.state.record_change("ssh", instance_id, final.due)
+            log.info("%s: cloud-final done (key installed, host keys printed)", instance_id)
+
     def shut_down(self, instance_id: str) -> None:
         """The instance's machine stops: kill its sshd (and every process and mount in it),
         release its loop devices, finish detaches that waited for it; forget its timers."""
         self.state.pending_boots.pop(instance_id, None)
+        self.state.pending_cloud_final.pop(instance_id, None)
         self.state.shutdown_timers.pop(instance_id, None)
         self.state.ssh_watch.pop(instance_id, None)
         self.volumes.end_pending_attaches(instance_id)
@@ -221,7 +237,8 @@ class Instances:
                 host_key = impostor.with_suffix(".pub").read_text().strip()
             else:
                 host_key = make_host_key(impostor, host_key.split()[-1])
-        text = console.boot_log(instance.private_ip, instance.launch_time, [host_key])
+        done = instance.id not in self.state.pending_cloud_final
+        text = console.boot_log(instance.private_ip, instance.launch_time, [host_key], done)
         return ActionResult(
             {
                 "InstanceId": instance.id,

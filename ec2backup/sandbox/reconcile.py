@@ -63,6 +63,13 @@ class Reconciler:
                 except HostError:
                     log.exception("%s: boot failed", instance_id)
 
+            for cloud_final in list(self.state.pending_cloud_final.values()):
+                if now >= cloud_final.due:
+                    try:
+                        self.instances.finish_cloud_init(cloud_final)
+                    except HostError:
+                        log.exception("%s: installing the key failed", cloud_final.instance.id)
+
             for volume_id, attach in list(self.state.pending_attaches.items()):
                 if now < attach.due:
                     continue
@@ -101,7 +108,11 @@ class Reconciler:
                 final = "terminated" if behaviour == "terminate" else "stopped"
                 log.info("%s: shutdown timer fired (behaviour %s)", instance_id, behaviour)
                 self.instances.power_off(
-                    timer.backend, instance, final, INSTANCE_SHUTDOWN, settings.terminate_delay
+                    timer.backend,
+                    instance,
+                    final,
+                    INSTANCE_SHUTDOWN,
+                    settings.delay("terminate_delay"),
                 )
 
             for _instance_id, power_off in list(self.state.power_offs.items()):

@@ -36,7 +36,7 @@ class Snapshots:
         image = layout.volume_image(snapshot.volume.id)
         if image.exists():
             copy_sparse(image, layout.snapshot_image(snapshot.id))
-        delay = self.state.settings.snapshot_delay
+        delay = self.state.settings.delay("snapshot_delay")
         if delay > 0:
             snapshot.status = "pending"
             snapshot.sandbox_progress = "0%"

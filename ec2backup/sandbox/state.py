@@ -71,6 +71,11 @@ class Scheduled:
 
 
 @dataclass(frozen=True)
+class CloudFinal(Scheduled):
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PowerOff(Scheduled):
     final: str  # "terminated" or "stopped"
     reason: StateReason | None  # None: user initiated (moto's reason)
@@ -93,6 +98,8 @@ class CloudState:
         self.pending_attaches: dict[str, PendingAttach] = {}
         self.power_offs: dict[str, PowerOff] = {}
         self.shutdown_timers: dict[str, Scheduled] = {}
+        # Instances whose cloud-init has not finished (ssh_delay): keys to install, and when.
+        self.pending_cloud_final: dict[str, CloudFinal] = {}
         self.pending_snapshots: dict[str, PendingSnapshot] = {}  # by snapshot id
         self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
         self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)

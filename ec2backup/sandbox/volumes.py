@@ -71,7 +71,7 @@ class Volumes:
                 f" '{instance_id}'",
             )
         result = original()
-        delay = self.state.settings.attach_delay
+        delay = self.state.settings.delay("attach_delay")
         if delay > 0:
             set_attachment_status(backend, volume_id, instance_id, "attaching")  # see reconcile()
             self.state.pending_attaches[volume_id] = PendingAttach(
@@ -132,7 +132,7 @@ class Volumes:
         device = self.state.devices.get(volume_id)
         machine = self.state.machines.get(instance_id)
         mounted = bool(device and machine and machine.has_mounted(device.loop))
-        delay = self.state.settings.detach_delay
+        delay = self.state.settings.delay("detach_delay")
         if (mounted and not force) or delay > 0:
             # As on AWS: the detach takes a while, and waits while the filesystem is mounted;
             # reconcile() ends it.

@@ -600,3 +600,58 @@ def _shows(call: Any) -> bool:
         assert e.response["Error"]["Code"].endswith(".NotFound")
         return False
     return True
+
+
+def test_timing_aws_takes_awss_delays_scaled_in_the_same_order() -> None:
+    from ec2backup.sandbox.settings import AWS_DELAYS
+
+    aws = CloudSettings(timing="aws", timing_scale=0.1)
+    assert aws.delay("boot_delay") == pytest.approx(1.2)
+    assert aws.delay("terminate_delay") == pytest.approx(4.5)
+    order = sorted(AWS_DELAYS, key=aws.delay)
+    assert order == sorted(AWS_DELAYS, key=AWS_DELAYS.__getitem__)
+    assert aws.replace(boot_delay=0.5).delay("boot_delay") == 0.5  # set: as set
+    assert CloudSettings().delay("boot_delay") == 0.0  # instant
+    with pytest.raises(ValueError, match="timing must be one of instant, aws"):
+        CloudSettings(timing="slow")
+
+
+def test_until_cloud_final_the_console_shows_no_keys_and_logins_are_refused(
+    sandbox_faults: Sandbox, launch: Launch, ssh_key: Path, tmp_path: Path
+) -> None:
+    ec2 = client(sandbox_faults, "ec2")
+    sandbox_faults.configure_faults(ssh_delay=3.0)
+    instance = launch()
+    address = instance["PublicIpAddress"]
+    with_deadline(lambda: instance_state(ec2, instance["InstanceId"]) == "running")
+    with_deadline(lambda: _port_open(address))
+    output = ec2.get_console_output(InstanceId=instance["InstanceId"], Latest=True)["Output"]
+    assert "cloud-init" in output and "BEGIN SSH HOST KEY KEYS" not in output
+    # The machine's real host key, read on the host: the login itself is what is refused.
+    host_key = (
+        sandbox_faults.layout.instance_dir(instance["InstanceId"]) / "ssh_host_ed25519_key.pub"
+    ).read_text()
+    known = known_hosts(tmp_path / "host", address, [host_key])
+    refused = subprocess.run(
+        [*ssh_args(address, ssh_key, known), f"ubuntu@{address}", "true"],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused.stderr
+    keys = with_deadline(lambda: _console_keys(ec2, instance["InstanceId"]), timeout=15)
+    proc = ssh(address, ssh_key, known_hosts(tmp_path / "known", address, keys), "id -un")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "ubuntu"), proc.stderr
+
+
+def _port_open(address: str) -> bool:
+    try:
+        with socket.create_connection((address, 22), 1):
+            return True
+    except OSError:
+        return False
+
+
+def _console_keys(ec2: Any, instance_id: str) -> list[str]:
+    output = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output", "")
+    return console_host_keys(ec2, instance_id) if "BEGIN SSH HOST KEY KEYS" in output else []
