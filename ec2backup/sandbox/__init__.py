@@ -62,8 +62,12 @@ mode; ``iam_requests.py`` and ``iam_policy.py``: what it authorizes and how), ``
 (the AMI and SSM parameter).
 
 * ``random_public_ip`` (where moto makes a network interface) returns a fresh 127.0.X.Y, so
-  the RunInstances response carries an address that is ours. moto's random public addresses
-  belong to real internet hosts and must never be connected to.
+  the RunInstances response carries an address that is ours. moto makes one only where the
+  subnet maps public addresses or the launch asks (``AssociatePublicIpAddress``), as EC2;
+  an instance without one, or in a subnet with no 0.0.0.0/0 route to an internet gateway,
+  runs its sshd on an address nobody is told: it cannot be reached. The default VPC gets
+  the internet gateway and route a new AWS account has (moto's has none). moto's random
+  public addresses belong to real internet hosts and must never be connected to.
 * RunInstances: honours ``ClientToken`` (same token -> same reservation, also after the
   instance terminated; same token, other parameters -> ``IdempotentParameterMismatch``), then
   boots an sshd per instance. CreateVolume honours ``ClientToken`` the same way.
@@ -75,6 +79,8 @@ mode; ``iam_requests.py`` and ``iam_policy.py``: what it authorizes and how), ``
 * CreateVolume/DeleteVolume: create/remove a sparse image of the volume's size (a volume made
   from a snapshot starts as a copy of the snapshot's image).
 * AttachVolume: the zone/in-use/running checks EC2 makes, then loop device + device link.
+* DetachVolume of a root device is refused unless the instance is stopped
+  (``OperationNotPermitted``); the root volume goes with the instance (DeleteOnTermination).
 * DetachVolume: while a filesystem on the device is mounted in the instance, the attachment
   stays ``detaching`` (volume ``in-use``) as on AWS; the reconcile loop completes the detach
   once it is unmounted or the instance terminates. ``Force=True`` detaches at once.
@@ -86,7 +92,8 @@ mode; ``iam_requests.py`` and ``iam_policy.py``: what it authorizes and how), ``
   AMIs are not loaded): Ubuntu 24.04 AMIs (owner Canonical) for x86_64 and arm64 and the SSM
   public parameters ``/aws/service/canonical/ubuntu/server/24.04/stable/current/{amd64,arm64}/
   hvm/ebs-gp3/ami-id`` naming them (``Sandbox.default_ami_id`` is the amd64 one,
-  ``Sandbox.ami_ids`` both).
+  ``Sandbox.ami_ids`` both). moto itself is set right where it departs from EC2 on calls
+  ec2backup makes (``moto_fixes.py``: a second TerminateInstances is harmless).
 * RunInstances refuses, as EC2 does (``launch_checks.py``, from moto's instance-type data): an
   image whose architecture the type does not support (``InvalidParameterValue``) and a type
   not offered in the zone (``Unsupported``, naming the zones that offer it).
@@ -111,7 +118,16 @@ EC2 call)
   ``attach_delay`` (``attaching`` -> ``attached``; the device appears then),
   ``detach_delay`` (``detaching`` -> volume ``available``; still never while mounted unless
   forced), ``terminate_delay`` (``shutting-down`` -> ``terminated``; the machine is gone at
-  once, its volumes stay ``in-use`` until terminated; also ``stopping`` -> ``stopped``).
+  once, its volumes stay ``in-use`` until terminated; also ``stopping`` -> ``stopped``),
+  ``ssh_delay`` (``running`` -> cloud-final done: until then the console shows no host keys
+  and logins as ``ubuntu`` are refused), ``snapshot_delay`` (``pending`` -> ``completed``,
+  the progress rising; CreateVolume from a pending snapshot answers ``IncorrectState``).
+  ``timing="aws"`` gives every delay left at 0 AWS's typical value (``settings.AWS_DELAYS``:
+  boot 12 s, SSH 20 s, attach 5, detach 8, terminate 45, snapshot 600) times
+  ``timing_scale``.
+* Eventual consistency (``consistency_lag``, ``consistency.py``): for that long after a
+  create, calls naming the new instance, volume, security group or snapshot by id answer
+  NotFound as EC2 words it, and tag-filtered Describe calls leave it out.
 * Dead-man's switch: at boot the user data is searched for a power-off (``shutdown -P +N``
   in cloud-config ``bootcmd``/``runcmd``, ``power_state``, or a shell script; see
   ``console.shutdown_minutes``); N minutes later, one minute lasting ``minute_seconds`` s

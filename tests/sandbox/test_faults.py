@@ -472,6 +472,7 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
     flags += " --attach-delay 1 --detach-delay 1 --terminate-delay 2 --fault-seed 9"
     flags += " --minute-seconds 1 --cut-ssh-after 4 --cut-ssh-on rsync"
     flags += " --no-capacity t3.micro --no-capacity t3.nano@us-east-1b --instance-limit 2 --iam"
+    flags += " --timing aws --timing-scale 0.5 --consistency-lag 1.5 --snapshot-delay 7"
     started = subprocess.run(
         [*cli, "start", "--dir", str(directory), *flags.split()],
         capture_output=True,
@@ -497,9 +498,23 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
             cut_ssh_on="rsync",
             no_capacity=("t3.micro", "t3.nano@us-east-1b"),
             instance_limit=2,
+            timing="aws",
+            timing_scale=0.5,
+            consistency_lag=1.5,
+            snapshot_delay=7,
         )
+        assert sandbox.settings.delay("ssh_delay") == 10.0  # AWS's 20 s, halved
+        assert sandbox.settings.delay("snapshot_delay") == 7.0  # as set
         changed = subprocess.run(
-            [*cli, "configure", "--dir", str(directory), "throttle_rate=0", "instance_limit=none"],
+            [
+                *cli,
+                "configure",
+                "--dir",
+                str(directory),
+                "throttle_rate=0",
+                "instance_limit=none",
+                "timing=instant",
+            ],
             capture_output=True,
             text=True,
         )
@@ -507,6 +522,7 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
         assert "instance_limit=none" in changed.stdout.splitlines()
         assert sandbox.settings.throttle_rate == 0
         assert sandbox.settings.boot_delay == 3
+        assert sandbox.settings.delay("ssh_delay") == 0.0  # instant again
         status = subprocess.run(
             [*cli, "status", "--dir", str(directory)], capture_output=True, text=True
         )
