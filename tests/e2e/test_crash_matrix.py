@@ -37,6 +37,7 @@ STEPS = ("launch", "attach", "mount", "sync", "unmount", "detach", "terminate", 
 POINTS = [
     *(f"{when}:{step}" for step in STEPS for when in ("before", "after")),
     "called:run_instance",
+    "recorded:instance_id",
     "called:create_snapshot",
     *(f"rsync-{i}" for i in range(10)),
 ]
