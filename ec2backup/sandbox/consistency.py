@@ -71,15 +71,18 @@ class Consistency:
         """Answer NotFound for a call that names a resource still too young to be seen."""
         if not self._visible_at:
             return
+        named: list[str] = []
         for name in ID_PARAMETERS:
             value = response._get_param(name)
-            ids = value if isinstance(value, list) else [value] if value else []
-            for resource_id in map(str, ids):
-                if not self.young(resource_id):
-                    continue
-                for prefix, (code, message) in NOT_FOUND.items():
-                    if resource_id.startswith(prefix):
-                        raise CloudFault(400, code, message.format(resource_id))
+            named += value if isinstance(value, list) else [value] if value else []
+        for interface in response._get_param("NetworkInterfaces") or []:
+            named += list(interface.get("Groups") or [])  # a launch's groups, on its interface
+        for resource_id in map(str, named):
+            if not self.young(resource_id):
+                continue
+            for prefix, (code, message) in NOT_FOUND.items():
+                if resource_id.startswith(prefix):
+                    raise CloudFault(400, code, message.format(resource_id))
 
     def _tag_filtered(self, response: EC2Response) -> bool:
         filters = response._get_param("Filters") or []

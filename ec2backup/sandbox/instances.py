@@ -22,6 +22,7 @@ from .consistency import Consistency
 from .host import Machine, boot_machine, make_host_key
 from .launch_checks import check_capacity, check_image_and_type
 from .layout import NEXT_INSTANCE
+from .moto_fixes import groups_from_interface
 from .state import CloudFinal, CloudState, Original, PowerOff, Scheduled
 from .tokens import ClientTokens
 from .volumes import Volumes
@@ -70,6 +71,7 @@ class Instances:
         self.consistency.note(i.id for i in reservation.instances)
         delay = self.state.settings.delay("boot_delay")
         for instance in reservation.instances:
+            groups_from_interface(instance)
             if delay > 0:
                 set_state(instance, "pending")
                 self.state.pending_boots[instance.id] = Scheduled(

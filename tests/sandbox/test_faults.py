@@ -213,8 +213,10 @@ def test_state_changes_take_time_and_show_as_on_aws(
     ssh_key: Path,
     tmp_path: Path,
 ) -> None:
+    # The attach delay outlasts the ssh call made while attaching (about a second when the
+    # machine is busy), so the sampling sees "attaching" first.
     sandbox_faults.configure_faults(
-        boot_delay=1.0, attach_delay=0.4, detach_delay=0.4, terminate_delay=0.4
+        boot_delay=1.0, attach_delay=2.0, detach_delay=0.4, terminate_delay=0.4
     )
     instance = launch()
     instance_id, address = instance["InstanceId"], instance["PublicIpAddress"]
@@ -600,6 +602,13 @@ def test_new_resources_are_not_found_by_id_nor_by_tag_for_the_consistency_lag(
         assert missing.value.response["Error"] == {"Code": code, "Message": message}
     assert ec2.describe_volumes(Filters=by_tag)["Volumes"] == []
     assert ec2.describe_instances(Filters=by_tag)["Reservations"] == []
+    # A launch into the new group, named on its network interface, is refused the same way.
+    with pytest.raises(ClientError) as young_group:
+        launch(
+            Placement={},
+            NetworkInterfaces=[{"DeviceIndex": 0, "Groups": [group_id]}],
+        )
+    assert young_group.value.response["Error"]["Code"] == "InvalidGroup.NotFound"
     # Then it shows, by id and by tag.
     with_deadline(lambda: ec2.describe_volumes(Filters=by_tag)["Volumes"], timeout=10)
     assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]

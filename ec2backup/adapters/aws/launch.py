@@ -114,7 +114,8 @@ def check_launch(ec2: Ec2Clients, params: dict[str, Any], resources: dict[str, s
     launch (its IAM conditions included) and UnauthorizedOperation if not, creating nothing."""
     with ec2.errors("ec2:RunInstances", resources):
         try:
-            ec2.client_once.run_instances(**params, DryRun=True)
+            # Retried like any read: a dry run makes nothing, so a retry cannot make it twice.
+            ec2.client.run_instances(**params, DryRun=True)
         except ClientError as exc:
             if _error_code(exc) == "DryRunOperation":
                 return
