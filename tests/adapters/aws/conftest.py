@@ -27,6 +27,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def moto_aws(aws_env: None) -> Iterator[None]:
+    from ec2backup.sandbox import moto_fixes
+
+    moto_fixes.install()  # as the local cloud runs moto: a second terminate is harmless
     with mock_aws():
         yield
 
