@@ -38,13 +38,22 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "reap": ("benchmarks.reap", "5. Reap at scale"),
     "cli": ("benchmarks.cli_speed", "6. CLI responsiveness"),
     "memory": ("benchmarks.memory", "7. Memory"),
-    "fidelity": ("benchmarks.fidelity", "8. Fidelity"),
+    "fastpaths": ("benchmarks.fastpaths", "8. Speed tricks, with and without"),
+    "fidelity": ("benchmarks.fidelity", "9. Fidelity"),
 }
 # The timing-sensitive small ones first; the two that write GiBs (memory, datapath) last, so
 # their write-back never lands in another benchmark's timings.
 DEFAULT_ORDER = [
-    "overhead", "detection", "cli", "critical-path", "reap", "memory", "fidelity", "datapath"
-]  # fmt: skip
+    "overhead",
+    "detection",
+    "cli",
+    "fastpaths",
+    "critical-path",
+    "reap",
+    "memory",
+    "fidelity",
+    "datapath",
+]
 
 DOC = ROOT / "docs" / "performance.md"
 

@@ -28,6 +28,9 @@ class Instance:
     private_ip: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     launch_time: datetime | None = None
+    # The device of its root volume (/dev/sda1): never detached from a running instance, and
+    # deleted with it (the AMI's DeleteOnTermination).
+    root_device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Snapshot:
     started_at: datetime | None = None
     size_gib: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    progress: str | None = None  # "40%" while pending
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,24 @@ class Ec2(Protocol):
     ``wait_*`` poll quickly and raise ``WaitTimeoutError`` after ``timeout`` seconds."""
 
     def resolve_image(self, ami: str) -> str: ...
+    def image_architecture(self, image_id: str) -> str:
+        """``x86_64`` or ``arm64`` (EC2's names)."""
+        ...
+
+    def instance_type_architectures(
+        self, instance_types: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """The architectures each type supports; types EC2 does not know are left out."""
+        ...
+
+    def offered_instance_types(self, availability_zone: str) -> set[str]:
+        """Every instance type offered in the zone (DescribeInstanceTypeOfferings)."""
+        ...
+
+    def check_launch(self, spec: LaunchSpec) -> None:
+        """A dry run of ``run_instance(spec)``: raises what IAM would refuse, creates nothing."""
+        ...
+
     def run_instance(self, spec: LaunchSpec) -> Instance: ...
     def get_instance(self, instance_id: str) -> Instance | None: ...
     def find_instances(
@@ -113,6 +135,15 @@ class Ec2(Protocol):
     def wait_volume_available(self, volume_id: str, timeout: float) -> Volume: ...
     def wait_volume_attached(self, volume_id: str, instance_id: str, timeout: float) -> Volume: ...
     def wait_instance_terminated(self, instance_id: str, timeout: float) -> None: ...
+    def wait_snapshot_completed(
+        self,
+        snapshot_id: str,
+        timeout: float,
+        on_progress: Callable[[Snapshot], None] = lambda _s: None,
+    ) -> Snapshot:
+        """Wait until the snapshot is ``completed`` (a volume can be made from it then);
+        ``on_progress`` sees it at every poll while it is pending."""
+        ...
 
     # Batch calls for reap and prune, and read-only checks for doctor.
     def terminate_instances(self, instance_ids: Sequence[str]) -> None:
@@ -125,6 +156,14 @@ class Ec2(Protocol):
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         """Those of ``group_ids`` that do not exist in the region."""
+        ...
+
+    def default_subnet(self, availability_zone: str) -> str | None:
+        """The default VPC's subnet in the zone, if there is one."""
+        ...
+
+    def subnet_routes_to_internet(self, subnet_id: str) -> bool:
+        """Whether the subnet routes 0.0.0.0/0 to an internet gateway."""
         ...
 
 

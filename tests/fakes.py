@@ -75,7 +75,34 @@ class FakeEc2:
         return volume
 
     def resolve_image(self, ami: str) -> str:
-        return ami if ami.startswith("ami-") else "ami-0123456789abcdef0"
+        if ami.startswith("ami-"):
+            return ami
+        return "ami-0a4b0c0d0e0f00000" if "/arm64/" in ami else "ami-0123456789abcdef0"
+
+    def image_architecture(self, image_id: str) -> str:
+        return "arm64" if image_id.startswith("ami-0a4") else "x86_64"
+
+    def instance_type_architectures(
+        self, instance_types: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        graviton = ("t4g.", "m7g.", "c7g.", "m6g.")
+        return {
+            t: ("arm64",) if t.startswith(graviton) else ("i386", "x86_64")
+            for t in instance_types
+            if t.count(".") == 1
+        }
+
+    def offered_instance_types(self, availability_zone: str) -> set[str]:
+        return {"t3.micro", "t3.small", "t3.nano", "t2.nano", "t2.micro", "t4g.micro", "t4g.small"}
+
+    def check_launch(self, spec: LaunchSpec) -> None:
+        self._call("check_launch")
+
+    def default_subnet(self, availability_zone: str) -> str | None:
+        return f"subnet-{availability_zone}"
+
+    def subnet_routes_to_internet(self, subnet_id: str) -> bool:
+        return True
 
     def run_instance(self, spec: LaunchSpec) -> Instance:
         self._call("run_instance")
@@ -212,6 +239,17 @@ class FakeEc2:
         volume = self.volumes[volume_id]
         assert volume.attachment_to(instance_id) is not None
         return volume
+
+    def wait_snapshot_completed(
+        self,
+        snapshot_id: str,
+        timeout: float,
+        on_progress: Callable[[Snapshot], None] = lambda _s: None,
+    ) -> Snapshot:
+        self._call("wait_snapshot_completed")
+        snapshot = replace(self.snapshots[snapshot_id], state="completed", progress="100%")
+        self.snapshots[snapshot_id] = snapshot
+        return snapshot
 
     def wait_instance_terminated(self, instance_id: str, timeout: float) -> None:
         self._call("wait_instance_terminated")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import SyncError, ToolMissingError
+from ..fastpaths import PROGRESS_BATCHES, enabled
 from ..ports import Difference, SshTarget, SyncStats
 from .rsync_output import (
     deleted_non_directories,
@@ -506,7 +507,8 @@ class RsyncSyncer:
         reader.start()
         stats: dict[str, int] = {}
         try:
-            chunks = _chunks(proc.stdout, pause_after_progress=PROGRESS_READ_PAUSE)
+            pause = PROGRESS_READ_PAUSE if enabled(PROGRESS_BATCHES) else 0.0
+            chunks = _chunks(proc.stdout, pause_after_progress=pause)
             for line in split_stream(chunks):
                 # Progress first: it is most of the output (about a line per file).
                 if is_progress_line(line):

@@ -13,7 +13,7 @@ from ..db import leases
 from ..db.models import Run
 from ..errors import ConfigError, UserInputError
 from .app import App
-from .checks import check_fits, check_sources, check_volume
+from .checks import check_fits, check_sources, check_volume, plan_launch
 from .runner import _create_run, _drive, new_run_id
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,10 @@ def start_backup(app: App, profile_name: str, *, allow_deletions: bool = False) 
     ):
         ec2 = app.adapters.ec2(profile.region, None)
         check_fits(profile, check_volume(profile, ec2, file))
-        # Resolved now: a missing AMI is bad input, found before anything is created.
-        image_id = ec2.resolve_image(profile.ami)
-        extra: dict[str, Any] = {"image_id": image_id}
+        # Now: a missing AMI, a type the zone does not offer or a launch IAM refuses is bad
+        # input, found before anything is created.
+        plan = plan_launch(profile, ec2, file)
+        extra: dict[str, Any] = plan.config()
         if allow_deletions:  # recorded: a resumed run keeps what the command said
             extra["allow_deletions"] = True
         _create_run(app, run_id, RunKind.BACKUP, profile, extra)
@@ -84,7 +85,8 @@ def start_init(
     check_sources(profile, file)
     app.adapters.syncer().check_available()
     ec2 = app.adapters.ec2(profile.region, None)
-    image_id = ec2.resolve_image(profile.ami)
+    # Before the security group and the volume: nothing is created for a launch that cannot be.
+    plan = plan_launch(profile, ec2, file)
     if not profile.security_group_ids:
         cidr = ssh_cidr(allow_ssh_from)
         group = ec2.ensure_security_group(
@@ -100,7 +102,7 @@ def start_init(
             run_id,
             RunKind.INIT,
             profile,
-            {"size_gib": size_gib, "config_path": str(app.config_path), "image_id": image_id},
+            {"size_gib": size_gib, "config_path": str(app.config_path), **plan.config()},
         )
         return _drive(app, run_id)
 
@@ -115,11 +117,11 @@ def start_verify(app: App, profile_name: str) -> Run:
     assert profile.volume_id is not None
     ec2 = app.adapters.ec2(profile.region, None)
     check_volume(profile, ec2, file)
-    image_id = ec2.resolve_image(profile.ami)
+    plan = plan_launch(profile, ec2, file)
     run_id = new_run_id()
     keys = [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
     with leases.held(app.store, run_id, keys):
-        _create_run(app, run_id, RunKind.VERIFY, profile, {"image_id": image_id})
+        _create_run(app, run_id, RunKind.VERIFY, profile, plan.config())
         return _drive(app, run_id)
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.times import iso
 from ..db.models import Run
+from ..db.summary import SUMMARY_COLUMNS, summary_row
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -14,19 +15,8 @@ if TYPE_CHECKING:
 
 
 def run_summary(run: Run) -> dict[str, Any]:
-    return {
-        "id": run.id,
-        "kind": run.kind,
-        "profile": run.profile,
-        "host": run.host,
-        "state": run.state,
-        "started_at": iso(run.created_at),
-        "finished_at": iso(run.finished_at),
-        "instance_id": run.instance_id,
-        "volume_id": run.volume_id,
-        "snapshot_id": run.snapshot_id,
-        "error": run.error,
-    }
+    """The run's row in `ec2backup runs` (the same keys as ``db/sqlite_runs.py`` gives)."""
+    return summary_row([getattr(run, column) for column in SUMMARY_COLUMNS], iso)
 
 
 def list_runs(

@@ -11,7 +11,8 @@ Whether a live run owns it is decided from facts, never guessed:
 5. its run has ended (done, failed, aborted)            -> orphan;
 6. its run is live but no process holds its lease       -> orphan (abandoned).
 
-Acting on orphans: detach our (tagged) volumes from them, terminate them in batches, and mark
+Acting on orphans: detach our (tagged) volumes but their root volume from them, terminate them in
+batches (the root volume goes with the instance: DeleteOnTermination), and mark
 their runs ``failed`` with ``AbandonedRunError`` so that ``resume`` (which relaunches) or
 ``resume --clean`` can finish them. Temporary restore volumes (``ec2backup:role=restore``) of
 runs that are over, abandoned or unknown are deleted; the backup volume itself never is.
@@ -170,7 +171,9 @@ def reap_region(
         for volume in ec2.find_volumes({TAG_MANAGED: "true"}):
             for attachment in volume.attachments:
                 owner = by_instance.get(attachment.instance_id)
-                if owner is not None:
+                # Its root volume (tagged by the launch too) cannot be detached from a running
+                # instance, and goes with its termination (DeleteOnTermination).
+                if owner is not None and attachment.device != owner.instance.root_device:
                     owner.volumes.append(volume.id)
     for v in verdicts:
         if not v.orphan:

@@ -19,11 +19,25 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol, TypeVar
 
-from ..ports import Snapshot
 from .times import as_utc
 
 __all__ = ["Policy", "select", "sort_newest_first"]
+
+
+class Dated(Protocol):
+    """What the rules look at: ``ports.Snapshot`` is one."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+
+
+SnapshotT = TypeVar("SnapshotT", bound=Dated)
 
 
 @dataclass(frozen=True)
@@ -55,8 +69,8 @@ class Policy:
         )
 
 
-def sort_newest_first(snapshots: Sequence[Snapshot], now: datetime) -> list[Snapshot]:
-    def key(s: Snapshot) -> tuple[datetime, str]:
+def sort_newest_first(snapshots: Sequence[SnapshotT], now: datetime) -> list[SnapshotT]:
+    def key(s: SnapshotT) -> tuple[datetime, str]:
         return (as_utc(s.started_at or now), s.id)
 
     return sorted(snapshots, key=key, reverse=True)
@@ -83,8 +97,8 @@ _BUCKETS: dict[str, tuple[str, Callable[[datetime], tuple[Hashable, str]]]] = {
 
 
 def select(
-    snapshots: Sequence[Snapshot], policy: Policy, now: datetime
-) -> tuple[dict[str, list[str]], list[Snapshot]]:
+    snapshots: Sequence[SnapshotT], policy: Policy, now: datetime
+) -> tuple[dict[str, list[str]], list[SnapshotT]]:
     """Apply ``policy``. Returns (kept snapshot id -> the reasons it is kept, in rule order;
     the snapshots to remove, newest first). Every snapshot given is in exactly one of them.
 

@@ -90,6 +90,10 @@ class Step:
     # between leaves a resource the database does not name yet, which a resumed step must find
     # again (by ClientToken or by the run's tags). Each has a crash point, ``called:<call>``.
     calls: tuple[str, ...] = ()
+    # Results the step records before the cloud need show them (EC2 is eventually
+    # consistent): a crash right after leaves an id a resumed step must look for again rather
+    # than take for gone. Each has a crash point, ``recorded:<name>``.
+    records: tuple[str, ...] = ()
 
     @property
     def before(self) -> str:
@@ -110,7 +114,13 @@ CREATE_VOLUME = Step(
 RESTORE_VOLUME = Step(
     "restore_volume", RunState.CREATING_VOLUME, RunState.VOLUME_CREATED, calls=("create_volume",)
 )
-LAUNCH = Step("launch", RunState.LAUNCHING, RunState.INSTANCE_RUNNING, calls=("run_instance",))
+LAUNCH = Step(
+    "launch",
+    RunState.LAUNCHING,
+    RunState.INSTANCE_RUNNING,
+    calls=("run_instance",),
+    records=("instance_id",),
+)
 ATTACH = Step("attach", RunState.ATTACHING, RunState.ATTACHED)
 FORMAT = Step("format", RunState.FORMATTING, RunState.FORMATTED)
 MOUNT = Step("mount", RunState.MOUNTING, RunState.MOUNTED)
@@ -162,12 +172,25 @@ def called(call: str) -> str:
     return f"called:{call}"
 
 
+_RECORDS = frozenset(name for step in all_steps() for name in step.records)
+
+
+def recorded(name: str) -> str:
+    """The crash point right after the step records ``name``, before the cloud need show it.
+    Only a result some step declares in its ``records`` has one."""
+    if name not in _RECORDS:
+        raise ValueError(f"no step declares the recorded result {name!r} (Step.records)")
+    return f"recorded:{name}"
+
+
 def crash_points(kind: RunKind) -> list[str]:
     """Every crash point a run of this kind passes, in order: before and after each step's
-    side effect, and between each declared cloud call and the recording of its result."""
+    side effect, between each declared cloud call and the recording of its result, and right
+    after each declared recorded result."""
     points: list[str] = []
     for step in STEPS[kind]:
-        for point in (step.before, *(called(c) for c in step.calls), step.after):
+        inside = (*(called(c) for c in step.calls), *(recorded(r) for r in step.records))
+        for point in (step.before, *inside, step.after):
             if point not in points:
                 points.append(point)
     return points

@@ -55,12 +55,24 @@ class PendingAttach:
 
 
 @dataclass(frozen=True)
+class PendingSnapshot:
+    snapshot: Any
+    started: float  # time.monotonic()
+    due: float
+
+
+@dataclass(frozen=True)
 class Scheduled:
     """Something due to happen to an instance at ``due`` (time.monotonic())."""
 
     backend: Any
     instance: Any
     due: float
+
+
+@dataclass(frozen=True)
+class CloudFinal(Scheduled):
+    keys: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,9 @@ class CloudState:
         self.pending_attaches: dict[str, PendingAttach] = {}
         self.power_offs: dict[str, PowerOff] = {}
         self.shutdown_timers: dict[str, Scheduled] = {}
+        # Instances whose cloud-init has not finished (ssh_delay): keys to install, and when.
+        self.pending_cloud_final: dict[str, CloudFinal] = {}
+        self.pending_snapshots: dict[str, PendingSnapshot] = {}  # by snapshot id
         self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
         self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)
 

@@ -341,22 +341,26 @@ def test_unmount_reports_busy_and_ending_the_rsync_frees_it(
 def test_end_rsync_fails_when_an_rsync_stays(
     instance: SshServer, host: SshInstanceHost, tmp_path: Path
 ) -> None:
-    rsync = fake_rsync(tmp_path, "sleep")
-    # A loop that starts a new "rsync" as soon as the last one is killed.
-    looper = instance.spawn_inside("sh", "-c", f"echo $$; while :; do {rsync} 600; done")
-    assert looper.stdout is not None
-    pid = looper.stdout.readline().strip()
+    # An "rsync" no kill can end: a zombie, its parent (exec'd into sleep) never reaping it.
+    # pgrep still lists it, as it would a process stuck in the kernel.
+    rsync = fake_rsync(tmp_path, "true")
+    holder = instance.spawn_inside("sh", "-c", f"echo $$; {rsync} & exec sleep 600")
+    assert holder.stdout is not None
+    pid = holder.stdout.readline().strip()
     try:
         wait_until(
             lambda: instance.inside("pgrep", "-x", "rsync", check=False).returncode == 0,
-            "the looping rsync",
+            "the rsync that stays",
         )
         with pytest.raises(RemoteCommandError, match="an earlier rsync on the instance did not"):
             host.end_rsync(timeout=0.5)
     finally:
-        instance.inside("kill", pid, check=False)
-        instance.inside("pkill", "-x", "rsync", check=False)
-    looper.wait(10)
+        instance.inside("kill", pid, check=False)  # its zombie goes with it
+    holder.wait(10)
+    wait_until(
+        lambda: instance.inside("pgrep", "-x", "rsync", check=False).returncode != 0,
+        "the zombie reaped",
+    )
     host.end_rsync(timeout=10)  # none left now
 
 

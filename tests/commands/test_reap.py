@@ -218,3 +218,21 @@ def test_abandoned_restore_volumes_are_deleted_and_the_backup_volume_never(store
     assert dry == {orphan.id: "would delete", busy.id: "left alone"}
     reap_restore_volumes(store, ec2, act=True)
     assert set(ec2.volumes) == {backup.id, busy.id, foreign.id}
+
+
+def test_an_orphans_root_volume_is_never_detached(store: Store) -> None:
+    """The launch tags the root volume too; detaching it from a running instance is refused
+    (OperationNotPermitted), and terminating the instance deletes it."""
+    ec2 = FakeEc2()
+    orphan = launch(ec2, "o", {TAG_MANAGED: "true", TAG_RUN_ID: "r-lost"})
+    ec2.instances[orphan.id] = replace(ec2.instances[orphan.id], root_device="/dev/sda1")
+    root = ec2.add_volume(tags={TAG_MANAGED: "true", TAG_RUN_ID: "r-lost"})
+    data = ec2.add_volume(tags={TAG_MANAGED: "true"})
+    for volume, device in ((root, "/dev/sda1"), (data, "/dev/sdf")):
+        ec2.volumes[volume.id] = replace(
+            volume, state="in-use", attachments=(Attachment(orphan.id, device, "attached"),)
+        )
+    (verdict,) = reap_region(store, ec2, act=True)
+    assert verdict.volumes == [data.id]
+    assert ec2.calls.count("detach_volume") == 1  # the data volume's; the root goes with it
+    assert ec2.instances[orphan.id].state == "terminated"

@@ -19,6 +19,13 @@ from ec2backup.commands.history import list_runs
 from ec2backup.db.models import Run
 from ec2backup.db.sqlite_runs import SCHEMA_HEAD, list_runs_sqlite, sqlite_file
 from ec2backup.db.store import Store, open_store
+from ec2backup.fastpaths import ENV
+
+
+@pytest.fixture(autouse=True)
+def trick_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These test the trick itself, also when the suite runs with every trick off."""
+    monkeypatch.delenv(ENV, raising=False)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ resource ids and a hint that says the fix."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 
 _MAX_AWS_MESSAGE = 240
+# "... is not authorized to perform: ec2:RunInstances on resource: arn:...:volume/* because ..."
+_REFUSED_RESOURCE = re.compile(r"on resource: (\S+)")
 
 _CREDENTIALS_HINT = (
     "refresh or configure AWS credentials (aws configure, aws sso login, AWS_PROFILE, or "
@@ -161,10 +164,13 @@ def translate(
             CloudError, f"{action}: AWS rejected the credentials {detail}", _CREDENTIALS_HINT
         )
     if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
-        # The EC2 message carries a long encoded blob: keep it out of the one-line message.
+        # The EC2 message carries a long encoded blob: keep it out of the one-line message,
+        # but name the resource AWS refused (one call authorizes several).
+        refused = _REFUSED_RESOURCE.search(str(exc.response.get("Error", {}).get("Message", "")))
+        on = f" on {refused.group(1)}" if refused else ""
         return err(
             CloudError,
-            f"not authorized to call {action} ({code})",
+            f"not authorized to call {action}{on} ({code})",
             f"grant {action} to this IAM identity (details: aws sts "
             "decode-authorization-message --encoded-message ...)",
         )

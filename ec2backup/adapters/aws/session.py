@@ -21,11 +21,9 @@ def make_ec2(region: str, run_id: str | None = None) -> Boto3Ec2:
     key = (region, frozenset((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
     base = _EC2S.get(key)
     if base is None:
-        from .botomodel import session_with_trimmed_models
+        from .botomodel import botocore_session
 
-        session = boto3.session.Session(
-            botocore_session=session_with_trimmed_models(), region_name=region
-        )
+        session = boto3.session.Session(botocore_session=botocore_session(), region_name=region)
         base = _EC2S[key] = Boto3Ec2(region, session=session)
     ec2 = copy.copy(base)  # its own run id on errors; the session and clients are shared
     ec2.run_id = run_id

@@ -24,11 +24,19 @@ from ec2backup.adapters.aws.botomodel import (
     OPERATIONS,
     SERVICES,
     SSM_OPERATIONS,
-    session_with_trimmed_models,
+    botocore_session,
     trim_endpoints,
     trim_service_model,
     trimmed_models_dir,
 )
+from ec2backup.fastpaths import ENV
+
+
+@pytest.fixture(autouse=True)
+def trick_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These test the trick itself, also when the suite runs with every trick off."""
+    monkeypatch.delenv(ENV, raising=False)
+
 
 # The adapter's modules: every call it makes is in one of them.
 AWS_PY = sorted(Path(ec2backup.adapters.aws.__file__).parent.glob("*.py"))
@@ -134,7 +142,7 @@ def test_clients_load_without_listing_botocore_data(
 
     monkeypatch.setattr(os, "listdir", listdir)
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(tmp_path), region_name="us-east-1"
+        botocore_session=botocore_session(tmp_path), region_name="us-east-1"
     )
     ec2 = session.client("ec2")
     ec2.get_paginator("describe_instances")
@@ -174,7 +182,7 @@ def test_written_once_and_used_by_clients(tmp_path: Path) -> None:
     assert trimmed_models_dir(tmp_path) == root and model.stat().st_mtime_ns == written
 
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(tmp_path), region_name="us-east-1"
+        botocore_session=botocore_session(tmp_path), region_name="us-east-1"
     )
     client = session.client("ec2")
     assert client.meta.service_model.operation_names == sorted(EC2_OPERATIONS)
@@ -188,7 +196,7 @@ def test_trimmed_client_talks_to_ec2(tmp_path: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(tmp_path), region_name="us-east-1"
+        botocore_session=botocore_session(tmp_path), region_name="us-east-1"
     )
     with mock_aws():
         client = session.client("ec2")
@@ -202,7 +210,7 @@ def test_unwritable_cache_falls_back_to_the_full_model(tmp_path: Path) -> None:
     locked.write_text("")
     assert trimmed_models_dir(locked) is None
     client = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(locked), region_name="us-east-1"
+        botocore_session=botocore_session(locked), region_name="us-east-1"
     ).client("ec2")
     assert hasattr(client, "describe_key_pairs")
 
