@@ -183,6 +183,9 @@ class Unmounted(StrEnum):
 class SyncSpace:
     used: int  # bytes already in the destinations (apparent size; 0 for new ones)
     free: int  # bytes free on the mounted volume
+    # Regular files in the destinations that share an inode, as groups of their paths (each
+    # group one inode, two names or more): what writing in place writes through.
+    hard_links: tuple[tuple[str, ...], ...] = ()
 
 
 class InstanceHost(Protocol):
@@ -243,7 +246,12 @@ class InstanceHost(Protocol):
         ``mount_point`` must be a mount (else ``InvalidResourceStateError``: a copy would
         fill the instance's root disk; nothing is touched); a leftover rsync is ended as by
         ``end_rsync``; the bytes already in the destinations (directories under
-        ``mount_point``) and free on the volume are measured; the destinations are created."""
+        ``mount_point``) and free on the volume are measured; the destinations are created;
+        their hard-linked files are listed (``SyncSpace.hard_links``)."""
+        ...
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        """Remove these names (regular files, as root); one already gone is success."""
         ...
 
     def is_directory(self, path: str) -> bool:

@@ -239,6 +239,8 @@ class FakeInstanceHost:
     used: int = 0  # bytes already in the backup's destinations
     free: int = 10 * 2**30  # bytes free on the mounted volume
     space_unreadable: bool = False
+    hard_links: tuple[tuple[str, ...], ...] = ()  # groups of names of one inode
+    removed: list[str] = field(default_factory=list)  # names remove_files removed
     rsync_needs_sudo: bool = True  # as for Ubuntu's login user
     calls: list[str] = field(default_factory=list)
     closed: bool = False
@@ -314,7 +316,11 @@ class FakeInstanceHost:
         if self.space_unreadable:
             raise RemoteCommandError(f"could not read the free space of {mount_point}")
         self.directories.update(f"{mount_point}/{d}" for d in destinations)
-        return SyncSpace(used=self.used, free=self.free)
+        return SyncSpace(used=self.used, free=self.free, hard_links=self.hard_links)
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        self._call("remove_files", *paths)
+        self.removed += paths
 
     def is_directory(self, path: str) -> bool:
         self._call("is_directory", path)
