@@ -81,6 +81,10 @@ mode), ``seed.py`` (the AMI and SSM parameter).
   keeps the metadata (tags from TagSpecifications).
 * DescribeSnapshots: honours ``OwnerIds`` (moto ignores it), so ``self`` lists the account's
   own snapshots only, not the one behind Canonical's AMI.
+* The EBS direct APIs ListSnapshotBlocks and ListChangedBlocks (``ebs.py``; the ``ebs``
+  service at the same endpoint): answered from the snapshot images, 512 KiB blocks, a lineage
+  that follows volumes made from snapshots, AWS's pagination (pages may be empty and still
+  carry a ``NextToken``) and errors; pending and archived snapshots cannot be read.
 * Seeded at start, in an account that is otherwise empty like a new one (moto's ~200 default
   AMIs are not loaded): an Ubuntu 24.04 AMI (owner Canonical) and the SSM public parameter
   ``/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id``

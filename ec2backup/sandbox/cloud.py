@@ -34,6 +34,7 @@ from moto.core.responses import ActionResult
 from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.responses import EC2Response
 
+from .ebs import EbsDirect
 from .faults import CloudFault, Faults
 from .host import release_loops_under
 from .iam import enable_iam, install_ec2_denials
@@ -55,7 +56,8 @@ class LocalCloud:
         self.tokens = ClientTokens()
         self.volumes = Volumes(self.state, self.tokens)
         self.instances = Instances(self.state, self.tokens, self.volumes)
-        self.snapshots = Snapshots(self.state)
+        self.ebs = EbsDirect(self.state)
+        self.snapshots = Snapshots(self.state, self.ebs)
         self.reconciler = Reconciler(self.state, self.faults, self.instances, self.volumes)
         self.default_ami_id = ""
 
@@ -98,6 +100,7 @@ class LocalCloud:
         setattr(EC2Response, "call_action", call_action)  # noqa: B010 (mypy rejects assigning to a method)
 
         install_ec2_denials()
+        self.ebs.install()
 
     def _wrap(self, action: str, hook: Hook) -> None:
         original = getattr(EC2Response, action)

@@ -9,13 +9,15 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
 from moto.ec2.responses import EC2Response
 
+from .ebs import EbsDirect
 from .host import copy_sparse
 from .state import CloudState, Original
 
 
 class Snapshots:
-    def __init__(self, state: CloudState) -> None:
+    def __init__(self, state: CloudState, ebs: EbsDirect) -> None:
         self.state = state
+        self.ebs = ebs
 
     def create_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
         result = original()
@@ -28,7 +30,9 @@ class Snapshots:
 
     def delete_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
         result = original()
-        self.state.layout.snapshot_image(response._get_param("SnapshotId")).unlink(missing_ok=True)
+        snapshot_id = response._get_param("SnapshotId")
+        self.state.layout.snapshot_image(snapshot_id).unlink(missing_ok=True)
+        self.ebs.forget(snapshot_id)
         return result
 
     def describe_snapshots(self, response: EC2Response, original: Original) -> ActionResult:
