@@ -59,6 +59,9 @@ class Snapshot:
     started_at: datetime | None = None
     size_gib: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    storage_tier: str = "standard"  # standard | archive
+    # Until when an archived snapshot is temporarily restored (readable, usable), if it is.
+    restore_expiry: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,31 @@ class Ec2(Protocol):
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         """Those of ``group_ids`` that do not exist in the region."""
+        ...
+
+
+@dataclass(frozen=True)
+class BlockCount:
+    """Blocks of a snapshot, as the EBS direct APIs list them."""
+
+    blocks: int
+    block_size: int  # bytes: 524,288 on EBS
+    requests: int  # API calls the listing took (pages)
+
+    @property
+    def bytes(self) -> int:
+        return self.blocks * self.block_size
+
+
+class SnapshotBlocks(Protocol):
+    """The EBS direct APIs that read snapshots. Snapshots must be completed and in the
+    standard tier; errors are the project's (``CloudError`` and its subclasses)."""
+
+    def added_blocks(self, earlier_snapshot_id: str | None, snapshot_id: str) -> BlockCount:
+        """The blocks ``snapshot_id`` stores that ``earlier_snapshot_id`` (of the same
+        lineage) does not hold as they are: ListChangedBlocks, counting the blocks the later
+        snapshot has. Without an earlier snapshot, every block it holds (ListSnapshotBlocks):
+        a first snapshot is a full one."""
         ...
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ec2backup.core.tags import LIVE_INSTANCE_STATES
 from ec2backup.errors import (
+    CloudError,
     DeviceNotFoundError,
     InvalidResourceStateError,
     RemoteCommandError,
@@ -18,6 +19,7 @@ from ec2backup.errors import (
 )
 from ec2backup.ports import (
     Attachment,
+    BlockCount,
     DeviceContents,
     Instance,
     LaunchSpec,
@@ -363,3 +365,24 @@ class FakeSyncer:
         return SyncStats(
             files_transferred=2, bytes_sent=100, total_size=1000, exit_code=self.exit_code
         )
+
+
+@dataclass
+class FakeBlocks:
+    """The EBS direct APIs over ``FakeEc2``'s snapshots: ``blocks`` holds, per snapshot id,
+    block index -> contents; a comparison counts the blocks whose contents differ."""
+
+    ec2: FakeEc2
+    blocks: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    calls: list[tuple[str | None, str]] = field(default_factory=list)
+    block_size: int = 512 * 1024
+
+    def added_blocks(self, earlier_snapshot_id: str | None, snapshot_id: str) -> BlockCount:
+        self.calls.append((earlier_snapshot_id, snapshot_id))
+        for one in (earlier_snapshot_id, snapshot_id):
+            if one is not None and self.ec2.snapshots[one].state != "completed":
+                raise CloudError(f"ebs: the snapshot {one} is not completed")
+        later = self.blocks.get(snapshot_id, {})
+        earlier = self.blocks.get(earlier_snapshot_id or "", {})
+        added = [i for i, data in later.items() if earlier.get(i) != data]
+        return BlockCount(blocks=len(added), block_size=self.block_size, requests=1)

@@ -69,6 +69,7 @@ def actions_in_code() -> set[str]:
             else set()
         )
         used |= {f"ssm:{_camel(op)}" for op in re.findall(r"ssm_client\.([a-z_]+)\(", text)}
+        used |= {f"ebs:{_camel(op)}" for op in re.findall(r"ebs_client\.([a-z_]+)\(", text)}
         used |= {f"sts:{_camel(op)}" for op in re.findall(r"sts\.([a-z_]+)\(", text)}
     # Waiters poll Describe* calls, already listed; TagSpecifications need CreateTags.
     return used | {"ec2:CreateTags"}

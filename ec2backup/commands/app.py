@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..db.store import Store
 from ..paths import default_data_dir
-from ..ports import Ec2, InstanceConnector, InstanceHost, SshTarget, Syncer
+from ..ports import Ec2, InstanceConnector, InstanceHost, SnapshotBlocks, SshTarget, Syncer
 
 
 class BackgroundLoadedConnector:
@@ -55,6 +55,8 @@ class Adapters:
     ec2: Callable[[str, str | None], Ec2]
     connector: Callable[[], InstanceConnector]
     syncer: Callable[[], Syncer]
+    # The EBS direct APIs (what each snapshot adds to the chain); None: not measured.
+    blocks: Callable[[str, str | None], SnapshotBlocks] | None = None
 
     @classmethod
     def real(cls) -> Adapters:
@@ -73,7 +75,12 @@ class Adapters:
 
             return RsyncSyncer()
 
-        return cls(ec2=ec2, connector=connector, syncer=syncer)
+        def blocks(region: str, run_id: str | None) -> SnapshotBlocks:
+            from ..adapters.aws.session import make_blocks
+
+            return make_blocks(region, run_id)
+
+        return cls(ec2=ec2, connector=connector, syncer=syncer, blocks=blocks)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Profile
-from ..core.states import FINAL_STATES, RunKind, RunState, fire
+from ..core.states import BACKUP_KINDS, FINAL_STATES, RunKind, RunState, fire
 from ..core.times import utcnow
 from ..db import leases
 from ..db.models import Event, Run
@@ -117,10 +117,16 @@ def _drive(
                 engine.drive(ctx)
             if run.kind == RunKind.INIT and run.state == RunState.DONE:
                 _write_initialised_profile(run, profile)
-            if run.kind == RunKind.BACKUP and run.state == RunState.DONE and profile.retention:
-                from .snapshots import apply_profile_retention
+            if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
+                session.commit()
+                # Measured before retention: the snapshot it is compared with may be pruned.
+                from .growth import fill_in
 
-                apply_profile_retention(app, profile)
+                fill_in(app, profile)
+                if profile.retention:
+                    from .snapshots import apply_profile_retention
+
+                    apply_profile_retention(app, profile)
         finally:
             # The run's key is needed only while the run can still be resumed.
             if run.state in FINAL_STATES:

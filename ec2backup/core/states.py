@@ -76,6 +76,9 @@ class RunState(StrEnum):
     ABORTED = auto()
 
 
+# The kinds that back up (and make a snapshot of what they copied).
+BACKUP_KINDS = frozenset({RunKind.BACKUP})
+
 FINAL_STATES = frozenset({RunState.DONE, RunState.ABORTED})
 # A failed run is not final: it can be resumed or force-cleaned.
 ENDED_STATES = frozenset({RunState.DONE, RunState.ABORTED, RunState.FAILED})

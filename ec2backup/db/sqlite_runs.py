@@ -19,7 +19,7 @@ from ..core.times import iso
 
 # The newest migration. Checked against the migrations directory by the tests, so opening an
 # up-to-date database needs no Alembic import.
-SCHEMA_HEAD = "0003_runs_host_index"
+SCHEMA_HEAD = "0004_snapshot_stats"
 
 # history.run_summary's keys, in its order, and the columns they come from.
 _KEYS = (

@@ -170,6 +170,10 @@ class EbsDirect:
         original_authorize = EBSResponse._authenticate_and_authorize_normal_action
 
         def authorize(response: EBSResponse, resource: str = "*") -> None:
+            if response.method == "GET":
+                # moto checks the signature of a GET as if its query string (or, without one,
+                # its headers) were the body: botocore signed an empty body, as AWS expects.
+                response.data = {}
             try:
                 original_authorize(response, resource)
             except AccessDeniedError as denied:

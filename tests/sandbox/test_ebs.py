@@ -61,8 +61,10 @@ def _snapshot(ec2: Any, made: list[tuple[str, str]], volume_id: str) -> str:
     snapshot_id: str = ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
     made.append(("snapshot", snapshot_id))
     with_deadline(
-        lambda: ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
-        == "completed",
+        lambda: (
+            ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
+            == "completed"
+        ),
         timeout=60,
     )
     return snapshot_id
@@ -172,12 +174,46 @@ def test_an_archived_snapshot_cannot_be_read(
     snapshot_id = _snapshot(ec2, made, _volume(ec2, made))
     ec2.modify_snapshot_tier(SnapshotId=snapshot_id, StorageTier="archive")
     with_deadline(
-        lambda: ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0].get(
-            "StorageTier"
-        )
-        == "archive",
+        lambda: (
+            ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0].get("StorageTier")
+            == "archive"
+        ),
         timeout=60,
     )
     with pytest.raises(ClientError) as info:
         ebs.list_snapshot_blocks(SnapshotId=snapshot_id)
     assert info.value.response["Error"]["Code"] == "ValidationException"
+
+
+def test_in_iam_mode_the_calls_are_signed_and_authorized_like_any_other(
+    iam_sandbox: Sandbox,
+) -> None:
+    allowed = iam_sandbox.create_iam_user(
+        "ebs-reader",
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": ["ebs:ListSnapshotBlocks"], "Resource": "*"}
+            ],
+        },
+    )
+    admin_ec2 = client(iam_sandbox, "ec2")
+    volume_id = admin_ec2.create_volume(AvailabilityZone=AZ, Size=1, VolumeType="gp3")["VolumeId"]
+    snapshot_id = admin_ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+    try:
+        with_deadline(
+            lambda: (
+                admin_ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
+                == "completed"
+            ),
+            timeout=60,
+        )
+        reader = client(iam_sandbox, "ebs", keys=allowed)
+        assert reader.list_snapshot_blocks(SnapshotId=snapshot_id, MaxResults=100)["Blocks"] == []
+        with pytest.raises(ClientError) as info:
+            reader.list_changed_blocks(FirstSnapshotId=snapshot_id, SecondSnapshotId=snapshot_id)
+        assert info.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    finally:
+        admin_ec2.delete_snapshot(SnapshotId=snapshot_id)
+        admin_ec2.delete_volume(VolumeId=volume_id)

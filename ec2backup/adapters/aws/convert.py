@@ -73,6 +73,8 @@ def _snapshot(raw: Mapping[str, Any]) -> Snapshot:
         started_at=_when(raw.get("StartTime")),
         size_gib=int(size) if size is not None else None,
         tags=_tags(raw.get("Tags")),
+        storage_tier=raw.get("StorageTier") or "standard",
+        restore_expiry=_when(raw.get("RestoreExpiryTime")),
     )
 
 
