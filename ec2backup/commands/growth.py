@@ -9,15 +9,16 @@ profile: they are all one lineage). A first snapshot is a full one: all its bloc
 (ListSnapshotBlocks). Snapshots ec2backup did not make are not seen.
 
 The EBS direct APIs read completed snapshots only, and a snapshot stays pending for minutes to
-hours on AWS. So the figure is filled in when it can be: at the end of the run if its snapshot
-completed by then, else by the next run of the profile, by ``ec2backup show`` of that run, or by
-``ec2backup cost``, whichever comes first. Measuring never fails a command: a snapshot that
-cannot be read yet is left for later, and an error is logged.
+hours on AWS, well past the end of its run. So the figure is filled in later, by whichever
+comes first: ``ec2backup show`` of that run, ``ec2backup cost`` of the profile, or the next
+backup of the profile (on a thread, while that run waits for EC2 and rsync). Measuring never
+fails a command: a snapshot that cannot be read yet is left for later, and an error is logged.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,11 +30,12 @@ from ..ports import Ec2, Snapshot, SnapshotBlocks
 
 if TYPE_CHECKING:
     from ..config import Profile
-    from ..db.models import Run
     from .app import App
 
 log = logging.getLogger(__name__)
 
+# How long the end of a run waits for the measuring of earlier runs (Prefetch) to finish.
+PREFETCH_WAIT_SECONDS = 10.0
 PENDING_NOTE = (
     "not measured yet: the snapshot (or the one it is compared with) is still pending; filled "
     "in by the next run of the profile, `ec2backup show` or `ec2backup cost`"
@@ -46,10 +48,21 @@ class Measured:
     note: str = ""  # why it is not measured (yet)
 
 
-def chain_parent(run: Run, snapshot: Snapshot, snapshots: Sequence[Snapshot]) -> Snapshot | None:
+@dataclass(frozen=True)
+class Unmeasured:
+    """A finished backup whose snapshot's growth is not recorded yet."""
+
+    run_id: str
+    snapshot_id: str
+    base_snapshot_id: str | None  # snapshots-only storage: what its volume was made from
+
+
+def chain_parent(
+    item: Unmeasured, snapshot: Snapshot, snapshots: Sequence[Snapshot]
+) -> Snapshot | None:
     """The snapshot before ``snapshot`` in its chain, among the profile's ``snapshots``."""
     by_id = {s.id: s for s in snapshots}
-    base = (run.config or {}).get("base_snapshot_id")
+    base = item.base_snapshot_id
     if base and base in by_id:
         return by_id[base]
     started = as_utc(snapshot.started_at or datetime.now(UTC))
@@ -66,16 +79,19 @@ def chain_parent(run: Run, snapshot: Snapshot, snapshots: Sequence[Snapshot]) ->
 
 
 def measure(
-    blocks: SnapshotBlocks, run: Run, snapshots: Sequence[Snapshot], now: datetime | None = None
+    blocks: SnapshotBlocks,
+    item: Unmeasured,
+    snapshots: Sequence[Snapshot],
+    now: datetime | None = None,
 ) -> Measured:
-    """What ``run``'s snapshot added to its chain, if both it and the one before it can be
+    """What ``item``'s snapshot added to its chain, if both it and the one before it can be
     read now. ``snapshots``: the profile's, fresh from DescribeSnapshots."""
-    snapshot = next((s for s in snapshots if s.id == run.snapshot_id), None)
+    snapshot = next((s for s in snapshots if s.id == item.snapshot_id), None)
     if snapshot is None:
         return Measured({"added_bytes": None, "note": "the snapshot was deleted unmeasured"})
     if snapshot.state == "error":
         return Measured({"added_bytes": None, "note": "the snapshot failed (state error)"})
-    parent = chain_parent(run, snapshot, snapshots)
+    parent = chain_parent(item, snapshot, snapshots)
     if snapshot.state != "completed" or (parent is not None and parent.state != "completed"):
         return Measured(None, PENDING_NOTE)
     for one in (snapshot, parent):
@@ -95,60 +111,110 @@ def measure(
     )
 
 
-def _unmeasured(run: Run) -> bool:
+def unmeasured(
+    app: App, profile_name: str, run_ids: Sequence[str] | None = None, exclude: str | None = None
+) -> list[Unmeasured]:
     from ..core.states import BACKUP_KINDS, RunState
 
-    return (
-        run.kind in BACKUP_KINDS
-        and run.state == RunState.DONE
-        and run.snapshot_id is not None
-        and run.snapshot_stats is None
-    )
+    with app.store.session() as session:
+        return [
+            Unmeasured(r.id, r.snapshot_id, (r.config or {}).get("base_snapshot_id"))
+            for r in app.store.list_runs(session, profile=profile_name)
+            if r.kind in BACKUP_KINDS
+            and r.state == RunState.DONE
+            and r.snapshot_id is not None
+            and r.snapshot_stats is None
+            and r.id != exclude
+            and (run_ids is None or r.id in run_ids)
+        ]
 
 
-def fill_in(app: App, profile: Profile, run_ids: Sequence[str] | None = None) -> dict[str, str]:
-    """Measure the profile's backup runs not measured yet (only ``run_ids`` if given) and record
-    what was measured. Returns, for each run left unmeasured, why. Never raises."""
+def measure_all(
+    app: App, profile: Profile, items: Sequence[Unmeasured]
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """(run id -> stats to record, run id -> why it is not measured); cloud calls only, no
+    database. Never raises."""
+    measured: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
-    if app.adapters.blocks is None:
-        return notes
+    if not items or app.adapters.blocks is None:
+        return measured, notes
     from .snapshots import profile_snapshots
 
     try:
-        with app.store.session() as session:
-            runs = [
-                r
-                for r in app.store.list_runs(session, profile=profile.name)
-                if _unmeasured(r) and (run_ids is None or r.id in run_ids)
-            ]
-            if not runs:
-                return notes
-            ec2: Ec2 = app.adapters.ec2(profile.region, None)
-            blocks = app.adapters.blocks(profile.region, None)
-            snapshots = profile_snapshots(ec2, profile.name)
-            for run in runs:
-                try:
-                    measured = measure(blocks, run, snapshots)
-                except Ec2BackupError as exc:
-                    notes[run.id] = f"not measured: {exc.one_line()}"
-                    log.warning("run %s: snapshot growth %s", run.id, notes[run.id])
-                    continue
-                if measured.stats is None:
-                    notes[run.id] = measured.note
-                    continue
-                run.snapshot_stats = measured.stats
-                session.commit()
+        ec2: Ec2 = app.adapters.ec2(profile.region, None)
+        blocks = app.adapters.blocks(profile.region, None)
+        snapshots = profile_snapshots(ec2, profile.name)
     except Ec2BackupError as exc:
         note = f"not measured: {exc.one_line()}"
         log.warning("snapshot growth of profile %s %s", profile.name, note)
-        notes.update(dict.fromkeys(run_ids or [], note))
+        return measured, dict.fromkeys((i.run_id for i in items), note)
+    for item in items:
+        try:
+            result = measure(blocks, item, snapshots)
+        except Ec2BackupError as exc:
+            notes[item.run_id] = f"not measured: {exc.one_line()}"
+            log.warning("run %s: snapshot growth %s", item.run_id, notes[item.run_id])
+            continue
+        if result.stats is None:
+            notes[item.run_id] = result.note
+        else:
+            measured[item.run_id] = result.stats
+    return measured, notes
+
+
+def record(app: App, measured: dict[str, dict[str, Any]]) -> None:
+    if not measured:
+        return
+    with app.store.session() as session:
+        for run_id, stats in measured.items():
+            app.store.get_run(session, run_id).snapshot_stats = stats
+        session.commit()
+
+
+def fill_in(app: App, profile: Profile, run_ids: Sequence[str] | None = None) -> dict[str, str]:
+    """Measure the profile's backups not measured yet (only ``run_ids`` if given) and record
+    what was measured. Returns, for each run left unmeasured, why. Never raises a cloud error."""
+    measured, notes = measure_all(app, profile, unmeasured(app, profile.name, run_ids))
+    record(app, measured)
     return notes
 
 
-def added_row(run: Run, note: str | None = None) -> dict[str, Any]:
+class Prefetch:
+    """The earlier backups of a profile measured on a thread while a run goes on: the run
+    spends most of its time waiting for EC2 and rsync, so the calls cost it no time. Only the
+    cloud calls run on the thread; ``finish`` records the results from the caller's."""
+
+    def __init__(self, app: App, profile: Profile, exclude: str) -> None:
+        self._items = unmeasured(app, profile.name, exclude=exclude)
+        self._result: tuple[dict[str, dict[str, Any]], dict[str, str]] = ({}, {})
+        self._thread = threading.Thread(
+            target=self._measure, args=(app, profile), name="snapshot-growth", daemon=True
+        )
+        if self._items:
+            self._thread.start()
+
+    def _measure(self, app: App, profile: Profile) -> None:
+        try:
+            self._result = measure_all(app, profile, self._items)
+        except Exception:  # never the run's failure: measured again next time
+            log.exception("measuring snapshot growth failed")
+
+    def finish(self, app: App, timeout: float = PREFETCH_WAIT_SECONDS) -> None:
+        if not self._items:
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.info("snapshot growth not measured in %.0f s; left for later", timeout)
+            return
+        record(app, self._result[0])
+
+
+def added_row(
+    stats: dict[str, Any] | None, snapshot_id: str | None, note: str | None = None
+) -> dict[str, Any]:
     """``show``'s view of the figure: the recorded stats, or why there are none."""
-    if run.snapshot_stats is not None:
-        return dict(run.snapshot_stats)
-    if run.snapshot_id is None:
+    if stats is not None:
+        return dict(stats)
+    if snapshot_id is None:
         return {"added_bytes": None, "note": "this run made no snapshot"}
     return {"added_bytes": None, "note": note or PENDING_NOTE}

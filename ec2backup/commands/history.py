@@ -107,7 +107,7 @@ def _growth(run: Run, note: str | None) -> dict[str, Any]:
         return {}
     from .growth import added_row
 
-    added = added_row(run, note)
+    added = added_row(run.snapshot_stats, run.snapshot_id, note)
     return {"snapshot_added_bytes": added.get("added_bytes"), "snapshot_added": added}
 
 

@@ -106,6 +106,11 @@ def _drive(
             on_state=app.on_state,
         )
         engine.bind(run, ctx)
+        prefetch = None
+        if run.kind in BACKUP_KINDS and not clean:
+            from .growth import Prefetch
+
+            prefetch = Prefetch(app, profile, exclude=run.id)
         try:
             if clean:
                 engine.clean(ctx, snapshot=snapshot)
@@ -119,10 +124,9 @@ def _drive(
                 _write_initialised_profile(run, profile)
             if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
                 session.commit()
-                # Measured before retention: the snapshot it is compared with may be pruned.
-                from .growth import fill_in
-
-                fill_in(app, profile)
+                if prefetch is not None:
+                    # Recorded before retention prunes: it may delete a snapshot compared with.
+                    prefetch.finish(app)
                 if profile.retention:
                     from .snapshots import apply_profile_retention
 

@@ -188,3 +188,29 @@ def test_show_says_why_when_the_figure_cannot_be_had(
     assert shown["stats"]["snapshot_added_bytes"] is None
     assert "ebs:ListSnapshotBlocks" in shown["stats"]["snapshot_added"]["note"]
     assert stats(app, "r1") is None  # tried again next time
+
+
+def test_a_run_measures_the_earlier_backups_on_a_thread_and_records_them_at_its_end(
+    app: App, ec2: FakeEc2, blocks: FakeBlocks
+) -> None:
+    import threading
+
+    from ec2backup.commands.growth import Prefetch
+
+    volume = ec2.add_volume().id
+    backup(app, ec2, "r1", volume, 0)
+    current = backup(app, ec2, "r2", volume, 24)
+    threads: list[str] = []
+    real = blocks.added_blocks
+
+    def on_thread(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    blocks.added_blocks = on_thread  # type: ignore[method-assign]
+    prefetch = Prefetch(app, PROFILE, exclude="r2")
+    prefetch.finish(app)
+
+    assert threads == ["snapshot-growth"]  # not on the run's thread
+    assert stats(app, "r1") is not None
+    assert stats(app, "r2") is None and current not in {c[1] for c in blocks.calls}
