@@ -105,6 +105,9 @@ def _broken_link_at_the_source(target: SshTarget, tmp_path: Path) -> tuple[Path,
     data = bytearray((src / "a").read_bytes())
     data[1000:6000] = os.urandom(5000)
     replacement.write_bytes(bytes(data))
+    # Seconds later (rsync's quick check compares whole seconds), as a later save is.
+    later = (src / "b").stat().st_mtime + 60
+    os.utime(replacement, (later, later))
     os.replace(replacement, src / "a")
     return src, volume
 
