@@ -38,10 +38,20 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "reap": ("benchmarks.reap", "5. Reap at scale"),
     "cli": ("benchmarks.cli_speed", "6. CLI responsiveness"),
     "memory": ("benchmarks.memory", "7. Memory"),
+    "growth": ("benchmarks.growth", "8. Snapshot growth"),
 }
 # The timing-sensitive small ones first; the two that write GiBs (memory, datapath) last, so
 # their write-back never lands in another benchmark's timings.
-DEFAULT_ORDER = ["overhead", "detection", "cli", "critical-path", "reap", "memory", "datapath"]
+DEFAULT_ORDER = [
+    "overhead",
+    "detection",
+    "cli",
+    "critical-path",
+    "reap",
+    "growth",
+    "memory",
+    "datapath",
+]
 
 DOC = ROOT / "docs" / "performance.md"
 
