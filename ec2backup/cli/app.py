@@ -81,9 +81,21 @@ def init(
             "--security-group", help="Use this security group (repeatable); none is made."
         ),
     ] = None,
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage",
+            help="volume: one standing volume; snapshots: none, each run makes one from the "
+            "latest snapshot and deletes it.",
+        ),
+    ] = "volume",
 ) -> None:
-    """Create and format a volume, and write PROFILE to the config file. Prints the volume id."""
+    """Create and format a volume, and write PROFILE to the config file. Prints the volume id
+    (with --storage snapshots: the id of the profile's first snapshot; the volume is gone)."""
     from ..commands.backup import start_init
+
+    if storage not in ("volume", "snapshots"):
+        raise typer.BadParameter("must be volume or snapshots", param_hint="--storage")
 
     settings: dict[str, Any] = {"ssh_user": ssh_user, "instance_type": instance_type}
     if ami:
@@ -102,8 +114,9 @@ def init(
             sources=source,
             settings=settings,
             allow_ssh_from=allow_ssh_from,
+            storage=storage,
         )
-    typer.echo(run.volume_id)
+    typer.echo(run.snapshot_id if storage == "snapshots" else run.volume_id)
 
 
 @app.command("run")

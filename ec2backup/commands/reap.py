@@ -13,8 +13,9 @@ Whether a live run owns it is decided from facts, never guessed:
 
 Acting on orphans: detach our (tagged) volumes from them, terminate them in batches, and mark
 their runs ``failed`` with ``AbandonedRunError`` so that ``resume`` (which relaunches) or
-``resume --clean`` can finish them. Temporary restore volumes (``ec2backup:role=restore``) of
-runs that are over, abandoned or unknown are deleted; the backup volume itself never is.
+``resume --clean`` can finish them. Temporary volumes (``ec2backup:role=restore`` of a restore,
+``role=work`` of a backup in snapshots-only storage) of runs that are over, abandoned or
+unknown are deleted; the backup volume itself (``role=data``) never is.
 Dry run unless asked.
 """
 
@@ -44,6 +45,7 @@ from ..db.recorder import RunRecorder
 from ..db.store import Store
 from ..errors import AbandonedRunError, ConfigError, UserInputError
 from ..ports import Ec2, Instance
+from ..run.steps.volume import TEMPORARY_ROLES
 
 if TYPE_CHECKING:
     from .app import App
@@ -168,6 +170,11 @@ def reap_region(
         # listing, matched here, costs one call whatever the number of orphans.
         by_instance = {v.instance.id: v for v in orphans}
         for volume in ec2.find_volumes({TAG_MANAGED: "true"}):
+            if not volume.tags.get(TAG_ROLE):
+                # An instance's root volume carries the run's tags too (they are in the launch
+                # call): EC2 does not detach a root volume from a running instance, and
+                # terminating the instance deletes it.
+                continue
             for attachment in volume.attachments:
                 owner = by_instance.get(attachment.instance_id)
                 if owner is not None:
@@ -210,9 +217,14 @@ class VolumeVerdict:
 
 
 def reap_restore_volumes(store: Store, ec2: Ec2, *, act: bool) -> list[VolumeVerdict]:
-    """Temporary restore volumes (role=restore) whose run is over or unknown: delete them.
-    Only unattached ones: one still attached goes once its instance has been reaped."""
-    volumes = ec2.find_volumes({TAG_MANAGED: "true", TAG_ROLE: "restore"})
+    """Temporary volumes (role=restore, and role=work of snapshots-only storage) whose run is
+    over or unknown: delete them. Only unattached ones: one still attached goes once its
+    instance has been reaped."""
+    volumes = [
+        v
+        for v in ec2.find_volumes({TAG_MANAGED: "true"})
+        if v.tags.get(TAG_ROLE) in TEMPORARY_ROLES
+    ]
     live = live_leases(store)
     run_ids = {v.tags.get(TAG_RUN_ID) for v in volumes} - {None}
     with store.session() as session:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Profile, load_profile, require_backup_ready
-from ..core.states import RunKind
+from ..core.states import BACKUP_KINDS, RunKind
 from ..db import leases
 from ..db.models import Run
 from ..errors import RunStateError, UserInputError
@@ -40,7 +40,7 @@ def start_restore(
     if run_id:
         with app.store.session() as session:
             source_run = app.store.get_run(session, run_id)
-            if source_run.kind != RunKind.BACKUP or not source_run.snapshot_id:
+            if source_run.kind not in BACKUP_KINDS or not source_run.snapshot_id:
                 raise RunStateError(
                     f"run {run_id} is a {source_run.kind} run with no snapshot",
                     hint="pick a backup run that made one (`ec2backup runs`), or --snapshot",
@@ -56,6 +56,11 @@ def start_restore(
     extra: dict[str, Any] = {"to": str(to), "path": path or "", "live": live}
     keys: list[str] = []
     if live:
+        if profile.storage == "snapshots":
+            raise UserInputError(
+                f'profile {profile.name} keeps no live volume (storage = "snapshots")',
+                hint="restore a snapshot: --run RUN_ID or --snapshot ID",
+            )
         require_backup_ready(profile, file)
         check_volume(profile, ec2, file)
         assert profile.volume_id is not None

@@ -74,6 +74,8 @@ def resume(app: App, run_id: str, *, clean: bool = False, snapshot: bool = False
         keys = [leases.run_key(run.id)]
         if run.volume_id:
             keys.append(leases.volume_key(run.volume_id))
+        if run.kind == RunKind.SNAPSHOT_BACKUP:
+            keys.append(leases.profile_key(run.profile))
     with leases.held(app.store, run_id, keys):
         return _drive(app, run_id, resuming=True, clean=clean, snapshot=snapshot)
 
@@ -120,7 +122,7 @@ def _drive(
                     run.error_type = None
                     fire(run, "resume", detail=f"resumed from {run.failed_from}")
                 engine.drive(ctx)
-            if run.kind == RunKind.INIT and run.state == RunState.DONE:
+            if run.kind in (RunKind.INIT, RunKind.SNAPSHOT_INIT) and run.state == RunState.DONE:
                 _write_initialised_profile(run, profile)
             if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
                 session.commit()
@@ -142,4 +144,7 @@ def _write_initialised_profile(run: Run, profile: Profile) -> None:
     from ..config import write_profile
 
     path = Path(run.config["config_path"])
-    write_profile(path, profile.model_copy(update={"volume_id": run.volume_id}))
+    if profile.storage == "snapshots":  # its volume is gone; the snapshot is where it starts
+        write_profile(path, profile)
+    else:
+        write_profile(path, profile.model_copy(update={"volume_id": run.volume_id}))
