@@ -31,6 +31,9 @@ ACCEPTED_MISMATCHES = {
     ("ec2:RunInstances", "arn:*:ec2:*:*:subnet/*"),
     ("ec2:RunInstances", "arn:*:ec2:*:*:instance/*"),
     ("ec2:CreateSnapshot", "arn:*:ec2:*::snapshot/*"),
+    # CreateVolume from a snapshot authorizes the snapshot too, by its own tags (no request tag
+    # there): a statement of its own for the snapshot resource.
+    ("ec2:CreateVolume", "arn:*:ec2:*:*:volume/*"),
     ("ec2:CreateSecurityGroup", "arn:*:ec2:*:*:vpc/*"),
     ("ec2:CreateSecurityGroup", "arn:*:ec2:*:*:security-group/*"),
 }
