@@ -254,8 +254,7 @@ def _snapshot_storage(probe: Ec2, profile: Profile) -> Check:
         )
     return _pass(
         "volume",
-        f"none standing (storage = snapshots); a run starts from {base.id} "
-        f"({base.size_gib} GiB)",
+        f"none standing (storage = snapshots); a run starts from {base.id} ({base.size_gib} GiB)",
     )
 
 

@@ -85,6 +85,10 @@ mode), ``seed.py`` (the AMI and SSM parameter).
   service at the same endpoint): answered from the snapshot images, 512 KiB blocks, a lineage
   that follows volumes made from snapshots, AWS's pagination (pages may be empty and still
   carry a ``NextToken``) and errors; pending and archived snapshots cannot be read.
+* Snapshot tiers (``tiers.py``): ModifySnapshotTier only of a completed snapshot in the
+  standard tier, RestoreSnapshotTier only of an archived one, both taking ``tier_delay``
+  seconds (the ``*-in-progress`` statuses meanwhile); CreateVolume from an archived snapshot
+  that is not restored is refused; DescribeSnapshotTierStatus lists the account's own only.
 * Seeded at start, in an account that is otherwise empty like a new one (moto's ~200 default
   AMIs are not loaded): an Ubuntu 24.04 AMI (owner Canonical) and the SSM public parameter
   ``/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id``

@@ -44,7 +44,8 @@ from .reconcile import Reconciler
 from .seed import seed
 from .settings import CloudSettings
 from .snapshots import Snapshots
-from .state import CloudState, Hook
+from .state import CloudState, Hook, Original
+from .tiers import Tiers
 from .tokens import ClientTokens
 from .volumes import Volumes
 
@@ -56,8 +57,9 @@ class LocalCloud:
         self.tokens = ClientTokens()
         self.volumes = Volumes(self.state, self.tokens)
         self.instances = Instances(self.state, self.tokens, self.volumes)
-        self.ebs = EbsDirect(self.state)
-        self.snapshots = Snapshots(self.state, self.ebs)
+        self.tiers = Tiers(self.state)
+        self.ebs = EbsDirect(self.state, self.tiers)
+        self.snapshots = Snapshots(self.state, self.ebs, self.tiers)
         self.reconciler = Reconciler(self.state, self.faults, self.instances, self.volumes)
         self.default_ami_id = ""
 
@@ -71,14 +73,21 @@ class LocalCloud:
             "stop_instances": self.instances.stop_instances,
             "start_instances": self.instances.start_instances,
             "get_console_output": self.instances.get_console_output,
-            "create_volume": self.volumes.create_volume,
+            "create_volume": self._create_volume,
             "delete_volume": self.volumes.delete_volume,
             "attach_volume": self.volumes.attach_volume,
             "detach_volume": self.volumes.detach_volume,
             "create_snapshot": self.snapshots.create_snapshot,
             "delete_snapshot": self.snapshots.delete_snapshot,
             "describe_snapshots": self.snapshots.describe_snapshots,
+            "modify_snapshot_tier": self.tiers.modify_snapshot_tier,
+            "restore_snapshot_tier": self.tiers.restore_snapshot_tier,
+            "describe_snapshot_tier_status": self.tiers.describe_snapshot_tier_status,
         }
+
+    def _create_volume(self, response: EC2Response, original: Original) -> ActionResult:
+        self.tiers.check_source(response)  # no volume from an archived snapshot
+        return self.volumes.create_volume(response, original)
 
     def install(self) -> None:
         moto_enis.random_public_ip = self.instances.allocate_address

@@ -42,6 +42,7 @@ from moto.ebs.responses import EBSResponse
 from moto.ec2.models import ec2_backends
 
 from .state import CloudState
+from .tiers import Tiers, usable
 
 BLOCK_SIZE = 512 * 1024
 MIN_RESULTS, MAX_RESULTS = 100, 10_000
@@ -151,8 +152,9 @@ def changed_blocks(first: Path, second: Path) -> dict[int, tuple[bool, bool]]:
 class EbsDirect:
     """ListSnapshotBlocks and ListChangedBlocks for the server (installed by ``LocalCloud``)."""
 
-    def __init__(self, state: CloudState) -> None:
+    def __init__(self, state: CloudState, tiers: Tiers) -> None:
         self.state = state
+        self.tiers = tiers
         self._cache: dict[tuple[str, str], dict[int, tuple[bool, bool]]] = {}
         self._cache_lock = threading.Lock()
 
@@ -276,6 +278,7 @@ class EbsDirect:
 
     def _readable(self, response: EBSResponse, snapshot_id: str) -> Any:
         with self.state.lock:
+            self.tiers.settle()
             backend = ec2_backends[response.current_account][response.region]
             snapshot = backend.snapshots.get(snapshot_id)
             if snapshot is None or snapshot.owner_id != response.current_account:
@@ -291,9 +294,7 @@ class EbsDirect:
                     "snapshots can be read.",
                     "INVALID_SNAPSHOT_ID",
                 )
-            expiry = snapshot.restore_expiry_time
-            restored = expiry is not None and _as_utc(expiry) > datetime.now(UTC)
-            if getattr(snapshot, "storage_tier", "standard") == "archive" and not restored:
+            if not usable(snapshot):
                 raise _validation(
                     f"The snapshot '{snapshot_id}' is in the archive tier; restore it first.",
                     "INVALID_SNAPSHOT_ID",
@@ -369,10 +370,6 @@ class _Denied(Exception):
 
 def _volume_blocks(snapshot: Any) -> int:
     return int(snapshot.volume.size) * 2**30 // BLOCK_SIZE
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # moto's are naive UTC
 
 
 def _block_token(snapshot_id: str, index: int) -> str:

@@ -45,6 +45,9 @@ class CloudSettings:
     unless forced)."""
     terminate_delay: float = 0.0
     """shutting-down -> terminated (also stopping -> stopped after a shutdown from inside)."""
+    tier_delay: float = 0.0
+    """How long a snapshot's archival (ModifySnapshotTier) and a restore from the archive
+    (RestoreSnapshotTier) take; AWS: hours, up to 72 for a restore."""
 
     # --- dead-man's switch -------------------------------------------------------------------
     minute_seconds: float = 60.0
@@ -80,6 +83,7 @@ class CloudSettings:
             "attach_delay",
             "detach_delay",
             "terminate_delay",
+            "tier_delay",
         ):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):

@@ -12,12 +12,14 @@ from moto.ec2.responses import EC2Response
 from .ebs import EbsDirect
 from .host import copy_sparse
 from .state import CloudState, Original
+from .tiers import Tiers
 
 
 class Snapshots:
-    def __init__(self, state: CloudState, ebs: EbsDirect) -> None:
+    def __init__(self, state: CloudState, ebs: EbsDirect, tiers: Tiers) -> None:
         self.state = state
         self.ebs = ebs
+        self.tiers = tiers
 
     def create_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
         result = original()
@@ -38,6 +40,7 @@ class Snapshots:
     def describe_snapshots(self, response: EC2Response, original: Original) -> ActionResult:
         """Honour OwnerIds, which moto ignores: with ``self`` AWS lists only the account's own
         snapshots, not the public ones behind other owners' AMIs (the seeded Ubuntu AMI's)."""
+        self.tiers.settle()
         result = original()
         owners = response._get_param("OwnerIds", [])
         if not owners:
