@@ -70,6 +70,10 @@ class Retention(BaseModel):
     keep_daily: int = Field(default=0, ge=0)
     keep_weekly: int = Field(default=0, ge=0)
     keep_monthly: int = Field(default=0, ge=0)
+    # Kept snapshots at least this many days old move to the archive tier (ModifySnapshotTier),
+    # as Data Lifecycle Manager does; the newest never. Archived snapshots are billed for at
+    # least 90 days and take up to 72 hours to restore (docs/configuration.md).
+    archive_after_days: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _some_rule(self) -> Retention:

@@ -65,6 +65,20 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class TierStatus:
+    """A snapshot's tier and its last move between tiers (DescribeSnapshotTierStatus)."""
+
+    snapshot_id: str
+    tier: str  # standard | archive
+    # archival-in-progress, archival-completed, temporary-restore-in-progress, ... or None
+    operation: str | None = None
+    progress: int | None = None  # percent
+    started_at: datetime | None = None  # of the last operation
+    archived_at: datetime | None = None  # when its archival completed
+    restore_expiry: datetime | None = None
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     image_id: str
     instance_type: str
@@ -128,6 +142,19 @@ class Ec2(Protocol):
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         """Those of ``group_ids`` that do not exist in the region."""
+        ...
+
+    # Snapshot tiers (retention's archive_after_days, restore of an archived snapshot).
+    def archive_snapshot(self, snapshot_id: str) -> None:
+        """Move a completed snapshot to the archive tier (ModifySnapshotTier)."""
+        ...
+
+    def restore_snapshot_tier(self, snapshot_id: str, days: int) -> None:
+        """Restore an archived snapshot to the standard tier for ``days`` days."""
+        ...
+
+    def snapshot_tiers(self, snapshot_ids: Sequence[str]) -> dict[str, TierStatus]:
+        """The tier status of each of ``snapshot_ids`` (those that exist)."""
         ...
 
 

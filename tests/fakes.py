@@ -27,6 +27,7 @@ from ec2backup.ports import (
     SshTarget,
     SyncSpace,
     SyncStats,
+    TierStatus,
     Unmounted,
     Volume,
 )
@@ -58,6 +59,9 @@ class FakeEc2:
     calls: list[str] = field(default_factory=list)
     terminate_answer: str = "shutting-down"  # the state TerminateInstances answers with
     console: str = field(default_factory=lambda: console_with_host_key())
+    # snapshot id -> (its last tier operation, when it started); when it was archived.
+    tier_operations: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    archived_at: dict[str, datetime] = field(default_factory=dict)
     # Called before an action runs: lets a test make a call fail once.
     before: Callable[[str], None] = lambda _name: None
 
@@ -193,6 +197,38 @@ class FakeEc2:
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         return []
+
+    def archive_snapshot(self, snapshot_id: str) -> None:
+        self._call("archive_snapshot")
+        snapshot = self.snapshots[snapshot_id]
+        if snapshot.state != "completed" or snapshot.storage_tier == "archive":
+            raise InvalidResourceStateError(f"{snapshot_id} cannot be archived")
+        self.snapshots[snapshot_id] = replace(snapshot, storage_tier="archive")
+        self.tier_operations[snapshot_id] = ("archival-completed", datetime.now(UTC))
+
+    def restore_snapshot_tier(self, snapshot_id: str, days: int) -> None:
+        self._call("restore_snapshot_tier")
+        if self.snapshots[snapshot_id].storage_tier != "archive":
+            raise InvalidResourceStateError(f"{snapshot_id} is not archived")
+        self.tier_operations[snapshot_id] = ("temporary-restore-in-progress", datetime.now(UTC))
+
+    def snapshot_tiers(self, snapshot_ids: Sequence[str]) -> dict[str, TierStatus]:
+        self._call("snapshot_tiers")
+        found = {}
+        for snapshot_id in snapshot_ids:
+            snapshot = self.snapshots.get(snapshot_id)
+            if snapshot is None:
+                continue
+            operation, at = self.tier_operations.get(snapshot_id, (None, None))
+            found[snapshot_id] = TierStatus(
+                snapshot_id,
+                snapshot.storage_tier,
+                operation=operation,
+                started_at=at,
+                archived_at=self.archived_at.get(snapshot_id, at if operation else None),
+                restore_expiry=snapshot.restore_expiry,
+            )
+        return found
 
     def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]:
         return [

@@ -26,6 +26,7 @@ SNAPSHOT_COLUMNS = [
     ("id", "SNAPSHOT"),
     ("started", "STARTED (UTC)"),
     ("state", "STATE"),
+    ("tier", "TIER"),
     ("size_gib", "SIZE (GiB)"),
     ("run_id", "RUN"),
 ]
@@ -121,12 +122,18 @@ def prune(result: dict[str, Any], *, as_json: bool) -> None:
         emit(
             rows,
             as_json=False,
-            columns=[*SNAPSHOT_COLUMNS[:3], ("action", "ACTION"), ("why", "WHY")],
+            columns=[*SNAPSHOT_COLUMNS[:4], ("action", "ACTION"), ("why", "WHY")],
         )
+    archive = result.get("archive") or {}
+    if archive.get("after_days") is not None or any(
+        r.get("tier") == "archive" for r in result["snapshots"]
+    ):
+        typer.echo(f"archive tier: {archive['note']}", err=True)
     if result["dry_run"]:
+        archiving = f" and archive {result['archived']}" if result.get("archived") else ""
         typer.echo(
-            f"dry run ({result['policy']}): would delete {result['removed']} of "
-            f"{len(result['snapshots'])} snapshots; pass --yes to delete them",
+            f"dry run ({result['policy']}): would delete {result['removed']}{archiving} of "
+            f"{len(result['snapshots'])} snapshots; pass --yes to do it",
             err=True,
         )
 

@@ -123,7 +123,7 @@ def unmeasured(
             if r.kind in BACKUP_KINDS
             and r.state == RunState.DONE
             and r.snapshot_id is not None
-            and r.snapshot_stats is None
+            and "added_bytes" not in (r.snapshot_stats or {})
             and r.id != exclude
             and (run_ids is None or r.id in run_ids)
         ]
@@ -167,7 +167,8 @@ def record(app: App, measured: dict[str, dict[str, Any]]) -> None:
         return
     with app.store.session() as session:
         for run_id, stats in measured.items():
-            app.store.get_run(session, run_id).snapshot_stats = stats
+            run = app.store.get_run(session, run_id)
+            run.snapshot_stats = {**(run.snapshot_stats or {}), **stats}
         session.commit()
 
 
@@ -213,8 +214,29 @@ def added_row(
     stats: dict[str, Any] | None, snapshot_id: str | None, note: str | None = None
 ) -> dict[str, Any]:
     """``show``'s view of the figure: the recorded stats, or why there are none."""
-    if stats is not None:
+    if stats is not None and "added_bytes" in stats:
         return dict(stats)
     if snapshot_id is None:
         return {"added_bytes": None, "note": "this run made no snapshot"}
-    return {"added_bytes": None, "note": note or PENDING_NOTE}
+    return {**(stats or {}), "added_bytes": None, "note": note or PENDING_NOTE}
+
+
+def record_full_size(app: App, profile: Profile, snapshot: Snapshot) -> None:
+    """All the blocks of ``snapshot`` (ListSnapshotBlocks), recorded as ``full_bytes`` on the
+    run that made it: what the archive tier stores and bills for it. Never raises."""
+    if app.adapters.blocks is None or snapshot.storage_tier != "standard":
+        return
+    try:
+        count = app.adapters.blocks(profile.region, None).added_blocks(None, snapshot.id)
+    except Ec2BackupError as exc:
+        log.warning("snapshot %s: full size not measured: %s", snapshot.id, exc.one_line())
+        return
+    from sqlalchemy import select
+
+    from ..db.models import Run
+
+    with app.store.session() as session:
+        run = session.scalars(select(Run).where(Run.snapshot_id == snapshot.id)).first()
+        if run is not None:
+            run.snapshot_stats = {**(run.snapshot_stats or {}), "full_bytes": count.bytes}
+            session.commit()

@@ -88,7 +88,7 @@ def _fill_in_growth(app: App, run_id: str) -> str | None:
             run.kind in BACKUP_KINDS
             and run.state == RunState.DONE
             and run.snapshot_id is not None
-            and run.snapshot_stats is None
+            and "added_bytes" not in (run.snapshot_stats or {})
             and "profile" in (run.config or {})
         )
         profile_data = dict(run.config["profile"]) if wanted else None

@@ -13,6 +13,7 @@ from ..errors import RunStateError, UserInputError
 from .app import App
 from .checks import check_volume
 from .runner import _create_run, _drive, new_run_id
+from .tiers import start_tier_restore, usable_now
 
 
 def start_restore(
@@ -24,6 +25,7 @@ def start_restore(
     profile_name: str | None = None,
     live: bool = False,
     path: str | None = None,
+    restore_days: int = 1,
 ) -> Run:
     """Copy a backup back into ``to``: from the snapshot of run ``run_id``, from
     ``snapshot_id``, or (``live``) from the profile's volume itself, mounted read-only."""
@@ -77,6 +79,8 @@ def start_restore(
             raise UserInputError(
                 f"snapshot {snapshot_id} is {snapshot.state}", hint="try again once it completes"
             )
+        if not usable_now(snapshot):
+            start_tier_restore(ec2, snapshot, profile.name, restore_days)
         extra |= {"snapshot_id": snapshot_id, "size_gib": snapshot.size_gib or 1}
     extra["image_id"] = ec2.resolve_image(profile.ami)
     new_id = new_run_id()
