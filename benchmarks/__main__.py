@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "cli": ("benchmarks.cli_speed", "6. CLI responsiveness"),
     "memory": ("benchmarks.memory", "7. Memory"),
     "fastpaths": ("benchmarks.fastpaths", "8. Speed tricks, with and without"),
+    "growth": ("benchmarks.growth", "9. Snapshot growth"),
 }
 # The timing-sensitive small ones first; the two that write GiBs (memory, datapath) last, so
 # their write-back never lands in another benchmark's timings.
@@ -49,6 +50,7 @@ DEFAULT_ORDER = [
     "fastpaths",
     "critical-path",
     "reap",
+    "growth",
     "memory",
     "datapath",
 ]

@@ -116,7 +116,12 @@ def build_rsync_command(
     rsync splits the ``-e`` string itself and honours quotes, hence ``shlex.join``.
     """
     src = os.path.abspath(source).rstrip("/") + "/"
-    argv = [rsync_program, "-a", *([] if pull else ["--delete"])]
+    # A backup writes changed files in place: only the blocks that changed are written, so
+    # the next snapshot holds only those (rsync's default, a new copy renamed over the old
+    # one, rewrote every block of a changed file). The last snapshot stays the consistent
+    # version while a run is under way (docs/architecture.md, "Writing in place"). A restore
+    # keeps rsync's default: a local file is replaced only once its new copy is whole.
+    argv = [rsync_program, "-a", *([] if pull else ["--delete", "--inplace"])]
     # Incremental recursion (rsync's default) stays on: with --no-inc-recursive, which makes
     # progress2's total exact from the start, the whole file list was built and held first,
     # and a sync of 1 GiB in 10,000 files took ~10% more time and CPU (docs/performance.md).
