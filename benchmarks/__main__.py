@@ -39,7 +39,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "cli": ("benchmarks.cli_speed", "6. CLI responsiveness"),
     "memory": ("benchmarks.memory", "7. Memory"),
     "fastpaths": ("benchmarks.fastpaths", "8. Speed tricks, with and without"),
-    "fidelity": ("benchmarks.fidelity", "9. Fidelity"),
+    "growth": ("benchmarks.growth", "9. Snapshot growth"),
+    "fidelity": ("benchmarks.fidelity", "10. Fidelity"),
 }
 # The timing-sensitive small ones first; the two that write GiBs (memory, datapath) last, so
 # their write-back never lands in another benchmark's timings.
@@ -50,6 +51,7 @@ DEFAULT_ORDER = [
     "fastpaths",
     "critical-path",
     "reap",
+    "growth",
     "memory",
     "fidelity",
     "datapath",

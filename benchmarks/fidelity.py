@@ -1,4 +1,4 @@
-"""9. Fidelity: what a faithful copy costs, and the measurements behind rsync's options.
+"""10. Fidelity: what a faithful copy costs, and the measurements behind rsync's options.
 
 * ``-H`` (hard links): rsync's peak memory on both sides and the time of a first copy of the
   200,000-file tree of benchmark 7, with plain ``-a`` and with every option ec2backup passes
@@ -253,7 +253,7 @@ def _linked_tree(root: Path, files: int) -> None:
 def run(quick: bool = False) -> Section:
     files = 50_000 if quick else FILES
     rounds = 1 if quick else 2
-    section = Section(key="fidelity", title="9. Fidelity", command="python -m benchmarks fidelity")
+    section = Section(key="fidelity", title="10. Fidelity", command="python -m benchmarks fidelity")
     reason = unavailable()
     if reason:
         section.notes.append(f"Not run: {reason}.")

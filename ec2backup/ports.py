@@ -63,6 +63,23 @@ class Snapshot:
     size_gib: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     progress: str | None = None  # "40%" while pending
+    storage_tier: str = "standard"  # standard | archive
+    # Until when an archived snapshot is temporarily restored (readable, usable), if it is.
+    restore_expiry: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    """A snapshot's tier and its last move between tiers (DescribeSnapshotTierStatus)."""
+
+    snapshot_id: str
+    tier: str  # standard | archive
+    # archival-in-progress, archival-completed, temporary-restore-in-progress, ... or None
+    operation: str | None = None
+    progress: int | None = None  # percent
+    started_at: datetime | None = None  # of the last operation
+    archived_at: datetime | None = None  # when its archival completed
+    restore_expiry: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,44 @@ class Ec2(Protocol):
         """Whether the subnet routes 0.0.0.0/0 to an internet gateway."""
         ...
 
+    # Snapshot tiers (retention's archive_after_days, restore of an archived snapshot).
+    def archive_snapshot(self, snapshot_id: str) -> None:
+        """Move a completed snapshot to the archive tier (ModifySnapshotTier)."""
+        ...
+
+    def restore_snapshot_tier(self, snapshot_id: str, days: int) -> None:
+        """Restore an archived snapshot to the standard tier for ``days`` days."""
+        ...
+
+    def snapshot_tiers(self, snapshot_ids: Sequence[str]) -> dict[str, TierStatus]:
+        """The tier status of each of ``snapshot_ids`` (those that exist)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BlockCount:
+    """Blocks of a snapshot, as the EBS direct APIs list them."""
+
+    blocks: int
+    block_size: int  # bytes: 524,288 on EBS
+    requests: int  # API calls the listing took (pages)
+
+    @property
+    def bytes(self) -> int:
+        return self.blocks * self.block_size
+
+
+class SnapshotBlocks(Protocol):
+    """The EBS direct APIs that read snapshots. Snapshots must be completed and in the
+    standard tier; errors are the project's (``CloudError`` and its subclasses)."""
+
+    def added_blocks(self, earlier_snapshot_id: str | None, snapshot_id: str) -> BlockCount:
+        """The blocks ``snapshot_id`` stores that ``earlier_snapshot_id`` (of the same
+        lineage) does not hold as they are: ListChangedBlocks, counting the blocks the later
+        snapshot has. Without an earlier snapshot, every block it holds (ListSnapshotBlocks):
+        a first snapshot is a full one."""
+        ...
+
 
 class Account(Protocol):
     """The account-level probes ``ec2backup doctor`` makes (read-only)."""
@@ -225,6 +280,9 @@ class SyncSpace:
     # Per destination, the entries in it that are not directories (0 for a new one): what a
     # mirror could delete.
     files: Mapping[str, int] = field(default_factory=dict)
+    # Regular files in the destinations that share an inode, as groups of their paths (each
+    # group one inode, two names or more): what writing in place writes through.
+    hard_links: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -297,7 +355,12 @@ class InstanceHost(Protocol):
         fill the instance's root disk; nothing is touched); a leftover rsync is ended as by
         ``end_rsync``; the bytes already in the destinations (directories under
         ``mount_point``) and free on the volume are measured, and the files in each
-        destination counted; the destinations are created."""
+        destination counted; the destinations are created; their hard-linked files are listed
+        (``SyncSpace.hard_links``)."""
+        ...
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        """Remove these names (regular files, as root); one already gone is success."""
         ...
 
     def tree_facts(self, root: str, paths: Sequence[str]) -> TreeFacts:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ec2backup.core.tags import LIVE_INSTANCE_STATES
 from ec2backup.errors import (
+    CloudError,
     DeviceNotFoundError,
     InvalidResourceStateError,
     RemoteCommandError,
@@ -19,6 +20,7 @@ from ec2backup.errors import (
 )
 from ec2backup.ports import (
     Attachment,
+    BlockCount,
     DeviceContents,
     Difference,
     Instance,
@@ -27,6 +29,7 @@ from ec2backup.ports import (
     SshTarget,
     SyncSpace,
     SyncStats,
+    TierStatus,
     TreeFacts,
     Unmounted,
     Volume,
@@ -59,6 +62,9 @@ class FakeEc2:
     calls: list[str] = field(default_factory=list)
     terminate_answer: str = "shutting-down"  # the state TerminateInstances answers with
     console: str = field(default_factory=lambda: console_with_host_key())
+    # snapshot id -> (its last tier operation, when it started); when it was archived.
+    tier_operations: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    archived_at: dict[str, datetime] = field(default_factory=dict)
     # Called before an action runs: lets a test make a call fail once.
     before: Callable[[str], None] = lambda _name: None
 
@@ -114,6 +120,7 @@ class FakeEc2:
             availability_zone=spec.availability_zone,
             public_ip=f"127.0.1.{len(self.instances) + 2}",
             tags=dict(spec.tags),
+            root_device="/dev/sda1",  # as EC2 reports an Ubuntu AMI's
         )
         self.instances[instance.id] = instance
         self.tokens[spec.client_token] = instance.id
@@ -222,6 +229,38 @@ class FakeEc2:
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         return []
 
+    def archive_snapshot(self, snapshot_id: str) -> None:
+        self._call("archive_snapshot")
+        snapshot = self.snapshots[snapshot_id]
+        if snapshot.state != "completed" or snapshot.storage_tier == "archive":
+            raise InvalidResourceStateError(f"{snapshot_id} cannot be archived")
+        self.snapshots[snapshot_id] = replace(snapshot, storage_tier="archive")
+        self.tier_operations[snapshot_id] = ("archival-completed", datetime.now(UTC))
+
+    def restore_snapshot_tier(self, snapshot_id: str, days: int) -> None:
+        self._call("restore_snapshot_tier")
+        if self.snapshots[snapshot_id].storage_tier != "archive":
+            raise InvalidResourceStateError(f"{snapshot_id} is not archived")
+        self.tier_operations[snapshot_id] = ("temporary-restore-in-progress", datetime.now(UTC))
+
+    def snapshot_tiers(self, snapshot_ids: Sequence[str]) -> dict[str, TierStatus]:
+        self._call("snapshot_tiers")
+        found = {}
+        for snapshot_id in snapshot_ids:
+            snapshot = self.snapshots.get(snapshot_id)
+            if snapshot is None:
+                continue
+            operation, at = self.tier_operations.get(snapshot_id, (None, None))
+            found[snapshot_id] = TierStatus(
+                snapshot_id,
+                snapshot.storage_tier,
+                operation=operation,
+                started_at=at,
+                archived_at=self.archived_at.get(snapshot_id, at if operation else None),
+                restore_expiry=snapshot.restore_expiry,
+            )
+        return found
+
     def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]:
         return [
             s for s in self.snapshots.values() if all(s.tags.get(k) == v for k, v in tags.items())
@@ -282,6 +321,8 @@ class FakeInstanceHost:
     files: dict[str, int] = field(default_factory=dict)  # destination -> files in it
     facts: TreeFacts = field(default_factory=TreeFacts)  # what tree_facts answers
     space_unreadable: bool = False
+    hard_links: tuple[tuple[str, ...], ...] = ()  # groups of names of one inode
+    removed: list[str] = field(default_factory=list)  # names remove_files removed
     rsync_needs_sudo: bool = True  # as for Ubuntu's login user
     calls: list[str] = field(default_factory=list)
     closed: bool = False
@@ -358,7 +399,11 @@ class FakeInstanceHost:
             raise RemoteCommandError(f"could not read the free space of {mount_point}")
         self.directories.update(f"{mount_point}/{d}" for d in destinations)
         files = {d: self.files.get(d, 0) for d in destinations}
-        return SyncSpace(used=self.used, free=self.free, files=files)
+        return SyncSpace(used=self.used, free=self.free, files=files, hard_links=self.hard_links)
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        self._call("remove_files", *paths)
+        self.removed += paths
 
     def tree_facts(self, root: str, paths: Sequence[str]) -> TreeFacts:
         self._call("tree_facts", root)
@@ -431,3 +476,24 @@ class FakeSyncer:
             problems=self.problems,
             problem_count=len(self.problems),
         )
+
+
+@dataclass
+class FakeBlocks:
+    """The EBS direct APIs over ``FakeEc2``'s snapshots: ``blocks`` holds, per snapshot id,
+    block index -> contents; a comparison counts the blocks whose contents differ."""
+
+    ec2: FakeEc2
+    blocks: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    calls: list[tuple[str | None, str]] = field(default_factory=list)
+    block_size: int = 512 * 1024
+
+    def added_blocks(self, earlier_snapshot_id: str | None, snapshot_id: str) -> BlockCount:
+        self.calls.append((earlier_snapshot_id, snapshot_id))
+        for one in (earlier_snapshot_id, snapshot_id):
+            if one is not None and self.ec2.snapshots[one].state != "completed":
+                raise CloudError(f"ebs: the snapshot {one} is not completed")
+        later = self.blocks.get(snapshot_id, {})
+        earlier = self.blocks.get(earlier_snapshot_id or "", {})
+        added = [i for i, data in later.items() if earlier.get(i) != data]
+        return BlockCount(blocks=len(added), block_size=self.block_size, requests=1)

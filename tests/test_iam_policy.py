@@ -20,6 +20,8 @@ DESTRUCTIVE = {
     "ec2:DeleteSnapshot",
     "ec2:DeleteVolume",
     "ec2:DetachVolume",
+    "ec2:ModifySnapshotTier",
+    "ec2:RestoreSnapshotTier",
     "ec2:TerminateInstances",
 }
 # Parliament wants every resource type of an action in one statement. These are split on
@@ -38,6 +40,9 @@ ACCEPTED_MISMATCHES = {
     ("ec2:RunInstances", "arn:*:ec2:*:*:subnet/*"),
     ("ec2:RunInstances", "arn:*:ec2:*:*:instance/*"),
     ("ec2:CreateSnapshot", "arn:*:ec2:*::snapshot/*"),
+    # CreateVolume from a snapshot authorizes the snapshot too, by its own tags (no request tag
+    # there): a statement of its own for the snapshot resource.
+    ("ec2:CreateVolume", "arn:*:ec2:*:*:volume/*"),
     ("ec2:CreateSecurityGroup", "arn:*:ec2:*:*:vpc/*"),
     ("ec2:CreateSecurityGroup", "arn:*:ec2:*:*:security-group/*"),
 }
@@ -77,6 +82,8 @@ def actions_in_code() -> set[str]:
         )
         ssm_calls = re.findall(r"ssm_client(?:\(\))?\.([a-z_]+)\(", text)
         used |= {f"ssm:{_camel(op)}" for op in ssm_calls}
+        ebs_calls = re.findall(r"ebs_client(?:\(\))?\.([a-z_]+)\(", text)
+        used |= {f"ebs:{_camel(op)}" for op in ebs_calls}
         used |= {f"sts:{_camel(op)}" for op in re.findall(r"sts\.([a-z_]+)\(", text)}
     # Waiters poll Describe* calls, already listed; TagSpecifications need CreateTags.
     return used | {"ec2:CreateTags"}

@@ -157,19 +157,29 @@ def build_rsync_command(
     ssh_program: str = "ssh",
     pull: bool = False,
     delete: bool = True,
+    in_place: bool = True,
     progress: bool = True,
 ) -> list[str]:
     """The full rsync argv mirroring ``source``'s contents into ``remote_dir`` (with
     ``delete``, deletions too) or, with ``pull``, ``remote_dir``'s contents into the local
     directory ``source`` (a restore: it adds and overwrites but never deletes local files).
-    Both ways with ``FIDELITY``; ``extra_args`` are passed as given, after everything else.
+    Both ways with ``FIDELITY``; a mirror writes in place unless not ``in_place``;
+    ``extra_args`` are passed as given, after everything else.
 
     ``source`` is made absolute so a relative name starting with ``-`` is never an option;
     the trailing ``/`` on both sides means "the contents of", not "the directory itself".
     rsync splits the ``-e`` string itself and honours quotes, hence ``shlex.join``.
     """
     src = os.path.abspath(source).rstrip("/") + "/"
-    argv = [rsync_program, "-a", *FIDELITY, *([] if pull or not delete else ["--delete"])]
+    # A backup writes changed files in place: only the blocks that changed are written, so
+    # the next snapshot holds only those (rsync's default, a new copy renamed over the old
+    # one, rewrote every block of a changed file). The last snapshot stays the consistent
+    # version while a run is under way (docs/architecture.md, "Writing in place"). With -S,
+    # rsync 3.1.3+ punches holes where a file written in place now has zeros
+    # (docs/performance.md, "What fidelity costs"). A restore keeps rsync's default: a local
+    # file is replaced only once its new copy is whole; verify's dry run writes nothing.
+    mirror = [] if pull or not delete else ["--delete", *(["--inplace"] if in_place else [])]
+    argv = [rsync_program, "-a", *FIDELITY, *mirror]
     # Incremental recursion (rsync's default) stays on: with --no-inc-recursive, which makes
     # progress2's total exact from the start, the whole file list was built and held first,
     # and a sync of 1 GiB in 10,000 files took ~10% more time and CPU (docs/performance.md).
@@ -425,6 +435,7 @@ class RsyncSyncer:
                 rsync_program=self.rsync_program,
                 ssh_program=self.ssh_program,
                 delete=only is None,
+                in_place=False,
                 progress=False,
             )
             differences: list[Difference] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..db.store import Store
 from ..paths import default_data_dir
-from ..ports import Ec2, InstanceConnector, Syncer
+from ..ports import Ec2, InstanceConnector, SnapshotBlocks, Syncer
 
 
 @dataclass
@@ -19,6 +19,8 @@ class Adapters:
     ec2: Callable[[str, str | None], Ec2]
     connector: Callable[[], InstanceConnector]
     syncer: Callable[[], Syncer]
+    # The EBS direct APIs (what each snapshot adds to the chain); None: not measured.
+    blocks: Callable[[str, str | None], SnapshotBlocks] | None = None
 
     @classmethod
     def real(cls) -> Adapters:
@@ -39,7 +41,12 @@ class Adapters:
 
             return RsyncSyncer()
 
-        return cls(ec2=ec2, connector=connector, syncer=syncer)
+        def blocks(region: str, run_id: str | None) -> SnapshotBlocks:
+            from ..adapters.aws.session import make_blocks
+
+            return make_blocks(region, run_id)
+
+        return cls(ec2=ec2, connector=connector, syncer=syncer, blocks=blocks)
 
 
 @dataclass

@@ -66,15 +66,23 @@ def check_volume(profile: Profile, ec2: Ec2, file: str) -> Volume:
 def check_fits(profile: Profile, volume: Volume) -> None:
     """Data larger than the whole volume can never fit: refuse before launching anything.
     (The exact check, against the filesystem's free space, runs on the instance.)"""
+    check_fits_in(
+        profile,
+        volume.size_gib,
+        f"volume {volume.id}",
+        "grow the volume (aws ec2 modify-volume, then resize2fs) or exclude some data",
+    )
+
+
+def check_fits_in(profile: Profile, size_gib: int, what: str, hint: str) -> None:
     from ..run.steps.transfer import tree_bytes
 
     local = sum(tree_bytes(source.path) for source in profile.sources)
-    usable = volume.size_gib * 2**30 * 0.95  # ext4's own metadata and reserve
+    usable = size_gib * 2**30 * 0.95  # ext4's own metadata and reserve
     if local > usable:
         raise InsufficientSpaceError(
-            f"the sources hold {local / 2**30:.2f} GiB, more than volume {volume.id} "
-            f"({volume.size_gib} GiB) can hold",
-            hint="grow the volume (aws ec2 modify-volume, then resize2fs) or exclude some data",
+            f"the sources hold {local / 2**30:.2f} GiB, more than {what} ({size_gib} GiB) can hold",
+            hint=hint,
         )
 
 

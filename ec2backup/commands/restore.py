@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Profile, load_profile, require_backup_ready
-from ..core.states import RunKind
+from ..core.states import BACKUP_KINDS, RunKind
 from ..db import leases
 from ..db.models import Run
 from ..errors import RunStateError, UserInputError
@@ -17,6 +17,7 @@ from ..run.steps.visibility import while_recent
 from .app import App
 from .checks import check_volume, plan_launch
 from .runner import _create_run, _drive, new_run_id
+from .tiers import start_tier_restore, usable_now
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def start_restore(
     profile_name: str | None = None,
     live: bool = False,
     path: str | None = None,
+    restore_days: int = 1,
 ) -> Run:
     """Copy a backup back into ``to``: from the snapshot of run ``run_id``, from
     ``snapshot_id``, or (``live``) from the profile's volume itself, mounted read-only."""
@@ -69,7 +71,7 @@ def start_restore(
     if run_id:
         with app.store.session() as session:
             source_run = app.store.get_run(session, run_id)
-            if source_run.kind != RunKind.BACKUP or not source_run.snapshot_id:
+            if source_run.kind not in BACKUP_KINDS or not source_run.snapshot_id:
                 raise RunStateError(
                     f"run {run_id} is a {source_run.kind} run with no snapshot",
                     hint="pick a backup run that made one (`ec2backup runs`), or --snapshot",
@@ -86,6 +88,11 @@ def start_restore(
     extra: dict[str, Any] = {"to": str(to), "path": path or "", "live": live}
     keys: list[str] = []
     if live:
+        if profile.storage == "snapshots":
+            raise UserInputError(
+                f'profile {profile.name} keeps no live volume (storage = "snapshots")',
+                hint="restore a snapshot: --run RUN_ID or --snapshot ID",
+            )
         require_backup_ready(profile, file)
         check_volume(profile, ec2, file)
         assert profile.volume_id is not None
@@ -106,6 +113,8 @@ def start_restore(
                 f"snapshot {snapshot_id} is {snapshot.state}",
                 hint="restore from another snapshot (`ec2backup snapshots`)",
             )
+        if not usable_now(snapshot):
+            start_tier_restore(ec2, snapshot, profile.name, restore_days)
         extra |= {"snapshot_id": snapshot_id, "size_gib": snapshot.size_gib or 1}
     extra |= plan_launch(profile, ec2, file).config()
     new_id = new_run_id()

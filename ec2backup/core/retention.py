@@ -16,14 +16,27 @@ on every run. A snapshot without a start time is taken as started ``now``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from .times import as_utc
 
-__all__ = ["Policy", "select", "sort_newest_first"]
+__all__ = [
+    "ARCHIVE_MINIMUM_DAYS",
+    "ARCHIVE_RESTORE_HOURS",
+    "Policy",
+    "select",
+    "sort_newest_first",
+    "to_archive",
+]
+
+# EBS Snapshots Archive: an archived snapshot is billed for at least 90 days (deleting it or
+# restoring it for good sooner bills the remaining days), and bringing one back to the standard
+# tier takes up to 72 hours, depending on its size.
+ARCHIVE_MINIMUM_DAYS = 90
+ARCHIVE_RESTORE_HOURS = 72
 
 
 class Dated(Protocol):
@@ -38,6 +51,16 @@ class Dated(Protocol):
 
 
 SnapshotT = TypeVar("SnapshotT", bound=Dated)
+
+
+class Tiered(Dated, Protocol):
+    """A snapshot with its storage tier (``standard`` or ``archive``)."""
+
+    @property
+    def storage_tier(self) -> str: ...
+
+
+TieredT = TypeVar("TieredT", bound=Tiered)
 
 
 @dataclass(frozen=True)
@@ -129,3 +152,25 @@ def select(
 
     remove = [s for s in ordered if s.id not in keep]
     return keep, remove
+
+
+def to_archive(
+    snapshots: Sequence[TieredT], kept: Iterable[str], archive_after_days: int, now: datetime
+) -> list[TieredT]:
+    """The kept snapshots to move to the archive tier, newest first: completed, in the standard
+    tier, started ``archive_after_days`` or more ago. Never the newest completed snapshot: a
+    backup in snapshots-only storage starts from it, and a restore from it should not wait for
+    the archive."""
+    keep = set(kept)
+    ordered = sort_newest_first(snapshots, now)
+    completed = [s for s in ordered if s.state == "completed"]
+    newest = completed[0].id if completed else None
+    cutoff = now - timedelta(days=archive_after_days)
+    return [
+        s
+        for s in completed
+        if s.id in keep
+        and s.id != newest
+        and s.storage_tier == "standard"
+        and as_utc(s.started_at or now) <= cutoff
+    ]

@@ -22,7 +22,7 @@ from .summary import SUMMARY_COLUMNS, summary_row
 
 # The newest migration. Checked against the migrations directory by the tests, so opening an
 # up-to-date database needs no Alembic import.
-SCHEMA_HEAD = "0003_runs_host_index"
+SCHEMA_HEAD = "0004_snapshot_stats"
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -88,6 +88,14 @@ mode; ``iam_requests.py`` and ``iam_policy.py``: what it authorizes and how), ``
   keeps the metadata (tags from TagSpecifications).
 * DescribeSnapshots: honours ``OwnerIds`` (moto ignores it), so ``self`` lists the account's
   own snapshots only, not the one behind Canonical's AMI.
+* The EBS direct APIs ListSnapshotBlocks and ListChangedBlocks (``ebs.py``; the ``ebs``
+  service at the same endpoint): answered from the snapshot images, 512 KiB blocks, a lineage
+  that follows volumes made from snapshots, AWS's pagination (pages may be empty and still
+  carry a ``NextToken``) and errors; pending and archived snapshots cannot be read.
+* Snapshot tiers (``tiers.py``): ModifySnapshotTier only of a completed snapshot in the
+  standard tier, RestoreSnapshotTier only of an archived one, both taking ``tier_delay``
+  seconds (the ``*-in-progress`` statuses meanwhile); CreateVolume from an archived snapshot
+  that is not restored is refused; DescribeSnapshotTierStatus lists the account's own only.
 * Seeded at start, in an account that is otherwise empty like a new one (moto's ~200 default
   AMIs are not loaded): Ubuntu 24.04 AMIs (owner Canonical) for x86_64 and arm64 and the SSM
   public parameters ``/aws/service/canonical/ubuntu/server/24.04/stable/current/{amd64,arm64}/

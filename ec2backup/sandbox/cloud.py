@@ -38,6 +38,7 @@ from moto.ec2.responses import EC2Response
 
 from . import iam, moto_fixes
 from .consistency import Consistency
+from .ebs import EbsDirect
 from .faults import CloudFault, Faults
 from .host import release_loops_under
 from .instances import Instances
@@ -46,7 +47,8 @@ from .reconcile import Reconciler
 from .seed import seed
 from .settings import CloudSettings
 from .snapshots import Snapshots
-from .state import CloudState, Hook
+from .state import CloudState, Hook, Original
+from .tiers import Tiers
 from .tokens import ClientTokens
 from .volumes import Volumes
 
@@ -59,7 +61,9 @@ class LocalCloud:
         self.consistency = Consistency(self.state)
         self.volumes = Volumes(self.state, self.tokens, self.consistency)
         self.instances = Instances(self.state, self.tokens, self.volumes, self.consistency)
-        self.snapshots = Snapshots(self.state, self.consistency)
+        self.tiers = Tiers(self.state)
+        self.ebs = EbsDirect(self.state, self.tiers)
+        self.snapshots = Snapshots(self.state, self.consistency, self.ebs, self.tiers)
         self.reconciler = Reconciler(
             self.state, self.faults, self.instances, self.volumes, self.snapshots
         )
@@ -75,7 +79,7 @@ class LocalCloud:
             "stop_instances": self.instances.stop_instances,
             "start_instances": self.instances.start_instances,
             "get_console_output": self.instances.get_console_output,
-            "create_volume": self.volumes.create_volume,
+            "create_volume": self._create_volume,
             "delete_volume": self.volumes.delete_volume,
             "attach_volume": self.volumes.attach_volume,
             "detach_volume": self.volumes.detach_volume,
@@ -85,7 +89,14 @@ class LocalCloud:
             "describe_instances": self.consistency.describe_instances,
             "describe_volumes": self.consistency.describe_volumes,
             "create_security_group": self.create_security_group,
+            "modify_snapshot_tier": self.tiers.modify_snapshot_tier,
+            "restore_snapshot_tier": self.tiers.restore_snapshot_tier,
+            "describe_snapshot_tier_status": self.tiers.describe_snapshot_tier_status,
         }
+
+    def _create_volume(self, response: EC2Response, original: Original) -> ActionResult:
+        self.tiers.check_source(response)  # no volume from an archived snapshot
+        return self.volumes.create_volume(response, original)
 
     def install(self) -> None:
         moto_fixes.install()
@@ -108,6 +119,7 @@ class LocalCloud:
         setattr(EC2Response, "call_action", call_action)  # noqa: B010 (mypy rejects assigning to a method)
 
         iam.install()
+        self.ebs.install()
 
     def _wrap(self, action: str, hook: Hook) -> None:
         original = getattr(EC2Response, action)

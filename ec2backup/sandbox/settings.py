@@ -73,6 +73,9 @@ class CloudSettings:
     snapshot_delay: float = 0.0
     """A new snapshot stays ``pending`` (its progress rising) this long before ``completed``; a
     volume cannot be created from it meanwhile (``IncorrectState``), as on AWS."""
+    tier_delay: float = 0.0
+    """How long a snapshot's archival (ModifySnapshotTier) and a restore from the archive
+    (RestoreSnapshotTier) take; AWS: hours, up to 72 for a restore."""
 
     # --- dead-man's switch -------------------------------------------------------------------
     minute_seconds: float = 60.0
@@ -115,6 +118,7 @@ class CloudSettings:
             "terminate_delay",
             "snapshot_delay",
             "consistency_lag",
+            "tier_delay",
         ):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):

@@ -14,8 +14,10 @@ from moto.ec2.models.elastic_block_store import Snapshot as MotoSnapshot
 from moto.ec2.responses import EC2Response
 
 from .consistency import Consistency
+from .ebs import EbsDirect
 from .host import copy_sparse
 from .state import CloudState, Original, PendingSnapshot
+from .tiers import Tiers
 
 # moto reports every snapshot as 100% done: the progress is the sandbox's, where it keeps one.
 MotoSnapshot.progress = property(  # type: ignore[method-assign,assignment]
@@ -24,9 +26,13 @@ MotoSnapshot.progress = property(  # type: ignore[method-assign,assignment]
 
 
 class Snapshots:
-    def __init__(self, state: CloudState, consistency: Consistency) -> None:
+    def __init__(
+        self, state: CloudState, consistency: Consistency, ebs: EbsDirect, tiers: Tiers
+    ) -> None:
         self.state = state
         self.consistency = consistency
+        self.ebs = ebs
+        self.tiers = tiers
 
     def create_snapshot(self, response: EC2Response, original: Original) -> ActionResult:
         result = original()
@@ -62,11 +68,13 @@ class Snapshots:
         snapshot_id = response._get_param("SnapshotId")
         self.state.pending_snapshots.pop(snapshot_id, None)
         self.state.layout.snapshot_image(snapshot_id).unlink(missing_ok=True)
+        self.ebs.forget(snapshot_id)
         return result
 
     def describe_snapshots(self, response: EC2Response, original: Original) -> ActionResult:
         """Honour OwnerIds, which moto ignores: with ``self`` AWS lists only the account's own
         snapshots, not the public ones behind other owners' AMIs (the seeded Ubuntu AMI's)."""
+        self.tiers.settle()
         result = original()
         owners = response._get_param("OwnerIds", [])
         snapshots: Any = self.consistency.visible(response, list(result.result["Snapshots"]))  # type: ignore[index]

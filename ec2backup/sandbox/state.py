@@ -103,6 +103,9 @@ class CloudState:
         self.pending_snapshots: dict[str, PendingSnapshot] = {}  # by snapshot id
         self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
         self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)
+        # A volume made from a snapshot -> the volume that snapshot was taken of: the
+        # snapshots' lineage (EBS direct APIs), kept when the snapshot is deleted.
+        self.volume_origins: dict[str, str] = {}
 
     def record_change(self, kind: str, resource_id: str, due: float) -> None:
         """Append a state change just applied to ``D/state-changes.jsonl`` (what the detection

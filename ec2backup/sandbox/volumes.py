@@ -45,6 +45,10 @@ class Volumes:
         snapshot_image = self.state.layout.snapshot_image(volume.snapshot_id or "none")
         if volume.snapshot_id and snapshot_image.exists():
             copy_sparse(snapshot_image, image)  # a volume restored from a snapshot
+        if volume.snapshot_id:
+            origin = backend.snapshots.get(volume.snapshot_id)
+            if origin is not None:
+                self.state.volume_origins[volume.id] = origin.volume.id
         make_sparse(image, int(volume.size))
         return result
 

@@ -439,6 +439,29 @@ def test_tree_facts_without_python3_on_the_instance_says_so(
         host.tree_facts(MP, [])
 
 
+def test_prepare_sync_lists_the_hard_linked_files_and_remove_files_removes_names(
+    instance: SshServer, host: SshInstanceHost, loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.make_filesystem(loop.device, "ec2backup")
+    host.mount(loop.device, MP, read_only=False)
+    instance.inside(
+        "sh",
+        "-c",
+        f"mkdir -p '{MP}/home/sub dir' {MP}/other && echo a > {MP}/home/a && "
+        f"ln {MP}/home/a '{MP}/home/sub dir/a 2' && echo b > {MP}/home/b && "
+        f"echo c > {MP}/other/c && ln {MP}/other/c {MP}/home/c",
+    )
+    sent = sent_commands(host, monkeypatch)
+    space = host.prepare_sync(MP, ["home"], rsync_timeout=5)
+    assert len(sent) == 1
+    # Only names inside the destinations, and only inodes with two of them or more there.
+    assert space.hard_links == ((f"{MP}/home/a", f"{MP}/home/sub dir/a 2"),)
+
+    host.remove_files([f"{MP}/home/sub dir/a 2", f"{MP}/home/gone"])
+    assert instance.inside("test", "-e", f"{MP}/home/sub dir/a 2", check=False).returncode == 1
+    assert instance.inside("cat", f"{MP}/home/a").stdout == "a\n"
+
+
 def test_is_directory_looks_as_root(instance: SshServer, host: SshInstanceHost) -> None:
     instance.inside("sh", "-c", "mkdir -p /mnt/private/inside && chmod 700 /mnt/private")
     assert host._shell.run("test -d /mnt/private/inside", check=False).exit_status != 0

@@ -49,7 +49,10 @@ def test_init_and_run_with_only_the_documented_policy(iam_sandbox: Any, tmp_path
         "init", "--profile", "i", "--az", "us-east-1a", "--size", "1", "--source", str(source)
     ).stdout.strip()
     run_id = cli("run", "--profile", "i").stdout.strip()
-    assert cli.json("show", run_id)["state"] == "done"
+    shown = cli.json("show", run_id)
+    assert shown["state"] == "done"
+    # Measured with the EBS direct APIs the policy grants.
+    assert shown["stats"]["snapshot_added_bytes"], shown["stats"]["snapshot_added"]
     with mounted_read_only(iam_sandbox.volume_image(volume_id)) as mnt:
         assert tree_digest(mnt / "home") == tree_digest(source)
 

@@ -1,4 +1,4 @@
-"""botocore models of EC2 and SSM that hold only the operations ec2backup calls.
+"""botocore models of EC2, SSM and EBS that hold only the operations ec2backup calls.
 
 botocore's EC2 model describes ~830 operations and ~4,400 shapes. Parsing it took ~0.1 s of
 every command that makes an EC2 client, and building a client's methods for all of them
@@ -58,12 +58,15 @@ EC2_OPERATIONS = frozenset(
         "DescribeRegions",
         "DescribeRouteTables",
         "DescribeSecurityGroups",
+        "DescribeSnapshotTierStatus",
         "DescribeSnapshots",
         "DescribeSubnets",
         "DescribeVolumes",
         "DescribeVpcs",
         "DetachVolume",
         "GetConsoleOutput",
+        "ModifySnapshotTier",
+        "RestoreSnapshotTier",
         "RunInstances",
         "TerminateInstances",
     }
@@ -71,7 +74,14 @@ EC2_OPERATIONS = frozenset(
 
 SSM_OPERATIONS = frozenset({"GetParameter"})
 
-OPERATIONS: dict[str, frozenset[str]] = {"ec2": EC2_OPERATIONS, "ssm": SSM_OPERATIONS}
+# The EBS direct APIs that read snapshots (what each snapshot adds to the chain).
+EBS_OPERATIONS = frozenset({"ListChangedBlocks", "ListSnapshotBlocks"})
+
+OPERATIONS: dict[str, frozenset[str]] = {
+    "ec2": EC2_OPERATIONS,
+    "ssm": SSM_OPERATIONS,
+    "ebs": EBS_OPERATIONS,
+}
 
 # Every service the session makes clients for: the trimmed ones and STS (the credentials
 # probe), whose small model loads whole. A client of any other service raises

@@ -75,6 +75,8 @@ def _snapshot(raw: Mapping[str, Any]) -> Snapshot:
         size_gib=int(size) if size is not None else None,
         tags=_tags(raw.get("Tags")),
         progress=raw.get("Progress") or None,
+        storage_tier=raw.get("StorageTier") or "standard",
+        restore_expiry=_when(raw.get("RestoreExpiryTime")),
     )
 
 

@@ -49,12 +49,16 @@ _CREDENTIAL_CODES = frozenset(
         "SignatureDoesNotMatch",
     }
 )
-_THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
+_THROTTLE_CODES = frozenset(
+    {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottledException"}
+)
 _SERVER_CODES = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"})
 _STATE_CODES = frozenset(
     {"IncorrectState", "IncorrectInstanceState", "VolumeInUse", "InvalidVolume.ZoneMismatch"}
 )
-_NOT_FOUND_CODES = frozenset({"ParameterNotFound", "ParameterVersionNotFound"})
+_NOT_FOUND_CODES = frozenset(
+    {"ParameterNotFound", "ParameterVersionNotFound", "ResourceNotFoundException"}
+)
 
 # code -> (class, what went wrong, how to fix it)
 _KNOWN_CODES: dict[str, tuple[type[CloudError], str, str]] = {

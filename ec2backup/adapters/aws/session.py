@@ -9,6 +9,7 @@ import boto3
 
 from .account import Boto3Account
 from .client import Boto3Ec2
+from .ebs import Boto3SnapshotBlocks
 
 # One boto3 session and one set of clients per region and AWS environment, shared by every
 # ``Boto3Ec2`` this process makes: a new session loads botocore's EC2 model again (~0.15 s), a
@@ -33,3 +34,8 @@ def make_ec2(region: str, run_id: str | None = None) -> Boto3Ec2:
 def make_account(region: str) -> Boto3Account:
     """The account probes, on the session ``make_ec2`` shares."""
     return Boto3Account(region, make_ec2(region).session)
+
+
+def make_blocks(region: str, run_id: str | None = None) -> Boto3SnapshotBlocks:
+    """The EBS direct APIs, on the session ``make_ec2`` shares."""
+    return Boto3SnapshotBlocks(region, make_ec2(region).session, run_id)

@@ -1,4 +1,4 @@
-"""The trimmed EC2 and SSM models: they hold every operation aws.py calls and nothing else,
+"""The trimmed EC2, SSM and EBS models: they hold every operation aws.py calls and nothing else,
 their shapes are complete, they are written once, and without a writable cache the full
 models are used. The trimmed endpoints resolve as the full ones do, and the session's loader
 does not list botocore's data directory."""
@@ -54,6 +54,9 @@ def operations_called_in_aws_py(full_model: dict[str, Any]) -> dict[str, set[str
     ssm_model = botocore.loaders.Loader().load_service_model("ssm", "service-2")
     ssm_by_method = {xform_name(name): name for name in ssm_model["operations"]}
     ssm: set[str] = set()
+    ebs_model = botocore.loaders.Loader().load_service_model("ebs", "service-2")
+    ebs_by_method = {xform_name(name): name for name in ebs_model["operations"]}
+    ebs: set[str] = set()
     waiters = botocore.loaders.Loader().load_service_model("ec2", "waiters-2")["waiters"]
     waiter_by_method = {xform_name(name): w["operation"] for name, w in waiters.items()}
     found: set[str] = set()
@@ -74,12 +77,14 @@ def operations_called_in_aws_py(full_model: dict[str, Any]) -> dict[str, set[str
             continue
         if "ssm" in owner:
             ssm.add(ssm_by_method[method])
+        elif "ebs" in owner:
+            ebs.add(ebs_by_method[method])
         elif method in ("get_paginator", "get_waiter") and isinstance(node.args[0], ast.Constant):
             name = str(node.args[0].value)
             found.add(by_method[name] if method == "get_paginator" else waiter_by_method[name])
         elif method in by_method:
             found.add(by_method[method])
-    return {"ec2": found, "ssm": ssm}
+    return {"ec2": found, "ssm": ssm, "ebs": ebs}
 
 
 def test_the_lists_are_exactly_what_aws_py_calls(full_model: dict[str, Any]) -> None:
