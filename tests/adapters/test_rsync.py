@@ -157,6 +157,11 @@ def test_a_backup_writes_in_place_and_a_restore_does_not() -> None:
     assert "--inplace" in push and "--delete" in push
     # A local file is replaced only once its new copy is whole; nothing local is deleted.
     assert "--inplace" not in pull and "--delete" not in pull
+    # Both as faithful; verify's dry run compares as a mirror would, and writes nothing.
+    compare = build_rsync_command(Path("/src"), TARGET, "/mnt/ec2backup/src", in_place=False)
+    for argv in (push, pull, compare):
+        assert argv[: 2 + len(sync.FIDELITY)] == ["rsync", "-a", *sync.FIDELITY]
+    assert "--delete" in compare and "--inplace" not in compare
 
 
 def test_build_rsync_command_ipv6_and_default_port() -> None:
