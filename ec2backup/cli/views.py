@@ -171,6 +171,29 @@ def cost(result: dict[str, Any], *, as_json: bool) -> None:
         ],
         title=escape(f"{result['profile']} ({result['region']})"),
     )
+    modes = [
+        {
+            **m,
+            "storage": f"{m['storage']} (this profile)" if m["used"] else m["storage"],
+            "volume": _money(m["volume_usd"]),
+            "snapshots": _money(m["snapshots_usd"]),
+            "other": _money(m["instance_and_requests_usd"]),
+            "monthly": _money(m["monthly_usd"]),
+        }
+        for m in result["modes"]
+    ]
+    emit_table(
+        modes,
+        [
+            ("storage", "STORAGE"),
+            ("volume", "VOLUME"),
+            ("snapshots", "SNAPSHOTS"),
+            ("other", "INSTANCE + REQUESTS"),
+            ("monthly", "PER MONTH"),
+            ("basis", "BASIS"),
+        ],
+        title="the same data under each storage mode",
+    )
     notes = [f"prices: {result['prices']}", *result["notes"]]
     emit_table([{"note": escape(n)} for n in notes], [("note", "NOTE")])
 
