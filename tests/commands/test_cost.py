@@ -316,8 +316,9 @@ def test_estimate(world: tuple[App, FakeEc2]) -> None:
     add_snapshot(ec2, "s-other", NOW, profile="q")
     # The EBS direct APIs' figures, recorded on the runs: a first snapshot of 3 GiB, then 2 MiB
     # and 5 MiB. rsync's bytes sent (much more: whole files) are not what EBS bills.
+    long_ago = (NOW - 39 * DAY).isoformat()
     add_run(app, "r-old", NOW - 40 * DAY, seconds=3600, snapshot_id="s-old", bytes_sent=3 * GIB,
-            stats=grew(3 * GIB, None, requests=7))  # fmt: skip
+            stats=grew(3 * GIB, None, requests=7, measured_at=long_ago))  # fmt: skip
     add_run(app, "r-mid", NOW - 2 * DAY, seconds=1800, snapshot_id="s-mid", bytes_sent=GIB,
             stats=grew(2 * MIB, "s-old", requests=2))  # fmt: skip
     add_run(app, "r-new", NOW - 1 * DAY, seconds=30, snapshot_id="s-new", bytes_sent=5 * GIB,
@@ -347,11 +348,12 @@ def test_estimate(world: tuple[App, FakeEc2]) -> None:
     assert items["instance time"]["quantity"] == pytest.approx(billed / 3600)
     assert items["instance time"]["monthly_usd"] == pytest.approx(billed / 3600 * 0.0104)
     assert "2 run(s)" in items["instance time"]["basis"]
-    # All three figures were measured within the last 30 days: 10 requests.
-    assert items["requests"]["quantity"] == pytest.approx(10 / 1000)
-    assert items["requests"]["monthly_usd"] == pytest.approx(10 / 1000 * 0.0006)
+    # The calls made measuring r-mid and r-new; r-old's were made 39 days ago.
+    assert items["requests"]["quantity"] == pytest.approx(3 / 1000)
+    assert items["requests"]["monthly_usd"] == pytest.approx(3 / 1000 * 0.0006)
+    assert "3 ListChangedBlocks/ListSnapshotBlocks call(s)" in items["requests"]["basis"]
     snapshots_usd = (3 + 7 / 1024) * 0.05
-    other = billed / 3600 * 0.0104 + 10 / 1000 * 0.0006
+    other = billed / 3600 * 0.0104 + 3 / 1000 * 0.0006
     assert result["total_monthly_usd"] == pytest.approx(8.0 + snapshots_usd + other)
     assert result["prices"] == "defaults"
     assert any("90 days" in n and "72 hours" in n and "$0.03/GB" in n for n in result["notes"])
