@@ -321,7 +321,7 @@ def compare_modes(
             snapshots_usd,
             other_usd,
             f"the snapshots + each run's own volume while it runs "
-            f"({temporary_gib_months:.4f} GiB-month)",
+            f"({temporary_gib_months:.3g} GiB-month)",
         ),
     ]
 

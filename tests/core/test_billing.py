@@ -141,4 +141,4 @@ def test_compare_modes() -> None:
     assert (volume.storage, snapshots.storage) == ("volume", "snapshots")
     assert volume.monthly_usd == pytest.approx(100 * 0.08 + 2.0 + 0.1)
     assert snapshots.monthly_usd == pytest.approx(0.5 * 0.08 + 2.0 + 0.1)
-    assert "100 GiB" in volume.basis and "0.5000 GiB-month" in snapshots.basis
+    assert "100 GiB" in volume.basis and "(0.5 GiB-month)" in snapshots.basis
