@@ -508,3 +508,26 @@ def test_estimate_with_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_prices_model_rejects_negative() -> None:
     with pytest.raises(ValueError):
         Prices(volume_gb_month=-0.1)
+
+
+def test_the_head_of_the_standard_tier_is_measured_in_full(tmp_path: Path) -> None:
+    ec2 = FakeEc2()
+    blocks = FakeBlocks(ec2)
+    volume = ec2.add_volume(size_gib=100)
+    app = make_app(tmp_path, ec2, CONFIG.format(volume=volume.id), blocks)
+    add_snapshot(ec2, "s1", NOW - 2 * DAY, tier="archive")
+    add_snapshot(ec2, "s2", NOW - DAY)
+    blocks.blocks["s2"] = {0: b"a", 1: b"b", 2: b"c"}
+    add_run(app, "r1", NOW - 2 * DAY, seconds=60, snapshot_id="s1",
+            stats=grew(3 * MIB, None, full_bytes=3 * MIB))  # fmt: skip
+    add_run(app, "r2", NOW - DAY, seconds=60, snapshot_id="s2", stats=grew(MIB, "s1"))
+    # s1 left the standard tier: s2's increment against it is not what the tier holds.
+    standard = by_item(cost.estimate(app, "p", now=NOW))["snapshots (standard)"]
+    assert blocks.calls == [(None, "s2")]  # ListSnapshotBlocks of s2, recorded
+    assert standard["snapshots"] == [
+        {"snapshot_id": "s2", "bytes": 3 * 512 * 1024, "source": "EBS direct APIs (all blocks)"}
+    ]
+    blocks.calls.clear()
+    cost.estimate(app, "p", now=NOW)
+    assert blocks.calls == []
+    app.store.close()
