@@ -216,6 +216,7 @@ class TierStorage:
 
 FROM_ADDED = "EBS direct APIs (added to the chain)"
 FROM_FULL = "EBS direct APIs (all blocks)"
+FROM_ADDED_GAP = "EBS direct APIs (added since a snapshot deleted since: a lower bound)"
 FROM_VOLUME_SIZE = "estimate: the volume's full size"
 FROM_SENT = "estimate: rsync's bytes sent"
 FROM_NOTHING = "no figure (counted as 0)"
@@ -245,6 +246,11 @@ def snapshot_storage(chain: Iterable[ChainSnapshot]) -> dict[str, TierStorage]:
     standard = [s for s in chain if s.tier != ARCHIVE]
     archive = [s for s in chain if s.tier == ARCHIVE]
     counted = [_full(s) if i == 0 else _added(s) for i, s in enumerate(standard)]
+    for i, s in enumerate(standard[1:], start=1):
+        if s.compared_with not in (None, standard[i - 1].id) and s.added_bytes is not None:
+            # Counted against a snapshot since deleted: blocks that one held and this one
+            # still uses are stored but not in the figure.
+            counted[i] = Counted(s.id, s.tier, s.added_bytes, FROM_ADDED_GAP)
     return {
         STANDARD: TierStorage(STANDARD, tuple(counted)),
         ARCHIVE: TierStorage(ARCHIVE, tuple(_full(s) for s in archive)),

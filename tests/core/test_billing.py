@@ -12,6 +12,7 @@ from ec2backup.core.billing import (
     ARCHIVE,
     DEFAULT_PRICES,
     FROM_ADDED,
+    FROM_ADDED_GAP,
     FROM_FULL,
     FROM_NOTHING,
     FROM_SENT,
@@ -56,6 +57,18 @@ def test_an_oldest_snapshot_compared_with_a_deleted_one_counts_its_full_size() -
         snap("s2", added_bytes=MIB, compared_with="s1"),
     ]
     assert snapshot_storage(chain)[STANDARD].bytes == 401 * MIB
+
+
+def test_an_increment_against_a_deleted_snapshot_is_a_lower_bound_and_says_so() -> None:
+    chain = [
+        snap("s1", added_bytes=300 * MIB),
+        snap("s3", added_bytes=2 * MIB, compared_with="s2"),  # s2 was pruned
+        snap("s4", added_bytes=MIB, compared_with="s3"),
+    ]
+    standard = snapshot_storage(chain)[STANDARD]
+    assert standard.bytes == 303 * MIB
+    assert [c.source for c in standard.counted] == [FROM_FULL, FROM_ADDED_GAP, FROM_ADDED]
+    assert "a lower bound" in standard.basis() and standard.fallbacks() == 0
 
 
 def test_archived_snapshots_are_billed_whole_and_the_standard_tier_starts_after_them() -> None:
