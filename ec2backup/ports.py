@@ -62,6 +62,24 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class VolumeModification:
+    """A change of a volume's size (ModifyVolume): ``modifying`` -> ``optimizing`` ->
+    ``completed`` (or ``failed``). The new size can be used from ``optimizing`` on."""
+
+    volume_id: str
+    state: str  # modifying | optimizing | completed | failed
+    original_size_gib: int
+    target_size_gib: int
+    progress: int = 0  # percent
+    started_at: datetime | None = None
+
+    @property
+    def usable(self) -> bool:
+        """The volume has its new size: the filesystem can grow into it."""
+        return self.state in ("optimizing", "completed")
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     image_id: str
     instance_type: str
@@ -121,6 +139,21 @@ class Ec2(Protocol):
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot; one that is already gone is success."""
+        ...
+
+    # Growing a volume (``ec2backup grow``, ``auto_grow_max_gib``).
+    def modify_volume_size(self, volume_id: str, size_gib: int) -> VolumeModification:
+        """ModifyVolume to ``size_gib``. AWS allows one modification per volume every 6
+        hours and none while one is under way; a smaller size is refused."""
+        ...
+
+    def get_volume_modification(self, volume_id: str) -> VolumeModification | None:
+        """The volume's latest modification, or None if it was never modified."""
+        ...
+
+    def wait_volume_resized(self, volume_id: str, timeout: float) -> VolumeModification:
+        """Wait until the latest modification is ``usable`` (``optimizing`` or
+        ``completed``); ``WaitTimeoutError`` after ``timeout`` s, ``CloudError`` if failed."""
         ...
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
@@ -183,6 +216,13 @@ class Unmounted(StrEnum):
 class SyncSpace:
     used: int  # bytes already in the destinations (apparent size; 0 for new ones)
     free: int  # bytes free on the mounted volume
+    device_bytes: int = 0  # the block device's size
+    filesystem_bytes: int = 0  # the filesystem's size (blocks times block size)
+
+    @property
+    def room_to_grow(self) -> int:
+        """Bytes the device has beyond its filesystem (after the volume was grown)."""
+        return max(self.device_bytes - self.filesystem_bytes, 0)
 
 
 class InstanceHost(Protocol):
@@ -243,11 +283,22 @@ class InstanceHost(Protocol):
         ``mount_point`` must be a mount (else ``InvalidResourceStateError``: a copy would
         fill the instance's root disk; nothing is touched); a leftover rsync is ended as by
         ``end_rsync``; the bytes already in the destinations (directories under
-        ``mount_point``) and free on the volume are measured; the destinations are created."""
+        ``mount_point``) and free on the volume, and the sizes of the device and of its
+        filesystem, are measured; the destinations are created."""
+        ...
+
+    def grow_filesystem(self, mount_point: str) -> None:
+        """Grow the filesystem mounted on ``mount_point`` to the size of its device, online
+        (resize2fs); one already that size is left as it is."""
         ...
 
     def is_directory(self, path: str) -> bool:
         """Whether ``path`` is a directory on the instance (seen as root)."""
+        ...
+
+    def list_directory(self, path: str, limit: int) -> list[str] | None:
+        """The names in directory ``path`` (seen as root), sorted, at most ``limit``, each
+        directory's with a trailing ``/``; None if ``path`` is not a directory."""
         ...
 
     def close(self) -> None:
@@ -272,6 +323,18 @@ class SyncStats:
     bytes_sent: int
     total_size: int
     exit_code: int  # 0, or 24 (some source files vanished: recorded as a warning)
+    entries: int = 0  # what rsync's file list held: files, directories, links
+
+
+@dataclass(frozen=True)
+class TransferNote:
+    """What the person watching a run is told around one rsync run (``StepContext.on_transfer``):
+    before it, its ``label`` and, when known, the bytes its source holds; after it succeeded,
+    its ``stats``."""
+
+    label: str
+    expected_bytes: int | None = None
+    stats: SyncStats | None = None
 
 
 class Syncer(Protocol):

@@ -27,6 +27,7 @@ from ec2backup.ports import (
     SyncStats,
     Unmounted,
     Volume,
+    VolumeModification,
 )
 
 _ids = itertools.count(1)
@@ -58,6 +59,9 @@ class FakeEc2:
     console: str = field(default_factory=lambda: console_with_host_key())
     # Called before an action runs: lets a test make a call fail once.
     before: Callable[[str], None] = lambda _name: None
+    modifications: dict[str, VolumeModification] = field(default_factory=dict)
+    # Called once a modification gives the volume its new size (id, GiB): the instance's device.
+    resized: Callable[[str, int], None] = lambda _volume_id, _gib: None
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -210,6 +214,29 @@ class FakeEc2:
         assert volume.attachment_to(instance_id) is not None
         return volume
 
+    def modify_volume_size(self, volume_id: str, size_gib: int) -> VolumeModification:
+        self._call("modify_volume_size")
+        volume = self.volumes[volume_id]
+        if volume_id in self.modifications:  # EBS: one modification every 6 hours
+            raise InvalidResourceStateError("the volume was modified less than 6 hours ago")
+        if size_gib < volume.size_gib:
+            raise InvalidResourceStateError("New size cannot be smaller than existing size")
+        self.volumes[volume_id] = replace(volume, size_gib=size_gib)
+        modification = VolumeModification(volume_id, "modifying", volume.size_gib, size_gib)
+        self.modifications[volume_id] = modification
+        return modification
+
+    def get_volume_modification(self, volume_id: str) -> VolumeModification | None:
+        self._call("get_volume_modification")
+        return self.modifications.get(volume_id)
+
+    def wait_volume_resized(self, volume_id: str, timeout: float) -> VolumeModification:
+        self._call("wait_volume_resized")
+        modification = replace(self.modifications[volume_id], state="optimizing", progress=10)
+        self.modifications[volume_id] = modification
+        self.resized(volume_id, modification.target_size_gib)
+        return modification
+
     def wait_instance_terminated(self, instance_id: str, timeout: float) -> None:
         self._call("wait_instance_terminated")
         assert self.instances[instance_id].state == "terminated"
@@ -238,6 +265,8 @@ class FakeInstanceHost:
     held_open: bool = False  # something else than rsync holds the mount busy
     used: int = 0  # bytes already in the backup's destinations
     free: int = 10 * 2**30  # bytes free on the mounted volume
+    device_bytes: int = 11 * 2**30  # the attached volume's size, as the instance sees it
+    filesystem_bytes: int = 11 * 2**30  # its filesystem's
     space_unreadable: bool = False
     rsync_needs_sudo: bool = True  # as for Ubuntu's login user
     calls: list[str] = field(default_factory=list)
@@ -314,11 +343,33 @@ class FakeInstanceHost:
         if self.space_unreadable:
             raise RemoteCommandError(f"could not read the free space of {mount_point}")
         self.directories.update(f"{mount_point}/{d}" for d in destinations)
-        return SyncSpace(used=self.used, free=self.free)
+        return SyncSpace(self.used, self.free, self.device_bytes, self.filesystem_bytes)
+
+    def grow_filesystem(self, mount_point: str) -> None:
+        self._call("grow_filesystem", mount_point)
+        if mount_point not in self.mounts or self.mounts[mount_point].read_only:
+            raise InvalidResourceStateError(f"{mount_point} is not mounted read-write")
+        self.free += self.device_bytes - self.filesystem_bytes
+        self.filesystem_bytes = self.device_bytes
 
     def is_directory(self, path: str) -> bool:
         self._call("is_directory", path)
-        return path in self.directories or path in self.mounts
+        return self._is_directory(path)
+
+    def _is_directory(self, path: str) -> bool:
+        inside = any(d.startswith(f"{path}/") for d in self.directories)
+        return path in self.directories or path in self.mounts or inside
+
+    def list_directory(self, path: str, limit: int) -> list[str] | None:
+        self._call("list_directory", path)
+        if not self._is_directory(path):
+            return None
+        inside = sorted(
+            d.removeprefix(f"{path}/").split("/")[0] + "/"
+            for d in self.directories
+            if d.startswith(f"{path}/")
+        )
+        return list(dict.fromkeys(inside))[:limit]
 
     def close(self) -> None:
         self.closed = True
@@ -341,6 +392,7 @@ class FakeConnector:
 class FakeSyncer:
     calls: list[tuple[Path, str]] = field(default_factory=list)
     remote_sudo: list[bool] = field(default_factory=list)  # what each call was told
+    options: list[dict[str, object]] = field(default_factory=list)  # each call's keywords
     exit_code: int = 0
 
     def check_available(self) -> None:
@@ -354,6 +406,7 @@ class FakeSyncer:
     def sync(self, source: Path, target: SshTarget, remote_dir: str, **kw: object) -> SyncStats:
         self.calls.append((source, remote_dir))
         self.remote_sudo.append(bool(kw.get("remote_sudo")))
+        self.options.append(kw)
         return SyncStats(
             files_transferred=2, bytes_sent=100, total_size=1000, exit_code=self.exit_code
         )

@@ -34,6 +34,7 @@ _RSYNC_LEFT = 101
 _STILL_MOUNTED = 102
 _NO_DEVICE = 103
 _UNREADABLE = 104
+_NOT_A_DIRECTORY = 105
 
 q = shlex.quote
 
@@ -217,6 +218,13 @@ class SshInstanceHost:
                 f"du -s -B1 --apparent-size {dests} 2>/dev/null "
                 "| awk '{t += $1} END {print t + 0}'",
                 f"df -B1 --output=avail {q(mount_point)} | tail -n 1",
+                # The device's size and its filesystem's: a grown volume has room to grow into.
+                f"src=$(findmnt -n -o SOURCE --mountpoint {q(mount_point)})",
+                'dev=$(blockdev --getsize64 "$src")',
+                'fs=$(tune2fs -l "$src" 2>/dev/null | awk -F: '
+                "'/^Block count/ {c = $2} /^Block size/ {b = $2} END {print c * b}')",
+                'case "$fs" in ""|0) fs=$dev ;; esac',  # not ext*: nothing to grow
+                'echo "$dev $fs"',
                 f"mkdir -p {dests}",
             ]
         )
@@ -232,18 +240,52 @@ class SshInstanceHost:
         if result.exit_status != 0:
             raise self._error(f"could not create the destinations {dests}", result)
         numbers = result.stdout.split()
-        if len(numbers) != 2 or not all(n.isdigit() for n in numbers):
+        if len(numbers) != 4 or not all(n.isdigit() for n in numbers):
             raise self._error(
                 f"could not read the free space of {mount_point} on the instance "
                 f"(got {' '.join(numbers)!r})"
             )
-        return SyncSpace(used=int(numbers[0]), free=int(numbers[1]))
+        used, free, device, filesystem = (int(n) for n in numbers)
+        return SyncSpace(used=used, free=free, device_bytes=device, filesystem_bytes=filesystem)
+
+    def grow_filesystem(self, mount_point: str) -> None:
+        script = (
+            f"src=$(findmnt -n -o SOURCE --mountpoint {q(mount_point)}) || exit {_NOT_MOUNTED}\n"
+            'resize2fs "$src"'
+        )
+        result = self._run(script, privileged=True)
+        if result.exit_status == _NOT_MOUNTED:
+            raise InvalidResourceStateError(
+                f"{mount_point} is not mounted on the instance; nothing to grow",
+                resources={"host": self._target.host},
+            )
+        if result.exit_status != 0:
+            raise self._error(f"could not grow the filesystem on {mount_point}", result)
 
     def is_directory(self, path: str) -> bool:
         result = self._run(f"test -d {q(path)}", privileged=True)
         if result.exit_status not in (0, 1):
             raise self._error(f"could not look at {path}", result)
         return result.exit_status == 0
+
+    def list_directory(self, path: str, limit: int) -> list[str] | None:
+        # find -printf: one entry per line, "d name" for a directory; names with a line break
+        # are rare enough here (a hint in an error message) to be shown split.
+        script = (
+            f"[ -d {q(path)} ] || exit {_NOT_A_DIRECTORY}\n"
+            f"find {q(path)} -mindepth 1 -maxdepth 1 -printf '%y %f\\n' | LC_ALL=C sort -k2 "
+            f"| head -n {int(limit)}"
+        )
+        result = self._run(script, privileged=True)
+        if result.exit_status == _NOT_A_DIRECTORY:
+            return None
+        if result.exit_status != 0:
+            raise self._error(f"could not list {path}", result)
+        entries = []
+        for line in result.stdout.splitlines():
+            kind, _, name = line.partition(" ")
+            entries.append(name + "/" if kind == "d" else name)
+        return entries
 
     def close(self) -> None:
         self._shell.close()

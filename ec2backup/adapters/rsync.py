@@ -185,6 +185,7 @@ def exit_to_result(
             bytes_sent=stats.get("bytes_sent", 0),
             total_size=stats.get("total_size", 0),
             exit_code=exit_code,
+            entries=stats.get("entries", 0),
         )
     lines = [ln for ln in stderr_tail if ln.strip()]
     last = lines[-1].strip() if lines else "(no error output)"

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 _STATS_FIELDS = {
+    "Number of files": "entries",
     "Number of regular files transferred": "files_transferred",
     "Total bytes sent": "bytes_sent",
     "Total file size": "total_size",
@@ -105,3 +106,40 @@ def parse_progress2(line: str) -> Progress2 | None:
         files_total=int(total) if total is not None else None,
         listing=m.group("chk") == "ir",
     )
+
+
+# An --itemize-changes line: "YXcstpoguax path" or "*deleting   path" (rsync(1), --itemize-changes).
+_ITEM_RE = re.compile(r"^(?P<y>[<>ch.*])(?P<x>[fdLDS])(?P<flags>[ .+?a-zA-Z]{9,})\s(?P<path>.*)$")
+_KINDS = {"f": "", "d": "directory ", "L": "symlink ", "D": "device ", "S": "special file "}
+_ATTRIBUTES = (
+    ("c", "content"),
+    ("s", "size"),
+    ("t", "modification time"),
+    ("T", "modification time"),
+    ("p", "permissions"),
+    ("o", "owner"),
+    ("g", "group"),
+    ("a", "ACL"),
+    ("x", "extended attributes"),
+)
+
+
+def plain_difference(line: str) -> tuple[str, str]:
+    """A verify difference in words: ``(path, what)``. ``*deleting   taxes.csv`` (rsync's
+    word for what a backup would delete on the volume) is ``("taxes.csv", "only on the
+    volume (gone from the source)")``; ``>fcst...... a.txt`` is ``("a.txt", "differs:
+    content, size, modification time")``."""
+    line = line.rstrip()
+    if line.startswith("*deleting"):
+        return line.removeprefix("*deleting").strip(), "only on the volume (gone from the source)"
+    match = _ITEM_RE.match(line)
+    if match is None:
+        return line, "differs"
+    path, flags = match.group("path"), match.group("flags")
+    kind = _KINDS.get(match.group("x"), "")
+    if match.group("x") == "L" and " -> " in path:
+        path = path.split(" -> ", 1)[0]
+    if flags.strip("+") == "":
+        return path, f"{kind}not on the volume yet".strip()
+    changed = list(dict.fromkeys(word for flag, word in _ATTRIBUTES if flag in flags[:9]))
+    return path, f"{kind}differs: {', '.join(changed) or 'contents'}".strip()

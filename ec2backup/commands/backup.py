@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from ..config import load_profile, parse_profile, require_backup_ready
+from ..config import (
+    is_availability_zone,
+    is_region,
+    load_profile,
+    parse_profile,
+    require_backup_ready,
+)
 from ..core.states import RunKind
 from ..core.tags import TAG_MANAGED, TAG_PROFILE
 from ..db import leases
@@ -13,35 +20,39 @@ from ..db.models import Run
 from ..errors import ConfigError, UserInputError
 from .app import App
 from .checks import check_fits, check_sources, check_volume
+from .hooks import refusals_reported
 from .runner import _create_run, _drive, new_run_id
 
 
 def start_backup(app: App, profile_name: str) -> Run:
     file = str(app.config_path)
     profile = load_profile(app.config_path, profile_name)
-    require_backup_ready(profile, file)
-    check_sources(profile, file)
-    app.adapters.syncer().check_available()
-    assert profile.volume_id is not None
-    run_id = new_run_id()
-    # The volume's lease first: a second run of the same volume is refused naming the holder,
-    # before it looks at (or touches) the volume.
-    with leases.held(
-        app.store, run_id, [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
-    ):
-        ec2 = app.adapters.ec2(profile.region, None)
-        check_fits(profile, check_volume(profile, ec2, file))
-        # Resolved now: a missing AMI is bad input, found before anything is created.
-        image_id = ec2.resolve_image(profile.ami)
-        _create_run(app, run_id, RunKind.BACKUP, profile, {"image_id": image_id})
-        return _drive(app, run_id)
+    with refusals_reported(app, profile, RunKind.BACKUP) as began:
+        require_backup_ready(profile, file)
+        check_sources(profile, file)
+        app.adapters.syncer().check_available()
+        assert profile.volume_id is not None
+        run_id = new_run_id()
+        # The volume's lease first: a second run of the same volume is refused naming the
+        # holder, before it looks at (or touches) the volume.
+        with leases.held(
+            app.store, run_id, [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
+        ):
+            ec2 = app.adapters.ec2(profile.region, None)
+            check_fits(profile, check_volume(profile, ec2, file))
+            # Resolved now: a missing AMI is bad input, found before anything is created.
+            image_id = ec2.resolve_image(profile.ami)
+            _create_run(app, run_id, RunKind.BACKUP, profile, {"image_id": image_id})
+            began()
+            return _drive(app, run_id)
+    raise AssertionError("unreachable")  # the block returns or raises
 
 
 def start_init(
     app: App,
     profile_name: str,
     *,
-    region: str,
+    region: str | None,
     availability_zone: str,
     size_gib: int,
     sources: list[Path],
@@ -60,17 +71,27 @@ def start_init(
                 profile=profile_name,
                 hint="choose another --profile name, or edit the file",
             )
+    region = region or region_of_zone(availability_zone)
     if not 1 <= size_gib <= 16384:
         raise UserInputError(
             f"--size {size_gib} is out of range", hint="give a size in GiB from 1 to 16384"
         )
+    named: dict[str, Path] = {}
+    for source in sources:
+        name, earlier = _dest_name(source), named.get(_dest_name(source))
+        if earlier is not None:
+            raise UserInputError(
+                f"--source {earlier} and --source {source} would both be copied to {name!r} "
+                "on the volume",
+                hint="back up a directory that holds both, or give one here and add the "
+                "other to the config file with its own dest",
+            )
+        named[name] = source
     data = {
         **(settings or {}),
         "region": region,
         "availability_zone": availability_zone,
-        "sources": [
-            {"path": str(p.expanduser().absolute()), "dest": _dest_name(p)} for p in sources
-        ],
+        "sources": [{"path": str(_absolute(p)), "dest": _dest_name(p)} for p in sources],
     }
     profile = parse_profile(profile_name, data, file)
     check_sources(profile, file)
@@ -149,6 +170,26 @@ def ssh_cidr(allow_ssh_from: str | None) -> str:
         ) from None
 
 
+def region_of_zone(availability_zone: str) -> str:
+    """The region of ``--az``, which must be a zone (``us-east-1a``), not a region."""
+    if is_region(availability_zone):
+        raise UserInputError(
+            f"--az {availability_zone} is a region, not an availability zone",
+            hint=f"give one of its zones, e.g. --az {availability_zone}a",
+        )
+    if not is_availability_zone(availability_zone):
+        raise UserInputError(
+            f"--az {availability_zone} is not an availability zone",
+            hint="give one like --az us-east-1a",
+        )
+    return availability_zone[:-1]
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute the way a shell reads it: ``..`` and ``.`` resolved by name (a
+    symlinked directory stays the symlink the user named)."""
+    return Path(os.path.abspath(path.expanduser()))
+
+
 def _dest_name(path: Path) -> str:
-    name = path.expanduser().absolute().name
-    return name or "root"
+    return _absolute(path).name or "root"

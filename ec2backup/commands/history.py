@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..core.states import ENDED_STATES
 from ..core.times import iso
 from ..db.models import Run
 from ..errors import ConfigError
@@ -13,7 +14,10 @@ if TYPE_CHECKING:
     from .app import App
 
 
-def run_summary(run: Run) -> dict[str, Any]:
+def run_summary(run: Run, *, driven: bool) -> dict[str, Any]:
+    """A run's row. ``driven``: a live process holds the run's lease. A run that is neither
+    over nor driven is ``abandoned``: its process died (a crash, kill -9), and it stays in the
+    state it was in until `ec2backup resume` (or reap) takes it on."""
     return {
         "id": run.id,
         "kind": run.kind,
@@ -26,6 +30,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "volume_id": run.volume_id,
         "snapshot_id": run.snapshot_id,
         "error": run.error,
+        "abandoned": run.state not in ENDED_STATES and not driven,
     }
 
 
@@ -34,12 +39,18 @@ def list_runs(
 ) -> list[dict[str, Any]]:
     """The runs of every host sharing this database, newest first; ``host`` / ``profile``
     narrow them down."""
+    from ..db.leases import live_leases
+
+    driven = live_leases(app.store)
     with app.store.session() as session:
         runs = app.store.list_runs(session, profile=profile, host=host, limit=limit)
-        return [run_summary(r) for r in runs]
+        return [run_summary(r, driven=r.id in driven) for r in runs]
 
 
 def show_run(app: App, run_id: str) -> dict[str, Any]:
+    from ..db.leases import live_leases
+
+    driven = live_leases(app.store)
     with app.store.session() as session:
         run = app.store.get_run(session, run_id)
         events = list(run.events)
@@ -57,7 +68,7 @@ def show_run(app: App, run_id: str) -> dict[str, Any]:
                 }
             )
         return {
-            **run_summary(run),
+            **run_summary(run, driven=run.id in driven),
             "failed_from": run.failed_from,
             "host": run.host,
             "ssh_address": run.ssh_address,

@@ -10,16 +10,23 @@ errors. tests/db/test_sqlite_runs.py checks that both paths give the same rows.
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..core.times import iso
+from ..core.times import iso, utcnow
+from .liveness import holder_alive
 
 # The newest migration. Checked against the migrations directory by the tests, so opening an
 # up-to-date database needs no Alembic import.
 SCHEMA_HEAD = "0003_runs_host_index"
+
+# core.states.ENDED_STATES, spelt out: importing the state machine's library costs ~60 ms
+# (tests/db/test_sqlite_runs.py checks that they agree).
+ENDED_STATES = frozenset({"done", "aborted", "failed"})
 
 # history.run_summary's keys, in its order, and the columns they come from.
 _KEYS = (
@@ -69,6 +76,23 @@ def _iso(stored: str | None) -> str | None:
     return iso(datetime.fromisoformat(stored))
 
 
+def _driven(leases: list[tuple[Any, ...]]) -> set[str]:
+    """Run ids whose lease a live process holds (the rule of ``liveness.holder_alive``)."""
+    now, host, pid = utcnow(), socket.gethostname(), os.getpid()
+    return {
+        run_id
+        for run_id, holder_host, holder_pid, heartbeat in leases
+        if holder_alive(
+            holder_host,
+            int(holder_pid),
+            datetime.fromisoformat(heartbeat).replace(tzinfo=UTC),
+            now,
+            host,
+            pid,
+        )
+    }
+
+
 def list_runs_sqlite(
     url: str, *, profile: str | None = None, host: str | None = None, limit: int | None = None
 ) -> list[dict[str, Any]] | None:
@@ -94,10 +118,17 @@ def list_runs_sqlite(
             if head != [(SCHEMA_HEAD,)]:
                 return None
             rows = conn.execute(query, params).fetchall()
+            leases = conn.execute(
+                "SELECT run_id, holder_host, holder_pid, heartbeat_at FROM leases"
+            ).fetchall()
         finally:
             conn.close()
+        driven = _driven(leases)
         return [
-            dict(zip(_KEYS, (*row[:5], _iso(row[5]), _iso(row[6]), *row[7:]), strict=True))
+            {
+                **dict(zip(_KEYS, (*row[:5], _iso(row[5]), _iso(row[6]), *row[7:]), strict=True)),
+                "abandoned": row[4] not in ENDED_STATES and row[0] not in driven,
+            }
             for row in rows
         ]
     except (sqlite3.Error, ValueError):

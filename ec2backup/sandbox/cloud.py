@@ -39,6 +39,7 @@ from .host import release_loops_under
 from .iam import enable_iam, install_ec2_denials
 from .instances import Instances
 from .layout import Layout
+from .modifications import Modifications, install_states
 from .reconcile import Reconciler
 from .seed import seed
 from .settings import CloudSettings
@@ -56,6 +57,7 @@ class LocalCloud:
         self.volumes = Volumes(self.state, self.tokens)
         self.instances = Instances(self.state, self.tokens, self.volumes)
         self.snapshots = Snapshots(self.state)
+        self.modifications = Modifications(self.state)
         self.reconciler = Reconciler(self.state, self.faults, self.instances, self.volumes)
         self.default_ami_id = ""
 
@@ -76,10 +78,13 @@ class LocalCloud:
             "create_snapshot": self.snapshots.create_snapshot,
             "delete_snapshot": self.snapshots.delete_snapshot,
             "describe_snapshots": self.snapshots.describe_snapshots,
+            "modify_volume": self.modifications.modify_volume,
+            "describe_volumes_modifications": self.modifications.describe_volumes_modifications,
         }
 
     def install(self) -> None:
         moto_enis.random_public_ip = self.instances.allocate_address
+        install_states()
         for action, hook in self.action_hooks().items():
             self._wrap(action, hook)
 
@@ -138,6 +143,7 @@ class LocalCloud:
     def reconcile(self) -> None:
         """Finish what real EC2 finishes later. Called periodically by the server."""
         self.reconciler.reconcile()
+        self.modifications.advance()
 
     def cut_ssh(self, instance_id: str) -> int:
         with self.state.lock:

@@ -57,7 +57,9 @@ EC2_OPERATIONS = frozenset(
         "DescribeVolumes",
         "DescribeVpcs",
         "DetachVolume",
+        "DescribeVolumesModifications",
         "GetConsoleOutput",
+        "ModifyVolume",
         "RunInstances",
         "TerminateInstances",
     }

@@ -45,6 +45,7 @@ from .convert import (
     _volumes_in,
 )
 from .errors import _NOT_FOUND_CODES, _error_code, _one_line, translated
+from .resize import VolumeResizing
 from .waiters import _INSTANCE_GONE_STATES, _WAITERS, _attached_waiter, wait
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ DESCRIBE_PAGE_SIZE = 1000
 _INSTANCE_ID = re.compile(r"\bi-[0-9a-zA-Z]+\b")
 
 
-class Boto3Ec2:
+class Boto3Ec2(VolumeResizing):
     """``ports.Ec2`` on boto3. ``poll_interval`` is the delay between polls of every wait;
     ``run_id`` is put on every error raised."""
 
