@@ -57,9 +57,7 @@ def test_a_launch_that_failed_before_an_instance_was_recorded_left_nothing() -> 
 
 def test_a_force_cleaned_run_left_nothing() -> None:
     states = [*_until(BACKUP, "mounted"), "failed", "cleaning", "aborted"]
-    left = leftovers(
-        "backup", states, instance_id="i-1", volume_id="vol-1", temporary_volume=False
-    )
+    left = leftovers("backup", states, instance_id="i-1", volume_id="vol-1", temporary_volume=False)
     assert left.empty
 
 

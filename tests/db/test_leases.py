@@ -96,9 +96,11 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(
 ) -> None:
     dead = dead_pid()
     put(store, "run:r1", host=Holder.me().host, pid=dead, run_id="r1", age=30)
-    with caplog.at_level("WARNING", logger="ec2backup.db.leases"):
-        with leases.held(store, "r1", ["run:r1"]):
-            assert rows(store) == [("run:r1", "r1", Holder.me().pid)]
+    with (
+        caplog.at_level("WARNING", logger="ec2backup.db.leases"),
+        leases.held(store, "r1", ["run:r1"]),
+    ):
+        assert rows(store) == [("run:r1", "r1", Holder.me().pid)]
     # The note names the holder that died, and how long ago it last beat; not the new one.
     (note,) = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
     assert f"(pid {dead} on {Holder.me().host}, last heartbeat 30s ago)" in note, note

@@ -83,7 +83,7 @@ def test_a_run_no_live_process_drives_is_abandoned(filled: tuple[str, Store]) ->
     assert abandoned == {"r02": False, "r06": True, "r10": True}
     # Over is over: a finished or failed run is never called abandoned.
     assert not any(r["abandoned"] for r in rows if r["state"] != "syncing")
-    assert ENDED_STATES == {str(s) for s in STATE_MACHINE_ENDED}
+    assert {str(s) for s in STATE_MACHINE_ENDED} == ENDED_STATES
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ from ec2backup.db.models import Run
 from ec2backup.db.recorder import RunRecorder
 from ec2backup.db.store import open_store
 from ec2backup.errors import (
-    NotInBackupError,
     DeviceNotFoundError,
     InvalidResourceStateError,
+    NotInBackupError,
     RemoteCommandError,
     ResourceNotFoundError,
     UnformattedVolumeError,
