@@ -215,14 +215,15 @@ class SshInstanceHost:
             [
                 f"{_is_mount(mount_point)} || exit {_NOT_MOUNTED}",
                 f"{_end_rsync_script(rsync_timeout)} || exit {_RSYNC_LEFT}",
+                # printf "%.0f": mawk (Debian's and Ubuntu's awk) prints 3e+09 for 3 GB.
                 f"du -s -B1 --apparent-size {dests} 2>/dev/null "
-                "| awk '{t += $1} END {print t + 0}'",
+                """| awk '{t += $1} END {printf "%.0f\\n", t}'""",
                 f"df -B1 --output=avail {q(mount_point)} | tail -n 1",
                 # The device's size and its filesystem's: a grown volume has room to grow into.
                 f"src=$(findmnt -n -o SOURCE --mountpoint {q(mount_point)})",
                 'dev=$(blockdev --getsize64 "$src")',
                 'fs=$(tune2fs -l "$src" 2>/dev/null | awk -F: '
-                "'/^Block count/ {c = $2} /^Block size/ {b = $2} END {print c * b}')",
+                """'/^Block count/ {c = $2} /^Block size/ {b = $2} END {printf "%.0f", c * b}')""",
                 'case "$fs" in ""|0) fs=$dev ;; esac',  # not ext*: nothing to grow
                 'echo "$dev $fs"',
                 f"mkdir -p {dests}",
