@@ -117,6 +117,9 @@ class Modifications:
             now = time.monotonic()
             for volume_id, pending in list(self.pending.items()):
                 modification, elapsed = pending.modification, now - pending.started
+                if volume_id not in modification.volume.ec2_backend.volumes:  # deleted
+                    del self.pending[volume_id]
+                    continue
                 if modification.sandbox_state == "modifying" and elapsed >= MODIFYING_SECONDS:
                     self._resize(volume_id, modification)
                     modification.sandbox_state = "optimizing"
