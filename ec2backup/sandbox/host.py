@@ -330,7 +330,8 @@ def boot_machine(
     config = directory / "sshd_config"
     config.write_text(sshd_config(address, host_key))
     boot = directory / "boot.sh"
-    boot.write_text(boot_script(etc, keys_file, config))
+    resize = write_resize2fs(directory)
+    boot.write_text(boot_script(etc, keys_file, config, resize))
     log_path = directory / "sshd.log"
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
 
@@ -404,7 +405,50 @@ def sshd_config(address: str, host_key: Path) -> str:
     )
 
 
-def boot_script(etc: Path, keys_file: Path, config: Path) -> str:
+# The instance's resize2fs (see write_resize2fs): the real one, and where this machine's kernel
+# refuses to grow a mounted filesystem, the same growth done with it unmounted for a moment.
+RESIZE2FS = """#!/bin/sh
+real={real}
+device=
+for arg in "$@"; do case "$arg" in -*) ;; *) [ -n "$device" ] || device=$arg ;; esac; done
+target=$(findmnt -n -o TARGET --source "$device" 2>/dev/null | head -n 1)
+if [ -z "$target" ]; then exec "$real" "$@"; fi
+errors=$(mktemp)
+"$real" "$@" 2>"$errors" && {{ cat "$errors" >&2; rm -f "$errors"; exit 0; }}
+code=$?
+cat "$errors" >&2
+grep -q "Permission denied to resize filesystem" "$errors" || {{ rm -f "$errors"; exit $code; }}
+rm -f "$errors"
+options=$(findmnt -n -o OPTIONS --target "$target")
+umount "$target" || exit $code
+e2fsck -f -p "$device" >&2; [ $? -le 1 ] || {{ mount -o "$options" "$device" "$target"; exit 8; }}
+"$real" "$device" >&2; code=$?
+mount -o "$options" "$device" "$target" || exit 8
+exit $code
+"""
+
+
+def write_resize2fs(directory: Path) -> tuple[Path, str] | None:
+    """The instance's resize2fs, to be bound over the host's inside the instance: EC2
+    instances grow a mounted ext4 online, which needs CAP_SYS_RESOURCE; a container this
+    sandbox runs in may lack it (the kernel then answers "Permission denied to resize
+    filesystem"). What ec2backup sees is the same: the mounted filesystem grows."""
+    found = shutil.which("resize2fs") or (
+        "/sbin/resize2fs" if Path("/sbin/resize2fs").exists() else None
+    )
+    if found is None:
+        return None
+    real = directory / "resize2fs.real"
+    shutil.copy2(found, real)
+    wrapper = directory / "resize2fs"
+    wrapper.write_text(RESIZE2FS.format(real=shlex.quote(str(real))))
+    wrapper.chmod(0o755)
+    return wrapper, found
+
+
+def boot_script(
+    etc: Path, keys_file: Path, config: Path, resize2fs: tuple[Path, str] | None = None
+) -> str:
     """Runs as root inside the fresh namespaces, then becomes the sshd (pid 1 there)."""
     q = shlex.quote
     lines = [
@@ -428,6 +472,11 @@ def boot_script(etc: Path, keys_file: Path, config: Path) -> str:
         f"mount --bind {q(str(etc / 'group'))} /etc/group",
         f"mount --bind {q(str(etc / 'shadow'))} /etc/shadow",
         f"mount --bind {q(str(etc / 'sudoers.d'))} /etc/sudoers.d",
+        *(
+            [f"mount --bind {q(str(resize2fs[0]))} {q(resize2fs[1])}"]
+            if resize2fs is not None
+            else []
+        ),
         f"exec {q(sshd_path())} -D -e -f {q(str(config))}",
         "",
     ]
