@@ -263,6 +263,7 @@ def metrics_text(outcome: Outcome, last_success: datetime | None) -> str:
 def write_metrics(app: App, profile: Profile, outcome: Outcome) -> None:
     assert profile.metrics_file is not None
     text = metrics_text(outcome, last_success(app, profile.name))
+    profile.metrics_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(profile.metrics_file, text.encode(), 0o644)
 
 
