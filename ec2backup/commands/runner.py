@@ -160,9 +160,21 @@ def _after_run(app: App, ctx: Any, profile: Profile, failure: BaseException | No
 def aftermath(run: Run, exc: BaseException) -> str:
     """What the stopped run left in the cloud, from its record, and the one command that
     continues it or ends it."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import object_session
+
+    # From the database: events appended since ``run.events`` was loaded are not in it.
+    session = object_session(run)
+    states = (
+        list(
+            session.scalars(select(Event.to_state).where(Event.run_id == run.id).order_by(Event.id))
+        )
+        if session is not None
+        else [event.to_state for event in run.events]
+    )
     left = leftovers(
         run.kind,
-        [event.to_state for event in run.events],
+        states,
         instance_id=run.instance_id,
         volume_id=run.volume_id,
         temporary_volume=run.kind == RunKind.RESTORE and not run.config.get("live"),

@@ -64,7 +64,9 @@ def _what_is_there(host: InstanceHost, mount_point: str, subpath: str) -> str:
         names = [n for n in names if n != "lost+found/" or under]
         shown = ", ".join(names[:LISTED_NAMES]) + (", ..." if len(names) > LISTED_NAMES else "")
         where = f"under {under!r}" if under else "at its top"
-        return f"{where} it holds: {shown or 'nothing'}; give --path one of those"
+        if not names:
+            return f"{where} it holds nothing"
+        return f"{where} it holds: {shown}; give --path one of those"
     return "give --path a directory of the backup"
 
 
