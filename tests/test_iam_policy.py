@@ -19,6 +19,7 @@ DESTRUCTIVE = {
     "ec2:DeleteSnapshot",
     "ec2:DeleteVolume",
     "ec2:DetachVolume",
+    "ec2:ModifyVolume",
     "ec2:TerminateInstances",
 }
 # Parliament wants every resource type of an action in one statement. These are split on
