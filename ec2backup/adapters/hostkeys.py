@@ -13,12 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import asyncssh
 
 from ..paths import write_atomically
-
-if TYPE_CHECKING:
-    import asyncssh
 
 BEGIN_MARKER = "-----BEGIN SSH HOST KEY KEYS-----"
 END_MARKER = "-----END SSH HOST KEY KEYS-----"
@@ -42,8 +40,6 @@ HostKey = tuple[str, str]  # (key type, base64 of the public key blob)
 
 
 def _validate(keytype: str, blob: str) -> bool:
-    import asyncssh  # not at module level: see app.BackgroundLoadedConnector
-
     try:
         key = asyncssh.import_public_key(f"{keytype} {blob}")
     except (asyncssh.KeyImportError, ValueError):

@@ -23,6 +23,13 @@ WAIT_SECONDS = 120.0
 def grow(app: App, profile_name: str, size_gib: int) -> dict[str, Any]:
     file = str(app.config_path)
     profile = load_profile(app.config_path, profile_name)
+    if profile.storage == "snapshots":
+        raise UserInputError(
+            f"profile {profile.name!r} keeps its backups as snapshots only: it has no volume "
+            "to grow",
+            hint="each backup makes its volume from the latest snapshot; start a profile "
+            "with a larger --size to have larger ones",
+        )
     require_volume(profile, file)
     assert profile.volume_id is not None
     if not 1 <= size_gib <= MAX_GIB:

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..config import Profile
-from ..core.states import RunKind, RunState
+from ..core.states import BACKUP_KINDS, RunKind, RunState
 from ..core.times import utcnow
 from ..errors import Ec2BackupError, LeaseHeldError
 from ..paths import write_atomically
@@ -42,7 +42,8 @@ REFUSED = "refused"
 HOOK_VARIABLES = {
     "EC2BACKUP_RUN_ID": "the run's id (empty when it was refused before it began)",
     "EC2BACKUP_PROFILE": "the profile's name",
-    "EC2BACKUP_KIND": "backup, restore, verify or init",
+    "EC2BACKUP_KIND": "backup, restore, verify or init (snapshot_backup, snapshot_init: "
+    "snapshots-only storage)",
     "EC2BACKUP_STATE": "done, failed, aborted, or refused (bad input found before the run)",
     "EC2BACKUP_ERROR": "the error's one line (empty on success)",
     "EC2BACKUP_BYTES_SENT": "bytes rsync sent",
@@ -118,7 +119,7 @@ def after_run(app: App, profile: Profile, outcome: Outcome) -> list[str]:
         problem = run_hook(command, outcome.environment(), profile.hook_timeout_seconds)
         if problem:
             warnings.append(f"{name} hook {problem}")
-    if profile.metrics_file and outcome.kind == RunKind.BACKUP:
+    if profile.metrics_file and outcome.kind in BACKUP_KINDS:
         try:
             write_metrics(app, profile, outcome)
         except OSError as exc:
@@ -277,7 +278,7 @@ def last_success(app: App, profile_name: str) -> datetime | None:
             select(Run.finished_at)
             .where(
                 Run.profile == profile_name,
-                Run.kind == RunKind.BACKUP,
+                Run.kind.in_(sorted(BACKUP_KINDS)),
                 Run.state == RunState.DONE,
             )
             .order_by(Run.finished_at.desc())

@@ -15,7 +15,14 @@ from typing import Any
 
 from ..config import Profile
 from ..core.leftovers import leftovers
-from ..core.states import FINAL_STATES, RunKind, RunState, fire
+from ..core.states import (
+    BACKUP_KINDS,
+    FINAL_STATES,
+    TEMPORARY_VOLUME_KINDS,
+    RunKind,
+    RunState,
+    fire,
+)
 from ..core.times import utcnow
 from ..db import leases
 from ..db.models import Event, Run
@@ -78,6 +85,8 @@ def resume(app: App, run_id: str, *, clean: bool = False, snapshot: bool = False
         keys = [leases.run_key(run.id)]
         if run.volume_id:
             keys.append(leases.volume_key(run.volume_id))
+        if run.kind == RunKind.SNAPSHOT_BACKUP:
+            keys.append(leases.profile_key(run.profile))
     with leases.held(app.store, run_id, keys):
         return _drive(app, run_id, resuming=True, clean=clean, snapshot=snapshot)
 
@@ -112,6 +121,11 @@ def _drive(
         )
         engine.bind(run, ctx)
         failure: BaseException | None = None
+        prefetch = None
+        if run.kind in BACKUP_KINDS and not clean:
+            from .growth import Prefetch
+
+            prefetch = Prefetch(app, profile, exclude=run.id)
         try:
             if clean:
                 engine.clean(ctx, snapshot=snapshot)
@@ -121,12 +135,17 @@ def _drive(
                     run.error_type = None
                     fire(run, "resume", detail=f"resumed from {run.failed_from}")
                 engine.drive(ctx)
-            if run.kind == RunKind.INIT and run.state == RunState.DONE:
+            if run.kind in (RunKind.INIT, RunKind.SNAPSHOT_INIT) and run.state == RunState.DONE:
                 _write_initialised_profile(run, profile)
-            if run.kind == RunKind.BACKUP and run.state == RunState.DONE and profile.retention:
-                from .snapshots import apply_profile_retention
+            if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
+                session.commit()
+                if prefetch is not None:
+                    # Recorded before retention prunes: it may delete a snapshot compared with.
+                    prefetch.finish(app)
+                if profile.retention:
+                    from .snapshots import apply_profile_retention
 
-                apply_profile_retention(app, profile)
+                    apply_profile_retention(app, profile)
         except BaseException as exc:
             failure = exc
             set_aftermath(exc, aftermath(run, exc))
@@ -177,7 +196,8 @@ def aftermath(run: Run, exc: BaseException) -> str:
         states,
         instance_id=run.instance_id,
         volume_id=run.volume_id,
-        temporary_volume=run.kind == RunKind.RESTORE and not run.config.get("live"),
+        temporary_volume=run.kind in TEMPORARY_VOLUME_KINDS
+        and not (run.kind == RunKind.RESTORE and run.config.get("live")),
     )
     if run.state in FINAL_STATES:
         if left.empty:
@@ -199,4 +219,7 @@ def _write_initialised_profile(run: Run, profile: Profile) -> None:
     from ..config import write_profile
 
     path = Path(run.config["config_path"])
-    write_profile(path, profile.model_copy(update={"volume_id": run.volume_id}))
+    if profile.storage == "snapshots":  # its volume is gone; the snapshot is where it starts
+        write_profile(path, profile)
+    else:
+        write_profile(path, profile.model_copy(update={"volume_id": run.volume_id}))

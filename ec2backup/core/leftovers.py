@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .states import RunKind, RunState
+from .states import TEMPORARY_VOLUME_KINDS, RunState
 
 _OVER = frozenset({RunState.ABORTED, RunState.DONE})
 
@@ -23,7 +23,7 @@ _OVER = frozenset({RunState.ABORTED, RunState.DONE})
 class Leftovers:
     instance_id: str | None = None  # still running, billed by the second
     attached_volume_id: str | None = None  # attached to that instance
-    temporary_volume_id: str | None = None  # a restore's volume made from a snapshot
+    temporary_volume_id: str | None = None  # a volume the run made for itself
 
     @property
     def empty(self) -> bool:
@@ -53,7 +53,8 @@ def leftovers(
     temporary_volume: bool,
 ) -> Leftovers:
     """What the run left, from the states it entered in order. ``temporary_volume``: the
-    run's ``volume_id`` is one it made for itself (a restore from a snapshot)."""
+    run's ``volume_id`` is one it made for itself (a restore from a snapshot, a backup or init
+    of snapshots-only storage)."""
     instance = attached = made_volume = False
     for entered in states_entered:
         state = RunState(entered)
@@ -65,7 +66,7 @@ def leftovers(
             attached = False
         elif state == RunState.TERMINATED:
             instance = attached = False
-        elif state == RunState.CREATING_VOLUME and kind == RunKind.RESTORE:
+        elif state == RunState.CREATING_VOLUME and kind in TEMPORARY_VOLUME_KINDS:
             made_volume = temporary_volume
         elif state in _OVER:
             instance = attached = made_volume = False

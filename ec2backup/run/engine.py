@@ -20,6 +20,8 @@ import time
 from transitions import EventData
 
 from ..core.states import (
+    BACKUP_KINDS,
+    TEMPORARY_VOLUME_KINDS,
     RunKind,
     RunState,
     Step,
@@ -130,16 +132,20 @@ def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
             origin = run.failed_from if run.state == RunState.FAILED else run.state
             fire(run, "clean", detail=f"force-clean from {origin}")
         notes = [try_unmount(ctx, CLEAN_SSH_SECONDS)]
-        if run.volume_id:
+        volume_there = run.volume_id is not None and ctx.ec2.get_volume(run.volume_id) is not None
+        if volume_there:
             notes.append(ensure_detached(ctx, force_after=CLEAN_DETACH_SECONDS))
+        elif run.volume_id:
+            notes.append(f"volume {run.volume_id} is gone")
         notes.append(ensure_terminated(ctx))
-        if run.kind == RunKind.RESTORE:
-            notes.append(ensure_volume_deleted(ctx))
         synced = any(e.to_state == RunState.SYNCED for e in run.events)
-        if run.kind == RunKind.BACKUP and run.volume_id and (synced or snapshot):
+        if run.kind in BACKUP_KINDS and volume_there and (synced or snapshot):
+            # Before a temporary volume is deleted: its snapshot is the backup.
             notes.append(ensure_snapshot(ctx))
-        elif run.kind == RunKind.BACKUP:
+        elif run.kind in BACKUP_KINDS:
             notes.append("no snapshot (the sync did not finish)")
+        if run.kind in TEMPORARY_VOLUME_KINDS and volume_there:
+            notes.append(ensure_volume_deleted(ctx))
         fire(run, "abort", detail="; ".join(notes))
         log.info("run %s: aborted (%s)", run.id, "; ".join(notes))
         return run

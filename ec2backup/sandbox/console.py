@@ -107,8 +107,14 @@ def _power_off_minutes(command: list[str], now: datetime | None) -> float | None
     return None
 
 
-def boot_log(private_ip: str | None, launch_time: datetime | None, host_keys: list[str]) -> str:
-    """An Ubuntu 24.04 boot log with cloud-init's host key block, as GetConsoleOutput shows."""
+def boot_log(
+    private_ip: str | None,
+    launch_time: datetime | None,
+    host_keys: list[str],
+    cloud_final_done: bool = True,
+) -> str:
+    """An Ubuntu 24.04 boot log with cloud-init's host key block, as GetConsoleOutput shows;
+    before cloud-final has finished, the log up to cloud-init's first stage only."""
     ip = private_ip or "172.31.0.10"
     host = "ip-" + ip.replace(".", "-")
     start = launch_time or datetime.now()
@@ -130,6 +136,10 @@ def boot_log(private_ip: str | None, launch_time: datetime | None, host_keys: li
         f"at {finished}. Up 4.20 seconds.",
         f"[    4.221000] cloud-init[512]: ci-info: | ens5 | True | {ip} | 255.255.240.0 | global |",
         "[    5.730000] cloud-init[512]: Generating public/private ed25519 key pair.",
+    ]
+    if not cloud_final_done:
+        return "\n".join([*lines, ""])
+    lines += [
         f"<14>{stamp} cloud-init: #############################################################",
         f"<14>{stamp} cloud-init: -----BEGIN SSH HOST KEY FINGERPRINTS-----",
         *(f"<14>{stamp} cloud-init: {p}" for p in prints),

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .layout import read_json, write_json
+from .resize2fs import write_resize2fs
 
 UBUNTU_UID = 1000
 UBUNTU_GROUPS = ("adm", "sudo")  # as on Ubuntu cloud images (minus the desktop-ish ones)
@@ -188,6 +189,18 @@ class Machine:
                 self._link(name),
             ]
         )
+
+    def install_authorized_keys(self, keys: Sequence[str]) -> None:
+        """What cloud-init does at the end of its run: ``ubuntu``'s authorized keys in place
+        (until then, logins as ubuntu are refused)."""
+        keys_file = self.directory / "authorized_keys"
+        keys_file.write_text("".join(k.strip() + "\n" for k in keys))
+        target = "/home/ubuntu/.ssh/authorized_keys"
+        script = (
+            f"cp {shlex.quote(str(keys_file))} {target} && chown {UBUNTU_UID}:{UBUNTU_UID} "
+            f"{target} && chmod 600 {target}"
+        )
+        run(["nsenter", "-t", str(self.sshd_pid), "-m", "--", "sh", "-c", script])
 
     def unlink_device(self, name: str) -> None:
         if self.alive():
@@ -403,47 +416,6 @@ def sshd_config(address: str, host_key: Path) -> str:
             "",
         ]
     )
-
-
-# The instance's resize2fs (see write_resize2fs): the real one, and where this machine's kernel
-# refuses to grow a mounted filesystem, the same growth done with it unmounted for a moment.
-RESIZE2FS = """#!/bin/sh
-real={real}
-device=
-for arg in "$@"; do case "$arg" in -*) ;; *) [ -n "$device" ] || device=$arg ;; esac; done
-target=$(findmnt -n -o TARGET --source "$device" 2>/dev/null | head -n 1)
-if [ -z "$target" ]; then exec "$real" "$@"; fi
-errors=$(mktemp)
-"$real" "$@" 2>"$errors" && {{ cat "$errors" >&2; rm -f "$errors"; exit 0; }}
-code=$?
-cat "$errors" >&2
-grep -q "Permission denied to resize filesystem" "$errors" || {{ rm -f "$errors"; exit $code; }}
-rm -f "$errors"
-options=$(findmnt -n -o OPTIONS --target "$target")
-umount "$target" || exit $code
-e2fsck -f -p "$device" >&2; [ $? -le 1 ] || {{ mount -o "$options" "$device" "$target"; exit 8; }}
-"$real" "$device" >&2; code=$?
-mount -o "$options" "$device" "$target" || exit 8
-exit $code
-"""
-
-
-def write_resize2fs(directory: Path) -> tuple[Path, str] | None:
-    """The instance's resize2fs, to be bound over the host's inside the instance: EC2
-    instances grow a mounted ext4 online, which needs CAP_SYS_RESOURCE; a container this
-    sandbox runs in may lack it (the kernel then answers "Permission denied to resize
-    filesystem"). What ec2backup sees is the same: the mounted filesystem grows."""
-    found = shutil.which("resize2fs") or (
-        "/sbin/resize2fs" if Path("/sbin/resize2fs").exists() else None
-    )
-    if found is None:
-        return None
-    real = directory / "resize2fs.real"
-    shutil.copy2(found, real)
-    wrapper = directory / "resize2fs"
-    wrapper.write_text(RESIZE2FS.format(real=shlex.quote(str(real))))
-    wrapper.chmod(0o755)
-    return wrapper, found
 
 
 def boot_script(

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        ami_id = cloud.seed()
+        ami_ids = cloud.seed()
+        ami_id = ami_ids["x86_64"]
         # What the last server in D kept (volumes, snapshots, security groups), before the
         # first request: a stop and a start lose none of them.
         restore(layout, args.region)
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     "endpoint_url": f"http://{host}:{port}",
                     "region": args.region,
                     "default_ami_id": ami_id,
+                    "ami_ids": ami_ids,
                 },
             )
         finally:
