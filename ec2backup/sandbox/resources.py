@@ -5,8 +5,10 @@ stops) and the next server started in D re-creates them in moto with the same id
 answers. Their data is in the images in D, which stay.
 
 Only what has an image is kept: volumes made by CreateVolume (not instances' root volumes) and
-snapshots of them. Instances are not kept: stopping the sandbox terminates them, so a volume
-attached at that moment comes back ``available``. Runs in the server process only.
+snapshots of them, with their tier. Instances are not kept: stopping the sandbox terminates
+them, so a volume attached at that moment comes back ``available``; a snapshot still pending
+comes back ``completed`` (its image was copied when it was taken), and a tier change under way
+is not resumed. Runs in the server process only.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def record(layout: Layout, region: str) -> dict[str, Any]:
             "encrypted": bool(s.encrypted),
             "start_time": _time(s.start_time),
             "tags": _tags(backend, s.id),
+            # The archive tier (tiers.py) is the snapshot's own state, kept with it.
+            "storage_tier": s.storage_tier,
+            "archival_complete_time": _time(s.archival_complete_time),
+            "restore_expiry_time": _time(s.restore_expiry_time),
         }
         for s in list(backend.snapshots.values())
         if layout.snapshot_image(s.id).exists()
@@ -188,6 +194,10 @@ def _restore_snapshot(backend: Any, s: dict[str, Any]) -> str:
     snapshot = Snapshot(backend, s["id"], source, s["description"], encrypted=s["encrypted"])
     if s["start_time"]:
         snapshot.start_time = datetime.fromisoformat(s["start_time"])
+    snapshot.storage_tier = s.get("storage_tier") or "standard"
+    for field in ("archival_complete_time", "restore_expiry_time"):
+        if s.get(field):
+            setattr(snapshot, field, datetime.fromisoformat(s[field]))
     backend.snapshots[snapshot.id] = snapshot
     if s["tags"]:
         backend.create_tags([snapshot.id], s["tags"])

@@ -13,7 +13,7 @@ import pytest
 
 from ec2backup.sandbox import Sandbox
 from tests.conftest import sandbox_skip_reason
-from tests.sandbox.helpers import AZ, client
+from tests.sandbox.helpers import AZ, client, with_deadline
 
 pytestmark = pytest.mark.e2e
 TAGS = [{"Key": "ec2backup:profile", "Value": "laptop"}, {"Key": "Name", "Value": "backup"}]
@@ -87,6 +87,12 @@ def test_stop_then_start_keeps_volumes_snapshots_groups_and_their_data(directory
     gone = ec2.create_volume(AvailabilityZone=AZ, Size=1)["VolumeId"]
     orphan = ec2.create_snapshot(VolumeId=gone)["SnapshotId"]
     ec2.delete_volume(VolumeId=gone)
+    ec2.modify_snapshot_tier(SnapshotId=orphan, StorageTier="archive")  # archived: it stays so
+    with_deadline(
+        lambda: (
+            ec2.describe_snapshots(SnapshotIds=[orphan])["Snapshots"][0]["StorageTier"] == "archive"
+        )
+    )
     group = ec2.create_security_group(GroupName="ec2backup-laptop", Description="ssh")["GroupId"]
     ec2.authorize_security_group_ingress(
         GroupId=group,
@@ -122,6 +128,10 @@ def test_stop_then_start_keeps_volumes_snapshots_groups_and_their_data(directory
     assert snapshots[snapshot]["Description"] == "nightly"
     assert sorted(snapshots[snapshot]["Tags"], key=str) == sorted(TAGS, key=str)
     assert snapshots[orphan]["VolumeId"] == gone
+    assert (snapshots[orphan]["StorageTier"], snapshots[snapshot]["StorageTier"]) == (
+        "archive",
+        "standard",
+    )
     (sg,) = ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"]
     assert sg["GroupName"] == "ec2backup-laptop"
     assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]]) for p in sg["IpPermissions"]] == [
