@@ -28,6 +28,8 @@
                                                 instance (recorded on the run, never raised)
 
     Interrupted (a BaseException)       exit 130  Ctrl-C or SIGTERM during a run
+    Terminated (a KeyboardInterrupt)              SIGTERM as its handler raises it; a run
+                                                records it as Interrupted
 
 Errors carry the run id and the ids of the resources involved, so a message can say which run
 and which resource, and the CLI can offer ``ec2backup resume RUN_ID``.
@@ -241,3 +243,13 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by {signal_name}")
         self.signal_name = signal_name
         self.run_id = run_id
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as its handler raises it wherever the main thread is: also inside an event
+    loop callback (asyncssh reading its socket), and asyncio lets only SystemExit and
+    KeyboardInterrupt out of those (any other exception goes to the loop's exception handler
+    and the signal is lost). A run records it as ``Interrupted("SIGTERM")``."""
+
+    def __init__(self) -> None:
+        super().__init__("SIGTERM")

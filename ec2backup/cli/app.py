@@ -387,7 +387,8 @@ def prune(
 
 @app.command()
 def cost(ctx: typer.Context, profile: ProfileOpt, as_json: JsonOpt = False) -> None:
-    """Estimate the profile's monthly bill: volume, snapshots, instance time."""
+    """The profile's monthly bill by component (volume, snapshots in each tier, instance time,
+    requests) and the same data under both storage modes."""
     from ..commands.cost import estimate
 
     views.cost(estimate(invocation(ctx).app(), profile), as_json=as_json)
