@@ -231,6 +231,7 @@ def test_every_call_the_commands_send_is_in_the_policy(iam_sandbox: Any, tmp_pat
     cli("restore", "--run", first, "--to", str(restored))
     assert tree_digest(restored / "home") == before
     cli("prune", "--profile", "rec", "--keep-last", "1", "--yes")
+    cli("grow", "--profile", "rec", "--size", "2")  # ModifyVolume, DescribeVolumesModifications
     cli("reap", "--yes")
     cli("cost", "--profile", "rec")
     doctor = cli("doctor", "--profile", "rec", "--json", check=False)
