@@ -126,6 +126,17 @@ class Profile(BaseModel):
     # Dead-man's switch: the instance powers itself off (and so terminates) this many minutes
     # after boot, even if no ec2backup process ever comes back for it.
     instance_lifetime_minutes: int = Field(default=720, ge=1, le=10080)
+    # A run whose sources no longer fit grows the volume (ModifyVolume, then the filesystem,
+    # online) up to this many GiB instead of failing; none: never grown by itself.
+    auto_grow_max_gib: int | None = Field(default=None, ge=1, le=16384)
+    # Shell commands run after each run of the profile (sh -c), with the run's outcome in
+    # EC2BACKUP_* environment variables; bounded by hook_timeout_seconds, and a hook that
+    # fails is a warning, never a failed run.
+    on_success: str | None = None
+    on_failure: str | None = None
+    hook_timeout_seconds: float = Field(default=300, gt=0, le=86400)
+    # node_exporter textfile (*.prom) rewritten atomically after every backup run.
+    metrics_file: Path | None = None
 
     @field_validator("region")
     @classmethod
@@ -162,6 +173,27 @@ class Profile(BaseModel):
             raise ValueError("must be an absolute directory such as /mnt/ec2backup")
         return v.rstrip("/")
 
+    @field_validator("metrics_file")
+    @classmethod
+    def _metrics_file(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        v = v.expanduser()
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path, e.g. /var/lib/node_exporter/ec2backup.prom")
+        if v.suffix != ".prom":
+            raise ValueError(
+                "must end in .prom: node_exporter's textfile collector reads only those"
+            )
+        return v
+
+    @field_validator("on_success", "on_failure")
+    @classmethod
+    def _hook(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("is empty: give a shell command, or leave the field out")
+        return v
+
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
@@ -180,6 +212,14 @@ class Profile(BaseModel):
 
     def region_matches_az(self) -> bool:
         return self.availability_zone[:-1] == self.region
+
+
+def is_region(name: str) -> bool:
+    return bool(_REGION.match(name))
+
+
+def is_availability_zone(name: str) -> bool:
+    return bool(_AZ.match(name))
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -296,14 +336,8 @@ def load_profile(path: Path, name: str) -> Profile:
 
 def require_backup_ready(profile: Profile, file: str) -> None:
     """What a backup run needs beyond a valid profile."""
-    if profile.volume_id is None and profile.storage == "volume":
-        raise ConfigError(
-            "is required for a backup",
-            file=file,
-            profile=profile.name,
-            field="volume_id",
-            hint="run `ec2backup init` to create the volume, or set volume_id",
-        )
+    if profile.storage == "volume":
+        require_volume(profile, file)
     if not profile.sources:
         raise ConfigError(
             "lists no directory to back up",
@@ -311,6 +345,17 @@ def require_backup_ready(profile: Profile, file: str) -> None:
             profile=profile.name,
             field="sources",
             hint='add sources = [{ path = "/abs/dir", dest = "name" }]',
+        )
+
+
+def require_volume(profile: Profile, file: str) -> None:
+    if profile.volume_id is None:
+        raise ConfigError(
+            "is required for a backup",
+            file=file,
+            profile=profile.name,
+            field="volume_id",
+            hint="run `ec2backup init` to create the volume, or set volume_id",
         )
 
 

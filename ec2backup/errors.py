@@ -6,7 +6,8 @@
     │   ├── InsufficientSpaceError              the data does not fit on the volume
     │   ├── DeletionRefusedError                a sync would delete too much of a copy
     │   ├── UnknownRunError                     no run with that id in the database
-    │   └── RunStateError                       the run cannot do that from its state
+    │   ├── RunStateError                       the run cannot do that from its state
+    │   └── NotInBackupError                    restore --path names nothing in the backup
     ├── EnvironmentProblem              exit 3  the local machine lacks something
     │   └── ToolMissingError                    rsync / ssh not installed, or openrsync
     ├── StoreError                      exit 4  the database cannot be used
@@ -118,6 +119,12 @@ class RunStateError(UserInputError):
     pass
 
 
+class NotInBackupError(UserInputError):
+    # Found on the instance, mid-run: resuming restores the same missing path, so the run is
+    # cleaned up at once (its instance and temporary volume ended).
+    resumable = False
+
+
 class EnvironmentProblem(Ec2BackupError):
     exit_code = 3
 
@@ -221,6 +228,17 @@ class AbandonedRunError(Ec2BackupError):
 
 
 EXIT_INTERRUPTED = 130
+
+
+def set_aftermath(exc: BaseException, text: str) -> None:
+    """Attach to an error that stopped a run what the run left in the cloud and the command
+    that continues or ends it (said after the error's own line)."""
+    exc.ec2backup_aftermath = text  # type: ignore[attr-defined]
+
+
+def aftermath(exc: BaseException) -> str:
+    return str(getattr(exc, "ec2backup_aftermath", "") or "")
+
 
 # rsync exit codes that mean the connection broke, not that the data or the command is wrong.
 RSYNC_CONNECTION_EXITS = frozenset({10, 12, 30, 35, 255})

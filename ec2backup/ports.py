@@ -83,6 +83,24 @@ class TierStatus:
 
 
 @dataclass(frozen=True)
+class VolumeModification:
+    """A change of a volume's size (ModifyVolume): ``modifying`` -> ``optimizing`` ->
+    ``completed`` (or ``failed``). The new size can be used from ``optimizing`` on."""
+
+    volume_id: str
+    state: str  # modifying | optimizing | completed | failed
+    original_size_gib: int
+    target_size_gib: int
+    progress: int = 0  # percent
+    started_at: datetime | None = None
+
+    @property
+    def usable(self) -> bool:
+        """The volume has its new size: the filesystem can grow into it."""
+        return self.state in ("optimizing", "completed")
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     image_id: str
     instance_type: str
@@ -169,6 +187,21 @@ class Ec2(Protocol):
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot; one that is already gone is success."""
+        ...
+
+    # Growing a volume (``ec2backup grow``, ``auto_grow_max_gib``).
+    def modify_volume_size(self, volume_id: str, size_gib: int) -> VolumeModification:
+        """ModifyVolume to ``size_gib``. AWS allows one modification per volume every 6
+        hours and none while one is under way; a smaller size is refused."""
+        ...
+
+    def get_volume_modification(self, volume_id: str) -> VolumeModification | None:
+        """The volume's latest modification, or None if it was never modified."""
+        ...
+
+    def wait_volume_resized(self, volume_id: str, timeout: float) -> VolumeModification:
+        """Wait until the latest modification is ``usable`` (``optimizing`` or
+        ``completed``); ``WaitTimeoutError`` after ``timeout`` s, ``CloudError`` if failed."""
         ...
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
@@ -280,9 +313,16 @@ class SyncSpace:
     # Per destination, the entries in it that are not directories (0 for a new one): what a
     # mirror could delete.
     files: Mapping[str, int] = field(default_factory=dict)
+    device_bytes: int = 0  # the block device's size
+    filesystem_bytes: int = 0  # the filesystem's size (blocks times block size)
     # Regular files in the destinations that share an inode, as groups of their paths (each
     # group one inode, two names or more): what writing in place writes through.
     hard_links: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def room_to_grow(self) -> int:
+        """Bytes the device has beyond its filesystem (after the volume was grown)."""
+        return max(self.device_bytes - self.filesystem_bytes, 0)
 
 
 @dataclass(frozen=True)
@@ -354,9 +394,14 @@ class InstanceHost(Protocol):
         ``mount_point`` must be a mount (else ``InvalidResourceStateError``: a copy would
         fill the instance's root disk; nothing is touched); a leftover rsync is ended as by
         ``end_rsync``; the bytes already in the destinations (directories under
-        ``mount_point``) and free on the volume are measured, and the files in each
-        destination counted; the destinations are created; their hard-linked files are listed
-        (``SyncSpace.hard_links``)."""
+        ``mount_point``) and free on the volume, and the sizes of the device and of its
+        filesystem, are measured, and the files in each destination counted; the destinations
+        are created; their hard-linked files are listed (``SyncSpace.hard_links``)."""
+        ...
+
+    def grow_filesystem(self, mount_point: str) -> None:
+        """Grow the filesystem mounted on ``mount_point`` to the size of its device, online
+        (resize2fs); one already that size is left as it is."""
         ...
 
     def remove_files(self, paths: Sequence[str]) -> None:
@@ -370,6 +415,11 @@ class InstanceHost(Protocol):
 
     def is_directory(self, path: str) -> bool:
         """Whether ``path`` is a directory on the instance (seen as root)."""
+        ...
+
+    def list_directory(self, path: str, limit: int) -> list[str] | None:
+        """The names in directory ``path`` (seen as root), sorted, at most ``limit``, each
+        directory's with a trailing ``/``; None if ``path`` is not a directory."""
         ...
 
     def close(self) -> None:
@@ -398,6 +448,8 @@ class SyncStats:
     problems: tuple[str, ...] = ()
     problem_count: int = 0  # all of them, when there were more than ``problems`` holds
 
+    entries: int = 0  # what rsync's file list held: files, directories, links
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -409,6 +461,17 @@ class Difference:
 
     def __str__(self) -> str:
         return f"{self.path or '.'}: {', '.join(self.what)}"
+
+
+@dataclass(frozen=True)
+class TransferNote:
+    """What the person watching a run is told around one rsync run (``StepContext.on_transfer``):
+    before it, its ``label`` and, when known, the bytes its source holds; after it succeeded,
+    its ``stats``."""
+
+    label: str
+    expected_bytes: int | None = None
+    stats: SyncStats | None = None
 
 
 class Syncer(Protocol):

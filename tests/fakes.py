@@ -33,6 +33,7 @@ from ec2backup.ports import (
     TreeFacts,
     Unmounted,
     Volume,
+    VolumeModification,
 )
 
 _ids = itertools.count(1)
@@ -67,6 +68,9 @@ class FakeEc2:
     archived_at: dict[str, datetime] = field(default_factory=dict)
     # Called before an action runs: lets a test make a call fail once.
     before: Callable[[str], None] = lambda _name: None
+    modifications: dict[str, VolumeModification] = field(default_factory=dict)
+    # Called once a modification gives the volume its new size (id, GiB): the instance's device.
+    resized: Callable[[str, int], None] = lambda _volume_id, _gib: None
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -279,6 +283,29 @@ class FakeEc2:
         assert volume.attachment_to(instance_id) is not None
         return volume
 
+    def modify_volume_size(self, volume_id: str, size_gib: int) -> VolumeModification:
+        self._call("modify_volume_size")
+        volume = self.volumes[volume_id]
+        if volume_id in self.modifications:  # EBS: one modification every 6 hours
+            raise InvalidResourceStateError("the volume was modified less than 6 hours ago")
+        if size_gib < volume.size_gib:
+            raise InvalidResourceStateError("New size cannot be smaller than existing size")
+        self.volumes[volume_id] = replace(volume, size_gib=size_gib)
+        modification = VolumeModification(volume_id, "modifying", volume.size_gib, size_gib)
+        self.modifications[volume_id] = modification
+        return modification
+
+    def get_volume_modification(self, volume_id: str) -> VolumeModification | None:
+        self._call("get_volume_modification")
+        return self.modifications.get(volume_id)
+
+    def wait_volume_resized(self, volume_id: str, timeout: float) -> VolumeModification:
+        self._call("wait_volume_resized")
+        modification = replace(self.modifications[volume_id], state="optimizing", progress=10)
+        self.modifications[volume_id] = modification
+        self.resized(volume_id, modification.target_size_gib)
+        return modification
+
     def wait_snapshot_completed(
         self,
         snapshot_id: str,
@@ -320,6 +347,8 @@ class FakeInstanceHost:
     free: int = 10 * 2**30  # bytes free on the mounted volume
     files: dict[str, int] = field(default_factory=dict)  # destination -> files in it
     facts: TreeFacts = field(default_factory=TreeFacts)  # what tree_facts answers
+    device_bytes: int = 11 * 2**30  # the attached volume's size, as the instance sees it
+    filesystem_bytes: int = 11 * 2**30  # its filesystem's
     space_unreadable: bool = False
     hard_links: tuple[tuple[str, ...], ...] = ()  # groups of names of one inode
     removed: list[str] = field(default_factory=list)  # names remove_files removed
@@ -399,7 +428,21 @@ class FakeInstanceHost:
             raise RemoteCommandError(f"could not read the free space of {mount_point}")
         self.directories.update(f"{mount_point}/{d}" for d in destinations)
         files = {d: self.files.get(d, 0) for d in destinations}
-        return SyncSpace(used=self.used, free=self.free, files=files, hard_links=self.hard_links)
+        return SyncSpace(
+            used=self.used,
+            free=self.free,
+            device_bytes=self.device_bytes,
+            filesystem_bytes=self.filesystem_bytes,
+            files=files,
+            hard_links=self.hard_links,
+        )
+
+    def grow_filesystem(self, mount_point: str) -> None:
+        self._call("grow_filesystem", mount_point)
+        if mount_point not in self.mounts or self.mounts[mount_point].read_only:
+            raise InvalidResourceStateError(f"{mount_point} is not mounted read-write")
+        self.free += self.device_bytes - self.filesystem_bytes
+        self.filesystem_bytes = self.device_bytes
 
     def remove_files(self, paths: Sequence[str]) -> None:
         self._call("remove_files", *paths)
@@ -411,7 +454,22 @@ class FakeInstanceHost:
 
     def is_directory(self, path: str) -> bool:
         self._call("is_directory", path)
-        return path in self.directories or path in self.mounts
+        return self._is_directory(path)
+
+    def _is_directory(self, path: str) -> bool:
+        inside = any(d.startswith(f"{path}/") for d in self.directories)
+        return path in self.directories or path in self.mounts or inside
+
+    def list_directory(self, path: str, limit: int) -> list[str] | None:
+        self._call("list_directory", path)
+        if not self._is_directory(path):
+            return None
+        inside = sorted(
+            d.removeprefix(f"{path}/").split("/")[0] + "/"
+            for d in self.directories
+            if d.startswith(f"{path}/")
+        )
+        return list(dict.fromkeys(inside))[:limit]
 
     def close(self) -> None:
         self.closed = True

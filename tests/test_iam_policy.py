@@ -21,6 +21,7 @@ DESTRUCTIVE = {
     "ec2:DeleteVolume",
     "ec2:DetachVolume",
     "ec2:ModifySnapshotTier",
+    "ec2:ModifyVolume",
     "ec2:RestoreSnapshotTier",
     "ec2:TerminateInstances",
 }

@@ -38,6 +38,7 @@ _STILL_MOUNTED = 102
 _NO_DEVICE = 103
 _UNREADABLE = 104
 _NO_PYTHON = 105
+_NOT_A_DIRECTORY = 106
 
 # The instance reads its side of verify's tree facts with the very code that reads the local
 # side (Ubuntu's cloud images have python3: cloud-init is written in it).
@@ -228,7 +229,8 @@ class SshInstanceHost:
     ) -> SyncSpace:
         # du counts the blocks in use (a copy keeps a file's holes: its data is what it
         # takes); it exits non-zero for a destination that does not exist yet: 0 bytes there,
-        # and find counts nothing there. find prints a dot per entry that is not a directory,
+        # and find counts nothing there. Then the device's size and its filesystem's (a grown
+        # volume has room to grow into). find prints a dot per entry that is not a directory,
         # so a name holding a newline counts once. The destinations are created next (empty
         # directories: harmless if the space check then refuses the copy). Last, the
         # hard-linked files, NUL-terminated "inode path" records after the numbers: du has
@@ -242,8 +244,16 @@ class SshInstanceHost:
             [
                 f"{_is_mount(mount_point)} || exit {_NOT_MOUNTED}",
                 f"{_end_rsync_script(rsync_timeout)} || exit {_RSYNC_LEFT}",
-                f"du -s -B1 {dests} 2>/dev/null | awk '{{t += $1}} END {{print t + 0}}'",
+                # printf "%.0f": mawk (Debian's and Ubuntu's awk) prints 3e+09 for 3 GB.
+                f"du -s -B1 {dests} 2>/dev/null "
+                """| awk '{t += $1} END {printf "%.0f\\n", t}'""",
                 f"df -B1 --output=avail {q(mount_point)} | tail -n 1",
+                f"src=$(findmnt -n -o SOURCE --mountpoint {q(mount_point)})",
+                'dev=$(blockdev --getsize64 "$src")',
+                'fs=$(tune2fs -l "$src" 2>/dev/null | awk -F: '
+                """'/^Block count/ {c = $2} /^Block size/ {b = $2} END {printf "%.0f", c * b}')""",
+                'case "$fs" in ""|0) fs=$dev ;; esac',  # not ext*: nothing to grow
+                'echo "$dev"; echo "$fs"',
                 *counts,
                 f"mkdir -p {dests}",
                 f"find {dests} -xdev -type f -links +1 -printf '%i %p\\0'",
@@ -260,7 +270,7 @@ class SshInstanceHost:
             raise self._error("an earlier rsync on the instance did not end")
         if result.exit_status != 0:
             raise self._error(f"could not create the destinations {dests}", result)
-        head = 2 + len(destinations)  # used, free, then one count per destination
+        head = 4 + len(destinations)  # used, free, device, filesystem, a count per destination
         parts = result.stdout.split("\n", head)
         numbers = [n.strip() for n in parts[:head]]
         links = parts[head] if len(parts) > head else ""
@@ -269,10 +279,29 @@ class SshInstanceHost:
                 f"could not read the free space of {mount_point} on the instance "
                 f"(got {' '.join(numbers)!r})"
             )
-        files = dict(zip(destinations, (int(n) for n in numbers[2:]), strict=True))
+        files = dict(zip(destinations, (int(n) for n in numbers[4:]), strict=True))
         return SyncSpace(
-            used=int(numbers[0]), free=int(numbers[1]), files=files, hard_links=_groups(links)
+            used=int(numbers[0]),
+            free=int(numbers[1]),
+            device_bytes=int(numbers[2]),
+            filesystem_bytes=int(numbers[3]),
+            files=files,
+            hard_links=_groups(links),
         )
+
+    def grow_filesystem(self, mount_point: str) -> None:
+        script = (
+            f"src=$(findmnt -n -o SOURCE --mountpoint {q(mount_point)}) || exit {_NOT_MOUNTED}\n"
+            'resize2fs "$src"'
+        )
+        result = self._run(script, privileged=True)
+        if result.exit_status == _NOT_MOUNTED:
+            raise InvalidResourceStateError(
+                f"{mount_point} is not mounted on the instance; nothing to grow",
+                resources={"host": self._target.host},
+            )
+        if result.exit_status != 0:
+            raise self._error(f"could not grow the filesystem on {mount_point}", result)
 
     def remove_files(self, paths: Sequence[str]) -> None:
         for start in range(0, len(paths), REMOVE_BATCH):
@@ -311,6 +340,25 @@ class SshInstanceHost:
         if result.exit_status not in (0, 1):
             raise self._error(f"could not look at {path}", result)
         return result.exit_status == 0
+
+    def list_directory(self, path: str, limit: int) -> list[str] | None:
+        # find -printf: one entry per line, "d name" for a directory; names with a line break
+        # are rare enough here (a hint in an error message) to be shown split.
+        script = (
+            f"[ -d {q(path)} ] || exit {_NOT_A_DIRECTORY}\n"
+            f"find {q(path)} -mindepth 1 -maxdepth 1 -printf '%y %f\\n' | LC_ALL=C sort -k2 "
+            f"| head -n {int(limit)}"
+        )
+        result = self._run(script, privileged=True)
+        if result.exit_status == _NOT_A_DIRECTORY:
+            return None
+        if result.exit_status != 0:
+            raise self._error(f"could not list {path}", result)
+        entries = []
+        for line in result.stdout.splitlines():
+            kind, _, name = line.partition(" ")
+            entries.append(name + "/" if kind == "d" else name)
+        return entries
 
     def close(self) -> None:
         self._shell.close()

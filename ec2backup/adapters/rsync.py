@@ -275,6 +275,7 @@ def exit_to_result(
             exit_code=exit_code,
             problems=tuple(problems.lines),
             problem_count=problems.count,
+            entries=stats.get("entries", 0),
         )
     lines = [ln for ln in stderr_tail if ln.strip()]
     last = lines[-1].strip() if lines else "(no error output)"

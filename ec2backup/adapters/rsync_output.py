@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 _STATS_FIELDS = {
+    "Number of files": "entries",
     "Number of regular files transferred": "files_transferred",
     "Total bytes sent": "bytes_sent",
     "Total file size": "total_size",

@@ -12,6 +12,22 @@ from ..sandbox.cli import app as sandbox_app
 from . import views
 from .context import Invocation, invocation, setup_logging
 
+
+def _flags_take_no_value() -> None:
+    """typer writes the type after every option in --help, flags included (``--yes <bool>``),
+    which reads as if the flag took a value: flags show no type."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and not self.count else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     help="Back up directories to an EBS volume through a short-lived EC2 instance.",
     no_args_is_help=True,
@@ -22,16 +38,40 @@ app.add_typer(sandbox_app, name="sandbox", help="A local cloud for trying and te
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", envvar="EC2BACKUP_CONFIG", help="Config file.", show_default=False),
+    typer.Option(
+        "--config",
+        envvar="EC2BACKUP_CONFIG",
+        help="Config file.",
+        show_default=False,
+        metavar="FILE",
+    ),
 ]
 DbOpt = Annotated[
     str | None,
     typer.Option(
-        "--db", envvar="EC2BACKUP_DB", help="SQLAlchemy database URL.", show_default=False
+        "--db",
+        envvar="EC2BACKUP_DB",
+        help="SQLAlchemy database URL.",
+        show_default=False,
+        metavar="URL",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name in the config.")]
+ProfileOpt = Annotated[
+    str, typer.Option("--profile", "-p", help="Profile name in the config.", metavar="NAME")
+]
+ProfileFilterOpt = Annotated[
+    str | None,
+    typer.Option("--profile", "-p", help="Only this profile's runs.", metavar="NAME"),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"ec2backup {version('ec2backup')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -41,6 +81,12 @@ def _global(
     db: DbOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = Invocation(config=config, db=db, debug=debug, quiet=quiet)
     ctx.call_on_close(ctx.obj.close)
@@ -51,19 +97,35 @@ def _global(
 def init(
     ctx: typer.Context,
     profile: ProfileOpt,
-    az: Annotated[str, typer.Option("--az", help="Availability zone, e.g. us-east-1a.")],
-    size: Annotated[int, typer.Option("--size", help="Volume size in GiB.")],
+    az: Annotated[
+        str, typer.Option("--az", help="Availability zone, e.g. us-east-1a.", metavar="ZONE")
+    ],
+    size: Annotated[int, typer.Option("--size", help="Volume size in GiB.", metavar="GIB")],
     source: Annotated[
-        list[Path], typer.Option("--source", help="A directory to back up (repeatable).")
+        list[Path],
+        typer.Option("--source", help="A directory to back up (repeatable).", metavar="DIR"),
     ],
     region: Annotated[
-        str | None, typer.Option("--region", help="Region; default: the AZ's region.")
+        str | None,
+        typer.Option("--region", help="Region; default: the AZ's region.", metavar="REGION"),
     ] = None,
-    ssh_user: Annotated[str, typer.Option("--ssh-user", help="Login user of the AMI.")] = "ubuntu",
+    ssh_user: Annotated[
+        str, typer.Option("--ssh-user", help="Login user of the AMI.", metavar="USER")
+    ] = "ubuntu",
     ami: Annotated[
-        str | None, typer.Option("--ami", help="AMI id or SSM parameter name.", show_default=False)
+        str | None,
+        typer.Option(
+            "--ami", help="AMI id or SSM parameter name.", show_default=False, metavar="AMI"
+        ),
     ] = None,
-    instance_type: Annotated[str, typer.Option("--instance-type")] = "t3.micro",
+    instance_type: Annotated[
+        str,
+        typer.Option(
+            "--instance-type",
+            help="EC2 instance type of the short-lived instances.",
+            metavar="TYPE",
+        ),
+    ] = "t3.micro",
     no_snapshot: Annotated[bool, typer.Option("--no-snapshot", help="Do not snapshot.")] = False,
     allow_ssh_from: Annotated[
         str | None,
@@ -73,12 +135,15 @@ def init(
             help="Address or network allowed to SSH to the instances "
             "(default: this host's public address).",
             show_default=False,
+            metavar="CIDR",
         ),
     ] = None,
     security_group: Annotated[
         list[str] | None,
         typer.Option(
-            "--security-group", help="Use this security group (repeatable); none is made."
+            "--security-group",
+            help="Use this security group (repeatable); none is made.",
+            metavar="SG",
         ),
     ] = None,
     storage: Annotated[
@@ -108,7 +173,7 @@ def init(
         run = start_init(
             app,
             profile,
-            region=region or az[:-1],
+            region=region,
             availability_zone=az,
             size_gib=size,
             sources=source,
@@ -177,36 +242,47 @@ def reap(
             "--older-than",
             help="Only instances launched longer ago (90s, 30m, 2h, 1d).",
             show_default=False,
+            metavar="AGE",
         ),
     ] = None,
     region: Annotated[
         list[str] | None,
-        typer.Option("--region", help="Region to sweep (repeatable); default: the profiles'."),
+        typer.Option(
+            "--region",
+            help="Region to sweep (repeatable); default: the profiles'.",
+            metavar="REGION",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find instances of ours that no live run owns; detach our volumes and terminate them.
     A dry run unless --yes. Works from the tags alone, even without a database."""
     from ..commands.reap import reap as reap_orphans
+    from ..commands.reap import reap_regions
 
     app = invocation(ctx).app()
-    rows = reap_orphans(app, regions=region or [], act=yes, older_than=older_than)
-    views.reap(rows, as_json=as_json, acted=yes)
+    regions = reap_regions(app, region or [])
+    rows = reap_orphans(app, regions=regions, act=yes, older_than=older_than)
+    views.reap(rows, as_json=as_json, acted=yes, regions=regions)
 
 
 @app.command()
 def runs(
     ctx: typer.Context,
     as_json: JsonOpt = False,
-    profile: Annotated[str | None, typer.Option("--profile", "-p")] = None,
+    profile: ProfileFilterOpt = None,
     limit: Annotated[
         int | None,
-        typer.Option("--limit", "-n", min=1, help="At most N runs (table default: 50)."),
+        typer.Option(
+            "--limit", "-n", min=1, help="At most N runs (table default: 50).", metavar="N"
+        ),
     ] = None,
     all_runs: Annotated[bool, typer.Option("--all", help="Every run in the table.")] = False,
     host: Annotated[
         str | None,
-        typer.Option("--host", help="Only runs started on this host (a shared --db)."),
+        typer.Option(
+            "--host", help="Only runs started on this host (a shared --db).", metavar="HOST"
+        ),
     ] = None,
 ) -> None:
     """The run history of every host using this database, newest first."""
@@ -231,7 +307,9 @@ def runs(
 
 @app.command()
 def show(
-    ctx: typer.Context, run_id: Annotated[str, typer.Argument()], as_json: JsonOpt = False
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run to show (see `ec2backup runs`).")],
+    as_json: JsonOpt = False,
 ) -> None:
     """One run: its resources, statistics and timeline (time spent in each state)."""
     from ..commands.history import show_run
@@ -252,22 +330,34 @@ def prune(
     ctx: typer.Context,
     profile: ProfileOpt,
     keep_last: Annotated[
-        int | None, typer.Option("--keep-last", help="Keep the N newest.", show_default=False)
+        int | None,
+        typer.Option("--keep-last", help="Keep the N newest.", show_default=False, metavar="N"),
     ] = None,
     keep_daily: Annotated[
         int | None,
-        typer.Option("--keep-daily", help="Newest of each of the last N days.", show_default=False),
+        typer.Option(
+            "--keep-daily",
+            help="Newest of each of the last N days.",
+            show_default=False,
+            metavar="N",
+        ),
     ] = None,
     keep_weekly: Annotated[
         int | None,
         typer.Option(
-            "--keep-weekly", help="Newest of each of the last N ISO weeks.", show_default=False
+            "--keep-weekly",
+            help="Newest of each of the last N ISO weeks.",
+            show_default=False,
+            metavar="N",
         ),
     ] = None,
     keep_monthly: Annotated[
         int | None,
         typer.Option(
-            "--keep-monthly", help="Newest of each of the last N months.", show_default=False
+            "--keep-monthly",
+            help="Newest of each of the last N months.",
+            show_default=False,
+            metavar="N",
         ),
     ] = None,
     archive_after_days: Annotated[
@@ -320,7 +410,9 @@ def doctor(
     ctx: typer.Context,
     profile: Annotated[
         str | None,
-        typer.Option("--profile", "-p", help="Also check this profile's cloud resources."),
+        typer.Option(
+            "--profile", "-p", help="Also check this profile's cloud resources.", metavar="NAME"
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -348,7 +440,10 @@ def schedule(
     at: Annotated[
         str | None,
         typer.Option(
-            "--at", help="Daily at HH:MM, local time (default 03:00).", show_default=False
+            "--at",
+            help="Daily at HH:MM, local time (default 03:00).",
+            show_default=False,
+            metavar="HH:MM",
         ),
     ] = None,
     on_calendar: Annotated[
@@ -357,6 +452,7 @@ def schedule(
             "--on-calendar",
             help="systemd OnCalendar expression, e.g. 'Mon..Fri 02:00' (--systemd only).",
             show_default=False,
+            metavar="EXPR",
         ),
     ] = None,
 ) -> None:
@@ -382,19 +478,34 @@ def schedule(
 @app.command()
 def restore(
     ctx: typer.Context,
-    to: Annotated[Path, typer.Option("--to", help="Directory to restore into.")],
+    to: Annotated[Path, typer.Option("--to", help="Directory to restore into.", metavar="DIR")],
     run: Annotated[
-        str | None, typer.Option("--run", help="Restore the snapshot of this backup run.")
+        str | None,
+        typer.Option("--run", help="Restore the snapshot of this backup run.", metavar="RUN_ID"),
     ] = None,
     snapshot: Annotated[
-        str | None, typer.Option("--snapshot", help="Restore this snapshot (needs --profile).")
+        str | None,
+        typer.Option(
+            "--snapshot", help="Restore this snapshot (needs --profile).", metavar="SNAP_ID"
+        ),
     ] = None,
     live: Annotated[
         bool, typer.Option("--live", help="Restore from the live volume, read-only.")
     ] = False,
-    profile: Annotated[str | None, typer.Option("--profile", "-p")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            "-p",
+            help="The profile whose volume (--live) or snapshot (--snapshot) to restore.",
+            metavar="NAME",
+        ),
+    ] = None,
     path: Annotated[
-        str | None, typer.Option("--path", help="Only this path under the backup (e.g. home/docs).")
+        str | None,
+        typer.Option(
+            "--path", help="Only this path under the backup (e.g. home/docs).", metavar="PATH"
+        ),
     ] = None,
     restore_days: Annotated[
         int,
@@ -406,8 +517,8 @@ def restore(
     ] = 1,
 ) -> None:
     """Copy a backup back: a temporary volume from the snapshot (deleted afterwards), or the
-    live volume, is mounted read-only on a fresh instance and rsynced into --to. Nothing in
-    --to is deleted. Prints the run id."""
+    live volume, is mounted read-only on a fresh instance and rsynced into --to. Nothing
+    in the target is deleted. Prints the run id."""
     from ..commands.restore import start_restore
 
     with invocation(ctx).running() as app:
@@ -422,6 +533,22 @@ def restore(
             restore_days=restore_days,
         )
     typer.echo(result.id)
+
+
+@app.command()
+def grow(
+    ctx: typer.Context,
+    profile: ProfileOpt,
+    size: Annotated[
+        int, typer.Option("--size", help="The volume's new size in GiB.", metavar="GIB")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make the profile's volume bigger (EBS ModifyVolume; volumes never shrink). Its
+    filesystem grows into the new size, online, at the next run. Safe to repeat."""
+    from ..commands.grow import grow as grow_volume
+
+    views.grow(grow_volume(invocation(ctx).app(), profile, size), as_json=as_json)
 
 
 @app.command()

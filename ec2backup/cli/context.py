@@ -60,7 +60,7 @@ class Invocation:
         if console is not None:
             setup_logging(self.debug, self.quiet, console)
         app = self.app()
-        app.progress, app.on_state = sink.on_progress, sink.state
+        app.progress, app.on_state, app.on_transfer = sink.on_progress, sink.state, sink.transfer
         try:
             yield app
         finally:

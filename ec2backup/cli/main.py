@@ -8,31 +8,26 @@ import logging
 import os
 import sys
 import threading
+import traceback
 from contextlib import suppress
-from typing import TYPE_CHECKING
 
 import typer
 
-from ..errors import EXIT_INTERRUPTED, Ec2BackupError, Interrupted
+from ..errors import EXIT_INTERRUPTED, Ec2BackupError, Interrupted, aftermath
 from ..fastpaths import FAST_EXIT, GC_PAUSE, enabled
 from .app import app
 
-if TYPE_CHECKING:
-    pass
-
 
 def run_cli() -> int:
-    """Run the command in ``sys.argv``; the exit code. Errors become one line on stderr."""
-    debug = "--debug" in sys.argv[1:]
+    """Run the command in ``sys.argv``; the exit code. Errors become one line on stderr; with
+    ``--debug`` the traceback comes first, and the line and the exit code stay the same."""
+    debug = "--debug" in sys.argv[1:] or bool(os.environ.get("EC2BACKUP_DEBUG"))
     try:
         app()
     except Ec2BackupError as exc:
         if debug:
-            raise
-        line = exc.one_line()
-        if exc.run_id and exc.resumable:
-            line += f" [run {exc.run_id}: `ec2backup resume {exc.run_id}` to continue]"
-        typer.echo(f"ec2backup: error: {line}", err=True)
+            traceback.print_exc()
+        typer.echo(f"ec2backup: error: {error_line(exc)}", err=True)
         return exc.exit_code
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
@@ -40,24 +35,47 @@ def run_cli() -> int:
         typer.echo(exc.code, err=True)
         return 1
     except BaseException as exc:
-        if isinstance(exc, Interrupted) and exc.run_id:
-            typer.echo(
-                f"ec2backup: run {exc.run_id} {exc}; its state is recorded: "
-                f"`ec2backup resume {exc.run_id}` to continue",
-                err=True,
-            )
-            return EXIT_INTERRUPTED
         if isinstance(exc, (Interrupted, KeyboardInterrupt)):
-            typer.echo("ec2backup: interrupted", err=True)
+            if debug:
+                traceback.print_exc()
+            typer.echo(f"ec2backup: {interrupted_line(exc)}", err=True)
             return EXIT_INTERRUPTED
-        if debug or os.environ.get("EC2BACKUP_DEBUG"):
-            raise
+        if debug:
+            traceback.print_exc()
         typer.echo(
-            f"ec2backup: unexpected error: {type(exc).__name__}: {exc} (--debug shows where)",
+            f"ec2backup: unexpected error: {type(exc).__name__}: {exc}"
+            + ("" if debug else " (--debug shows where)")
+            + aftermath_note(exc),
             err=True,
         )
         return 1
     return 0
+
+
+def error_line(exc: Ec2BackupError) -> str:
+    """The one line of an error: the message, its resources and fix, and for a run that
+    failed, what it left in the cloud and the command that continues or ends it."""
+    line = exc.one_line()
+    note = aftermath_note(exc)
+    if note:
+        return line + note
+    if exc.run_id and exc.resumable:
+        line += f" [run {exc.run_id}: `ec2backup resume {exc.run_id}` to continue]"
+    return line
+
+
+def interrupted_line(exc: BaseException) -> str:
+    if isinstance(exc, Interrupted) and exc.run_id:
+        return f"run {exc.run_id} {exc}" + (
+            aftermath_note(exc) or f"; `ec2backup resume {exc.run_id}` to continue"
+        )
+    return "interrupted"
+
+
+def aftermath_note(exc: BaseException) -> str:
+    """What a failed run left behind, as recorded on the exception by the runner."""
+    text = aftermath(exc)
+    return f"; {text}" if text else ""
 
 
 # How long a command runs before the cyclic garbage collector comes back on (see main).

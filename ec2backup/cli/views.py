@@ -9,19 +9,21 @@ from typing import Any
 
 import typer
 
-from .render import emit, emit_json, emit_table, short_time
+from .render import Column, emit, emit_json, emit_table, short_time
 
 TABLE_DEFAULT_LIMIT = 50
+# At 80 columns: the run, its kind, profile and state, and its error cut short; wider, the
+# start, snapshot, instance and host too.
 RUN_COLUMNS = [
-    ("id", "RUN"),
-    ("kind", "KIND"),
-    ("profile", "PROFILE"),
-    ("host", "HOST"),
-    ("state", "STATE"),
-    ("started", "STARTED (UTC)"),
-    ("instance_id", "INSTANCE"),
-    ("snapshot_id", "SNAPSHOT"),
-    ("error", "ERROR"),
+    Column("id", "RUN"),
+    Column("kind", "KIND", priority=3),
+    Column("profile", "PROFILE", priority=1, shrink=True),
+    Column("host", "HOST", priority=7),
+    Column("shown_state", "STATE"),
+    Column("started", "STARTED (UTC)", priority=4),
+    Column("instance_id", "INSTANCE", priority=6),
+    Column("snapshot_id", "SNAPSHOT", priority=5),
+    Column("error", "ERROR", priority=2, shrink=True),
 ]
 SNAPSHOT_COLUMNS = [
     ("id", "SNAPSHOT"),
@@ -47,7 +49,19 @@ def _with_started(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def runs(rows: list[dict[str, Any]], *, as_json: bool) -> None:
-    emit(rows if as_json else _with_started(rows), as_json=as_json, columns=RUN_COLUMNS)
+    if as_json:
+        emit_json(rows)
+        return
+    shown = [
+        {
+            **r,
+            # To the minute: the run's id holds its start to the second.
+            "started": (short_time(r["started_at"]) or "")[:16] or None,
+            "shown_state": f"abandoned ({r['state']})" if r.get("abandoned") else r["state"],
+        }
+        for r in rows
+    ]
+    emit(shown, as_json=False, columns=RUN_COLUMNS)
 
 
 def show(data: dict[str, Any], *, as_json: bool) -> None:
@@ -95,9 +109,19 @@ def _snapshot_added(added: dict[str, Any]) -> str:
     )
 
 
-def reap(rows: list[dict[str, Any]], *, as_json: bool, acted: bool) -> None:
-    emit(rows, as_json=as_json, columns=REAP_COLUMNS)
-    if not acted and any(r["orphan"] for r in rows):
+def reap(rows: list[dict[str, Any]], *, as_json: bool, acted: bool, regions: list[str]) -> None:
+    if as_json:
+        emit_json(rows)
+    elif rows:
+        shown = [{**r, "volumes": ", ".join(r.get("volumes") or []) or None} for r in rows]
+        emit(shown, as_json=False, columns=REAP_COLUMNS)
+    if not rows:
+        typer.echo(
+            f"nothing to reap in {', '.join(regions)}: no instance or temporary volume of "
+            "ec2backup is left",
+            err=True,
+        )
+    elif not acted and any(r["orphan"] for r in rows):
         typer.echo("dry run: nothing was changed; pass --yes to act", err=True)
 
 
@@ -225,5 +249,26 @@ def verify(run_id: str, found: list[str], *, as_json: bool) -> None:
         typer.echo(line)
     typer.echo(
         f"run {run_id}: " + (f"{len(found)} differences" if found else "the volume matches"),
+        err=True,
+    )
+
+
+def grow(result: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    typer.echo(f"{result['volume_id']} {result['size_gib']} GiB")
+    state = result["modification"]
+    if not result["requested"] and result["previous_size_gib"] == result["size_gib"]:
+        what = f"volume {result['volume_id']} is {result['size_gib']} GiB already"
+    else:
+        what = (
+            f"volume {result['volume_id']}: {result['previous_size_gib']} -> "
+            f"{result['size_gib']} GiB, {state}"
+            + (f" ({result['progress']}%)" if state in ("modifying", "optimizing") else "")
+        )
+    typer.echo(
+        f"{what}; the filesystem grows to match at the next `ec2backup run --profile "
+        f"{result['profile']}`",
         err=True,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..db.store import Store
 from ..paths import default_data_dir
-from ..ports import Ec2, InstanceConnector, SnapshotBlocks, Syncer
+from ..ports import Ec2, InstanceConnector, SnapshotBlocks, Syncer, TransferNote
 
 
 @dataclass
@@ -57,6 +57,7 @@ class App:
     adapters: Adapters = field(default_factory=Adapters.real)
     progress: Callable[[str], None] = lambda _line: None
     on_state: Callable[[str], None] = lambda _state: None
+    on_transfer: Callable[[TransferNote], None] = lambda _note: None
 
     def run_dir(self, run_id: str) -> Path:
         # Owner-only all the way down: run directories hold private keys.

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Profile, load_profile, parse_profile, require_backup_ready
+from ..config import (
+    Profile,
+    is_availability_zone,
+    is_region,
+    load_profile,
+    parse_profile,
+    require_backup_ready,
+)
 from ..core.states import RunKind
 from ..core.tags import TAG_MANAGED, TAG_PROFILE
 from ..db import leases
@@ -15,6 +23,7 @@ from ..errors import ConfigError, UserInputError
 from ..ports import Ec2, Snapshot
 from .app import App
 from .checks import check_fits, check_fits_in, check_sources, check_volume, plan_launch
+from .hooks import refusals_reported
 from .runner import _create_run, _drive, new_run_id
 
 log = logging.getLogger(__name__)
@@ -23,28 +32,31 @@ log = logging.getLogger(__name__)
 def start_backup(app: App, profile_name: str, *, allow_deletions: bool = False) -> Run:
     file = str(app.config_path)
     profile = load_profile(app.config_path, profile_name)
-    require_backup_ready(profile, file)
-    check_sources(profile, file)
-    app.adapters.syncer().check_available()
-    if profile.storage == "snapshots":
-        return _start_snapshot_backup(app, profile, file)
-    assert profile.volume_id is not None
-    run_id = new_run_id()
-    # The volume's lease first: a second run of the same volume is refused naming the holder,
-    # before it looks at (or touches) the volume.
-    with leases.held(
-        app.store, run_id, [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
-    ):
-        ec2 = app.adapters.ec2(profile.region, None)
-        check_fits(profile, check_volume(profile, ec2, file))
-        # Now: a missing AMI, a type the zone does not offer or a launch IAM refuses is bad
-        # input, found before anything is created.
-        plan = plan_launch(profile, ec2, file)
-        extra: dict[str, Any] = plan.config()
-        if allow_deletions:  # recorded: a resumed run keeps what the command said
-            extra["allow_deletions"] = True
-        _create_run(app, run_id, RunKind.BACKUP, profile, extra)
-        return _drive(app, run_id)
+    with refusals_reported(app, profile, RunKind.BACKUP) as began:
+        require_backup_ready(profile, file)
+        check_sources(profile, file)
+        app.adapters.syncer().check_available()
+        if profile.storage == "snapshots":
+            return _start_snapshot_backup(app, profile, file, began, allow_deletions)
+        assert profile.volume_id is not None
+        run_id = new_run_id()
+        # The volume's lease first: a second run of the same volume is refused naming the
+        # holder, before it looks at (or touches) the volume.
+        with leases.held(
+            app.store, run_id, [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
+        ):
+            ec2 = app.adapters.ec2(profile.region, None)
+            check_fits(profile, check_volume(profile, ec2, file))
+            # Now: a missing AMI, a type the zone does not offer or a launch IAM refuses is
+            # bad input, found before anything is created.
+            plan = plan_launch(profile, ec2, file)
+            extra: dict[str, Any] = plan.config()
+            if allow_deletions:  # recorded: a resumed run keeps what the command said
+                extra["allow_deletions"] = True
+            _create_run(app, run_id, RunKind.BACKUP, profile, extra)
+            began()
+            return _drive(app, run_id)
+    raise AssertionError("unreachable")  # the block returns or raises
 
 
 def latest_snapshot(ec2: Ec2, profile_name: str) -> tuple[Snapshot | None, list[Snapshot]]:
@@ -62,7 +74,9 @@ def latest_snapshot(ec2: Ec2, profile_name: str) -> tuple[Snapshot | None, list[
     return None, passed
 
 
-def _start_snapshot_backup(app: App, profile: Profile, file: str) -> Run:
+def _start_snapshot_backup(
+    app: App, profile: Profile, file: str, began: Callable[[], None], allow_deletions: bool
+) -> Run:
     """Snapshots-only storage: the run makes its own volume from the profile's latest
     snapshot, copies onto it, snapshots it and deletes it."""
     run_id = new_run_id()
@@ -87,13 +101,14 @@ def _start_snapshot_backup(app: App, profile: Profile, file: str) -> Run:
             "exclude some data, or start a profile with a larger --size",
         )
         image_id = ec2.resolve_image(profile.ami)
-        run = _create_run(
-            app,
-            run_id,
-            RunKind.SNAPSHOT_BACKUP,
-            profile,
-            {"image_id": image_id, "base_snapshot_id": base.id, "size_gib": size_gib},
-        )
+        extra: dict[str, Any] = {
+            "image_id": image_id,
+            "base_snapshot_id": base.id,
+            "size_gib": size_gib,
+        }
+        if allow_deletions:  # recorded: a resumed run keeps what the command said
+            extra["allow_deletions"] = True
+        run = _create_run(app, run_id, RunKind.SNAPSHOT_BACKUP, profile, extra)
         if passed:
             note = (
                 f"started from {base.id}: newer snapshot(s) "
@@ -103,6 +118,7 @@ def _start_snapshot_backup(app: App, profile: Profile, file: str) -> Run:
                 stored = app.store.get_run(session, run.id)
                 stored.warnings = [*stored.warnings, note]
                 session.commit()
+        began()
         return _drive(app, run_id)
 
 
@@ -110,7 +126,7 @@ def start_init(
     app: App,
     profile_name: str,
     *,
-    region: str,
+    region: str | None,
     availability_zone: str,
     size_gib: int,
     sources: list[Path],
@@ -132,6 +148,7 @@ def start_init(
                 profile=profile_name,
                 hint="choose another --profile name, or edit the file",
             )
+    region = region or region_of_zone(availability_zone)
     if not 1 <= size_gib <= 16384:
         raise UserInputError(
             f"--size {size_gib} is out of range", hint="give a size in GiB from 1 to 16384"
@@ -265,3 +282,18 @@ def destination_names(paths: list[Path]) -> tuple[list[str], list[str]]:
             + ", ".join(f"{paths[i]} -> {names[i]!r}" for i in renamed)
         )
     return names, notes
+
+
+def region_of_zone(availability_zone: str) -> str:
+    """The region of ``--az``, which must be a zone (``us-east-1a``), not a region."""
+    if is_region(availability_zone):
+        raise UserInputError(
+            f"--az {availability_zone} is a region, not an availability zone",
+            hint=f"give one of its zones, e.g. --az {availability_zone}a",
+        )
+    if not is_availability_zone(availability_zone):
+        raise UserInputError(
+            f"--az {availability_zone} is not an availability zone",
+            hint="give one like --az us-east-1a",
+        )
+    return availability_zone[:-1]

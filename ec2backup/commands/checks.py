@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Profile
-from ..core.tags import TAG_MANAGED, TAG_PROFILE
+from ..core.tags import TAG_MANAGED, TAG_PROFILE, TAG_RUN_ID
 from ..errors import ConfigError, InsufficientSpaceError, UserInputError
 from ..ports import Ec2, LaunchSpec, Volume
 from ..run.steps.volume import volume_problem
@@ -19,6 +19,12 @@ from ..run.steps.volume import volume_problem
 def check_sources(profile: Profile, file: str) -> None:
     for i, source in enumerate(profile.sources):
         where = {"file": file, "profile": profile.name, "field": f"sources[{i}].path"}
+        if source.path.exists() and not source.path.is_dir():
+            raise ConfigError(
+                f"source {source.path} is a file, not a directory",
+                hint=f"give the directory to back up (e.g. {source.path.parent})",
+                **where,
+            )
         if not source.path.is_dir():
             raise ConfigError(
                 f"source directory {source.path} does not exist",
@@ -56,26 +62,46 @@ def check_volume(profile: Profile, ec2: Ec2, file: str) -> Volume:
             hint=f'set availability_zone = "{volume.availability_zone}"',
         )
     if problem.kind == "attached":
+        assert problem.other_instance is not None
+        holder = ec2.get_instance(problem.other_instance)
+        tags = holder.tags if holder is not None else {}
+        run_id = tags.get(TAG_RUN_ID) if tags.get(TAG_MANAGED) == "true" else None
+        if run_id:
+            raise UserInputError(
+                f"{problem.message} of ec2backup run {run_id}, which no process drives",
+                hint=f"`ec2backup resume {run_id}` finishes that run, "
+                f"`ec2backup resume {run_id} --clean` ends it (detach, terminate)",
+            )
         raise UserInputError(
-            problem.message,
-            hint="detach it first, or `ec2backup reap` if a crashed run left it there",
+            f"{problem.message}, which ec2backup did not launch",
+            hint="detach it there first",
         )
     raise UserInputError(problem.message, hint="try again once the volume is available")
 
 
 def check_fits(profile: Profile, volume: Volume) -> None:
-    """Data larger than the whole volume can never fit: refuse before launching anything.
-    (The exact check, against the filesystem's free space, runs on the instance.)"""
+    """Data larger than the whole volume (or, with ``auto_grow_max_gib``, than the largest it
+    may grow to) can never fit: refuse before launching anything. (The exact check, against
+    the filesystem's free space, runs on the instance, which grows the volume if allowed.)"""
+    how = f"`ec2backup grow --profile {profile.name} --size GIB`"
+    if profile.auto_grow_max_gib and profile.auto_grow_max_gib > volume.size_gib:
+        check_fits_in(
+            profile,
+            profile.auto_grow_max_gib,
+            f"volume {volume.id} even grown to auto_grow_max_gib",
+            f"raise auto_grow_max_gib, grow the volume ({how}) or exclude some data",
+        )
+        return
     check_fits_in(
         profile,
         volume.size_gib,
         f"volume {volume.id}",
-        "grow the volume (aws ec2 modify-volume, then resize2fs) or exclude some data",
+        f"grow the volume ({how}, or auto_grow_max_gib in the profile) or exclude some data",
     )
 
 
 def check_fits_in(profile: Profile, size_gib: int, what: str, hint: str) -> None:
-    from ..run.steps.transfer import tree_bytes
+    from ..run.steps.space import tree_bytes
 
     local = sum(tree_bytes(source.path) for source in profile.sources)
     usable = size_gib * 2**30 * 0.95  # ext4's own metadata and reserve

@@ -16,9 +16,10 @@ if TYPE_CHECKING:
     from .app import App
 
 
-def run_summary(run: Run) -> dict[str, Any]:
-    """The run's row in `ec2backup runs` (the same keys as ``db/sqlite_runs.py`` gives)."""
-    return summary_row([getattr(run, column) for column in SUMMARY_COLUMNS], iso)
+def run_summary(run: Run, *, driven: bool) -> dict[str, Any]:
+    """The run's row in `ec2backup runs` (the same keys as ``db/sqlite_runs.py`` gives);
+    ``driven``: a live process holds the run's lease."""
+    return summary_row([getattr(run, column) for column in SUMMARY_COLUMNS], iso, driven=driven)
 
 
 def list_runs(
@@ -26,13 +27,19 @@ def list_runs(
 ) -> list[dict[str, Any]]:
     """The runs of every host sharing this database, newest first; ``host`` / ``profile``
     narrow them down."""
+    from ..db.leases import live_leases
+
+    driven = live_leases(app.store)
     with app.store.session() as session:
         runs = app.store.list_runs(session, profile=profile, host=host, limit=limit)
-        return [run_summary(r) for r in runs]
+        return [run_summary(r, driven=r.id in driven) for r in runs]
 
 
 def show_run(app: App, run_id: str) -> dict[str, Any]:
+    from ..db.leases import live_leases
+
     note = _fill_in_growth(app, run_id)
+    driven = live_leases(app.store)
     with app.store.session() as session:
         run = app.store.get_run(session, run_id)
         events = list(run.events)
@@ -50,7 +57,7 @@ def show_run(app: App, run_id: str) -> dict[str, Any]:
                 }
             )
         return {
-            **run_summary(run),
+            **run_summary(run, driven=run.id in driven),
             "failed_from": run.failed_from,
             "host": run.host,
             "ssh_address": run.ssh_address,

@@ -6,6 +6,7 @@ recorded or an instance launched."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import socket
 from datetime import UTC, datetime
@@ -13,13 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Profile
-from ..core.states import BACKUP_KINDS, FINAL_STATES, RunKind, RunState, fire
+from ..core.leftovers import leftovers
+from ..core.states import (
+    BACKUP_KINDS,
+    FINAL_STATES,
+    TEMPORARY_VOLUME_KINDS,
+    RunKind,
+    RunState,
+    fire,
+)
 from ..core.times import utcnow
 from ..db import leases
 from ..db.models import Event, Run
 from ..db.recorder import RunRecorder
-from ..errors import RunStateError
+from ..errors import Ec2BackupError, RunStateError, set_aftermath
 from .app import App
+
+log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
@@ -106,8 +117,10 @@ def _drive(
             public_key=public_key,
             progress=app.progress,
             on_state=app.on_state,
+            on_transfer=app.on_transfer,
         )
         engine.bind(run, ctx)
+        failure: BaseException | None = None
         prefetch = None
         if run.kind in BACKUP_KINDS and not clean:
             from .growth import Prefetch
@@ -133,11 +146,73 @@ def _drive(
                     from .snapshots import apply_profile_retention
 
                     apply_profile_retention(app, profile)
+        except BaseException as exc:
+            failure = exc
+            set_aftermath(exc, aftermath(run, exc))
+            raise
         finally:
             # The run's key is needed only while the run can still be resumed.
             if run.state in FINAL_STATES:
                 remove_run_dir(run_dir)
+            _after_run(app, ctx, profile, failure)
         return run
+
+
+def _after_run(app: App, ctx: Any, profile: Profile, failure: BaseException | None) -> None:
+    """The profile's hook and metrics for the run just driven; what they warn of is kept on
+    the run. Never raises: the run's own outcome stands."""
+    from .hooks import Outcome, after_run
+
+    run = ctx.run
+    try:
+        error = ""
+        if failure is not None:
+            error = failure.one_line() if isinstance(failure, Ec2BackupError) else str(failure)
+        warnings = after_run(app, profile, Outcome.of(run, error))
+        if warnings:
+            run.warnings = [*run.warnings, *warnings]
+            ctx.recorder.save()
+    except Exception as exc:  # the database may be what failed the run
+        log.warning("run %s: after the run: %s", run.id, exc)
+
+
+def aftermath(run: Run, exc: BaseException) -> str:
+    """What the stopped run left in the cloud, from its record, and the one command that
+    continues it or ends it."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import object_session
+
+    # From the database: events appended since ``run.events`` was loaded are not in it.
+    session = object_session(run)
+    states = (
+        list(
+            session.scalars(select(Event.to_state).where(Event.run_id == run.id).order_by(Event.id))
+        )
+        if session is not None
+        else [event.to_state for event in run.events]
+    )
+    left = leftovers(
+        run.kind,
+        states,
+        instance_id=run.instance_id,
+        volume_id=run.volume_id,
+        temporary_volume=run.kind in TEMPORARY_VOLUME_KINDS
+        and not (run.kind == RunKind.RESTORE and run.config.get("live")),
+    )
+    if run.state in FINAL_STATES:
+        if left.empty:
+            return "nothing of it is left in the cloud"
+        return f"left in the cloud: {left.describe()}"
+    resumable = not isinstance(exc, Ec2BackupError) or exc.resumable
+    cleaning = RunState.CLEANING in (run.state, run.failed_from)
+    resume = f"`ec2backup resume {run.id}` to continue"
+    clean = f"`ec2backup resume {run.id} --clean` to end it"
+    if left.empty:
+        return f"nothing of run {run.id} is left in the cloud; " + (
+            resume if resumable and not cleaning else clean
+        )
+    commands = f"{resume}, {clean}" if resumable and not cleaning else clean
+    return f"left in the cloud: {left.describe()}; {commands}"
 
 
 def _write_initialised_profile(run: Run, profile: Profile) -> None:

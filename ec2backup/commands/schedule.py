@@ -35,6 +35,15 @@ RANDOMIZED_DELAY = "10min"
 # flock's exit code when the lock is held (-E); the service counts it as success.
 LOCK_CONFLICT_EXIT = 75
 
+# The AWS settings a scheduled run takes from this shell's environment.
+AWS_SETTINGS = (
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+
 _AT = re.compile(r"^(\d{1,2}):(\d{2})$")
 _UNIT_SAFE = re.compile(r"[A-Za-z0-9_.-]")
 _SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
@@ -253,6 +262,13 @@ def build_job(
     environment = {}
     if os.environ.get("EC2BACKUP_DATA_DIR"):
         environment["EC2BACKUP_DATA_DIR"] = str(data_dir.absolute())
+    # Which credentials and region the job uses, as in this shell (cron and systemd start
+    # with almost no environment); never the keys themselves, which would land in a file.
+    for name in AWS_SETTINGS:
+        value = os.environ.get(name)
+        if value:
+            path = name.endswith("_FILE")
+            environment[name] = str(Path(value).expanduser().absolute()) if path else value
     return Job(
         profile=profile,
         command=command,

@@ -22,19 +22,19 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..core.times import utcnow
 from ..errors import LeaseHeldError
+from .liveness import TTL, holder_alive
 from .models import Lease
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-TTL = timedelta(seconds=60)
 HEARTBEAT_SECONDS = 10.0
 
 
@@ -67,24 +67,9 @@ class Holder:
         return cls(socket.gethostname(), os.getpid())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def is_stale(lease: Lease, now: datetime, me: Holder) -> bool:
-    if now - lease.heartbeat_at > TTL:
-        return True
-    # On this host we can see whether the holder still exists, without waiting for the TTL.
-    return (
-        lease.holder_host == me.host
-        and lease.holder_pid != me.pid
-        and not _pid_alive(lease.holder_pid)
+    return not holder_alive(
+        lease.holder_host, lease.holder_pid, lease.heartbeat_at, now, me.host, me.pid
     )
 
 
@@ -126,6 +111,8 @@ def _take(store: Store, key: str, run_id: str, me: Holder) -> None:
                 hint="wait for it to finish; a lease whose heartbeat stops expires after "
                 f"{int(TTL.total_seconds())}s",
             )
+        # Described now: the UPDATE below refreshes ``current`` to the new holder (us).
+        dead = describe(current, now)
         taken = session.execute(
             update(Lease)
             .where(
@@ -147,7 +134,7 @@ def _take(store: Store, key: str, run_id: str, me: Holder) -> None:
             raise LeaseHeldError(
                 f"{key} was taken over by another process just now", hint="try again"
             )
-        log.warning("took over the stale lease on %s from %s", key, describe(current, now))
+        log.warning("took over the stale lease on %s from %s", key, dead)
 
 
 def release(store: Store, keys: Sequence[str], me: Holder | None = None) -> None:

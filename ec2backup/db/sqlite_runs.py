@@ -11,14 +11,19 @@ errors. tests/db/test_sqlite_runs.py checks that both paths give the same rows.
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..core.times import iso
+from ..core.times import iso, utcnow
 from ..fastpaths import SQLITE_RUNS, enabled
-from .summary import SUMMARY_COLUMNS, summary_row
+from .liveness import holder_alive
+from .summary import ENDED_STATES, SUMMARY_COLUMNS, summary_row
+
+__all__ = ["ENDED_STATES", "SCHEMA_HEAD", "list_runs_sqlite", "sqlite_file"]
 
 # The newest migration. Checked against the migrations directory by the tests, so opening an
 # up-to-date database needs no Alembic import.
@@ -42,6 +47,23 @@ def _iso(stored: str | None) -> str | None:
     if stored is None:
         return None
     return iso(datetime.fromisoformat(stored))
+
+
+def _driven(leases: list[tuple[Any, ...]]) -> set[str]:
+    """Run ids whose lease a live process holds (the rule of ``liveness.holder_alive``)."""
+    now, host, pid = utcnow(), socket.gethostname(), os.getpid()
+    return {
+        run_id
+        for run_id, holder_host, holder_pid, heartbeat in leases
+        if holder_alive(
+            holder_host,
+            int(holder_pid),
+            datetime.fromisoformat(heartbeat).replace(tzinfo=UTC),
+            now,
+            host,
+            pid,
+        )
+    }
 
 
 def list_runs_sqlite(
@@ -69,8 +91,12 @@ def list_runs_sqlite(
             if head != [(SCHEMA_HEAD,)]:
                 return None
             rows = conn.execute(query, params).fetchall()
+            leases = conn.execute(
+                "SELECT run_id, holder_host, holder_pid, heartbeat_at FROM leases"
+            ).fetchall()
         finally:
             conn.close()
-        return [summary_row(row, _iso) for row in rows]
+        driven = _driven(leases)
+        return [summary_row(row, _iso, driven=row[0] in driven) for row in rows]
     except (sqlite3.Error, ValueError):
         return None

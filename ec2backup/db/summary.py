@@ -26,12 +26,21 @@ SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
 SUMMARY_COLUMNS = tuple(column for _, column in SUMMARY_FIELDS)
 # Columns holding a time, shown as ISO 8601 text with its UTC offset (or None).
 TIME_COLUMNS = frozenset({"created_at", "finished_at"})
+# core.states.ENDED_STATES, spelt out: importing the state machine's library costs ~60 ms
+# (tests/db/test_sqlite_runs.py checks that they agree).
+ENDED_STATES = frozenset({"done", "aborted", "failed"})
 
 
-def summary_row(values: Sequence[Any], iso: Callable[[Any], str | None]) -> dict[str, Any]:
+def summary_row(
+    values: Sequence[Any], iso: Callable[[Any], str | None], *, driven: bool
+) -> dict[str, Any]:
     """The row from the values of ``SUMMARY_COLUMNS``, in that order; ``iso`` turns what the
-    reader holds for a time column into its text."""
-    return {
+    reader holds for a time column into its text. ``driven``: a live process holds the run's
+    lease. A run neither over nor driven is ``abandoned``: its process died (a crash, kill -9),
+    and it stays in the state it was in until `ec2backup resume` (or reap) takes it on."""
+    row = {
         key: iso(value) if column in TIME_COLUMNS else value
         for (key, column), value in zip(SUMMARY_FIELDS, values, strict=True)
     }
+    row["abandoned"] = row["state"] not in ENDED_STATES and not driven
+    return row

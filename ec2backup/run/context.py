@@ -20,6 +20,7 @@ from ..ports import (
     InstanceHost,
     SshTarget,
     Syncer,
+    TransferNote,
 )
 
 
@@ -36,6 +37,7 @@ class StepContext:
     public_key: str
     progress: Callable[[str], None] = lambda _line: None
     on_state: Callable[[str], None] = lambda _state: None
+    on_transfer: Callable[[TransferNote], None] = lambda _note: None
     host: InstanceHost | None = field(default=None, repr=False)  # the open session
 
     @property

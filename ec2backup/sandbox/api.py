@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -125,9 +126,18 @@ class Sandbox:
         except (TypeError, ValueError) as e:
             raise SandboxError(f"bad sandbox settings: {e}") from None
         layout = Layout(Path(directory).resolve())
-        with contextlib.suppress(SandboxError):
-            cls.open(layout.root)
-            raise SandboxError(f"a sandbox already runs in {layout.root}")
+        try:
+            running: Sandbox | None = cls.open(layout.root)
+        except SandboxError:
+            running = None
+        if running is not None:
+            # Starting over it would end the cloud another terminal (or test) is using.
+            d = shlex.quote(str(layout.root))
+            raise SandboxError(
+                f"a sandbox already runs in {layout.root} (server pid {running.server_pid});"
+                f' print its variables again with `eval "$(ec2backup sandbox env --dir {d})"`,'
+                f" or stop it first with `ec2backup sandbox stop --dir {d}`"
+            )
         stop_sandbox(layout.root)  # leftovers of a server that died without cleaning up
         layout.make_dirs()
         initial.save(layout.settings)
@@ -283,9 +293,15 @@ class Sandbox:
         self.layout.console_overrides.mkdir(parents=True, exist_ok=True)
         (self.layout.console_overrides / (instance_id or NEXT_INSTANCE)).write_text("impostor\n")
 
+    def kept(self) -> dict[str, list[dict[str, Any]]]:
+        """The volumes, snapshots and security groups the sandbox holds (as last recorded by
+        its server, at most a moment ago), which a stop and a start keep."""
+        return kept_resources(self.directory)
+
     def stop(self) -> None:
         """Terminate all instances and the server; leaves no process, mount, loop device or
-        namespace behind (the image files stay)."""
+        namespace behind. Volumes, snapshots (their images) and security groups stay: the next
+        ``start`` in the directory brings them back with their ids."""
         stop_sandbox(self.directory)
 
     def __enter__(self) -> Sandbox:
@@ -298,6 +314,20 @@ class Sandbox:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def kept_resources(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    """What ``D/resources.json`` records (``resources.py``), those with an image still in D:
+    ``{"volumes": [...], "snapshots": [...], "security_groups": [...]}``."""
+    layout = Layout(Path(directory).resolve())
+    data = read_json(layout.resources) or {}
+    return {
+        "volumes": [v for v in data.get("volumes", []) if layout.volume_image(v["id"]).exists()],
+        "snapshots": [
+            s for s in data.get("snapshots", []) if layout.snapshot_image(s["id"]).exists()
+        ],
+        "security_groups": list(data.get("security_groups", [])),
+    }
 
 
 def _is_server(pid: int, layout: Layout) -> bool:

@@ -1,4 +1,4 @@
-"""``ec2backup sandbox start|configure|cut-ssh|stop|status``. Importing this module imports
+"""``ec2backup sandbox start|env|configure|cut-ssh|stop|status``. Importing this module imports
 only typer: the main CLI imports it for every command, so the sandbox's own modules are
 imported inside the commands that use them."""
 
@@ -308,6 +308,7 @@ def status(directory: Path = DIR_OPTION) -> None:
         sandbox = Sandbox.open(directory)
     except SandboxError as e:
         typer.echo(f"ec2backup sandbox: {e.one_line()}", err=True)
+        _echo_kept(directory, "kept for the next `ec2backup sandbox start`")
         raise typer.Exit(1) from None
     layout = Layout(sandbox.directory)
     machines = [m for d in sorted(layout.instances.glob("*")) if (m := Machine.load(d))]
@@ -326,3 +327,34 @@ def status(directory: Path = DIR_OPTION) -> None:
         typer.echo(f"  {m.instance_id} {m.address}:22 (sshd pid {m.sshd_pid})")
     loops = loops_backed_under(layout.root)
     typer.echo(f"loop devices: {' '.join(loops) if loops else 'none'}")
+    _echo_kept(sandbox.directory, "held")
+
+
+def _echo_kept(directory: Path, what: str) -> None:
+    """The volumes and snapshots (a stop and a start keep them), one line each."""
+    from .api import kept_resources
+
+    kept = kept_resources(directory)
+    volumes, snapshots = kept["volumes"], kept["snapshots"]
+    typer.echo(f"volumes {what}: {len(volumes) or 'none'}")
+    for v in volumes:
+        name = v["tags"].get("Name") or v["tags"].get("ec2backup:profile") or ""
+        typer.echo(f"  {v['id']} {v['size']} GiB {v['zone']}" + (f" {name}" if name else ""))
+    typer.echo(f"snapshots {what}: {len(snapshots) or 'none'}")
+    for snap in snapshots:
+        typer.echo(f"  {snap['id']} of {snap['volume_id']} ({snap['volume_size']} GiB)")
+
+
+@app.command()
+def env(directory: Path = DIR_OPTION) -> None:
+    """Print the `export VAR=value` lines of the sandbox running in the directory again (as
+    `start` printed them), for `eval` in another terminal. Exit 1 if none runs."""
+    from .api import Sandbox, SandboxError
+
+    try:
+        sandbox = Sandbox.open(directory)
+    except SandboxError as e:
+        typer.echo(f"ec2backup sandbox: {e.one_line()}", err=True)
+        raise typer.Exit(1) from None
+    for key, value in sandbox.env.items():
+        typer.echo(f"export {key}={shlex.quote(value)}")

@@ -44,6 +44,7 @@ from .faults import CloudFault, Faults
 from .host import release_loops_under
 from .instances import Instances
 from .layout import Layout
+from .modifications import Modifications, install_states
 from .reconcile import Reconciler
 from .seed import seed
 from .settings import CloudSettings
@@ -65,6 +66,7 @@ class LocalCloud:
         self.tiers = Tiers(self.state)
         self.ebs = EbsDirect(self.state, self.tiers)
         self.snapshots = Snapshots(self.state, self.consistency, self.ebs, self.tiers)
+        self.modifications = Modifications(self.state)
         self.reconciler = Reconciler(
             self.state, self.faults, self.instances, self.volumes, self.snapshots
         )
@@ -87,6 +89,8 @@ class LocalCloud:
             "create_snapshot": self.snapshots.create_snapshot,
             "delete_snapshot": self.snapshots.delete_snapshot,
             "describe_snapshots": self.snapshots.describe_snapshots,
+            "modify_volume": self.modifications.modify_volume,
+            "describe_volumes_modifications": self.modifications.describe_volumes_modifications,
             "describe_instances": self.consistency.describe_instances,
             "describe_volumes": self.consistency.describe_volumes,
             "create_security_group": self.create_security_group,
@@ -102,6 +106,7 @@ class LocalCloud:
     def install(self) -> None:
         moto_fixes.install()
         moto_enis.random_public_ip = self.instances.allocate_address
+        install_states()
         for action, hook in self.action_hooks().items():
             self._wrap(action, hook)
 
@@ -170,6 +175,7 @@ class LocalCloud:
     def reconcile(self) -> None:
         """Finish what real EC2 finishes later. Called periodically by the server."""
         self.reconciler.reconcile()
+        self.modifications.advance()
 
     def cut_ssh(self, instance_id: str) -> int:
         with self.state.lock:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .layout import read_json, write_json
+from .resize2fs import write_resize2fs
 
 UBUNTU_UID = 1000
 UBUNTU_GROUPS = ("adm", "sudo")  # as on Ubuntu cloud images (minus the desktop-ish ones)
@@ -342,7 +343,8 @@ def boot_machine(
     config = directory / "sshd_config"
     config.write_text(sshd_config(address, host_key))
     boot = directory / "boot.sh"
-    boot.write_text(boot_script(etc, keys_file, config))
+    resize = write_resize2fs(directory)
+    boot.write_text(boot_script(etc, keys_file, config, resize))
     log_path = directory / "sshd.log"
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
 
@@ -416,7 +418,9 @@ def sshd_config(address: str, host_key: Path) -> str:
     )
 
 
-def boot_script(etc: Path, keys_file: Path, config: Path) -> str:
+def boot_script(
+    etc: Path, keys_file: Path, config: Path, resize2fs: tuple[Path, str] | None = None
+) -> str:
     """Runs as root inside the fresh namespaces, then becomes the sshd (pid 1 there)."""
     q = shlex.quote
     lines = [
@@ -440,6 +444,11 @@ def boot_script(etc: Path, keys_file: Path, config: Path) -> str:
         f"mount --bind {q(str(etc / 'group'))} /etc/group",
         f"mount --bind {q(str(etc / 'shadow'))} /etc/shadow",
         f"mount --bind {q(str(etc / 'sudoers.d'))} /etc/sudoers.d",
+        *(
+            [f"mount --bind {q(str(resize2fs[0]))} {q(resize2fs[1])}"]
+            if resize2fs is not None
+            else []
+        ),
         f"exec {q(sshd_path())} -D -e -f {q(str(config))}",
         "",
     ]

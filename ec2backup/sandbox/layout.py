@@ -37,6 +37,12 @@ class Layout:
         return self.root / "settings.json"
 
     @property
+    def resources(self) -> Path:
+        """The volumes, snapshots and security groups the next server in D re-creates, with
+        their ids (``resources.py``); kept up to date while the server runs."""
+        return self.root / "resources.json"
+
+    @property
     def volumes(self) -> Path:
         return self.root / "volumes"
 

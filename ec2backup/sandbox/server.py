@@ -4,7 +4,8 @@
 
 Serves moto's EC2/SSM/IAM API on 127.0.0.1 with the hooks of ``cloud.py`` installed, writes
 ``D/state.json`` once it answers, and on SIGTERM/SIGINT terminates every instance, releases
-every loop device and exits. Its fault and timing settings are in ``D/settings.json``
+every loop device and exits, keeping its volumes, snapshots and security groups for the next
+server in D (``resources.py``). Its fault and timing settings are in ``D/settings.json``
 (re-read when it changes). With ``--iam``, every request must be signed by an IAM user's key
 and is checked against that user's policies; ``state.json`` then holds an administrator's key.
 """
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .cloud import LocalCloud
     from .reconcile import RECONCILE_INTERVAL
+    from .resources import Recorder, restore
 
     cloud = LocalCloud(layout, args.region)
     log.info("settings: %s", cloud.refresh_settings())
@@ -60,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ami_ids = cloud.seed()
         ami_id = ami_ids["x86_64"]
+        # What the last server in D kept (volumes, snapshots, security groups), before the
+        # first request: a stop and a start lose none of them.
+        restore(layout, args.region)
+        recorder = Recorder(layout, args.region, cloud.state.lock)
+        recorder.save()
         state: dict[str, object] = {"iam": False}
         if args.iam:
             # After the seeding, which goes to moto's backends directly, never through IAM.
@@ -95,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(RECONCILE_INTERVAL):
             try:
                 cloud.reconcile()
+                recorder.save()
             except Exception:
                 log.exception("reconcile failed")
+        recorder.save()
     finally:
         layout.state.unlink(missing_ok=True)
         server.stop()

@@ -439,6 +439,44 @@ def test_tree_facts_without_python3_on_the_instance_says_so(
         host.tree_facts(MP, [])
 
 
+def test_prepare_sync_measures_the_device_and_its_filesystem(
+    host: SshInstanceHost, loop: Loop
+) -> None:
+    host.make_filesystem(loop.device, "ec2backup")
+    host.mount(loop.device, MP, read_only=False)
+    space = host.prepare_sync(MP, ["home"], rsync_timeout=5)
+    assert space.device_bytes == 64 * 2**20 and space.room_to_grow < 2**20
+    # Past 2**31 too: mawk, the awk of Debian and Ubuntu, prints large sums as 3e+09.
+    instance_du = host._shell.run("echo 3000000000 | awk '{t += $1} END {printf \"%.0f\\n\", t}'")
+    assert instance_du.stdout.strip() == "3000000000"
+
+
+def test_grow_filesystem_grows_a_mounted_filesystem_to_its_device(
+    instance: SshServer, host: SshInstanceHost, loop: Loop
+) -> None:
+    host.make_filesystem(loop.device, "ec2backup")
+    host.mount(loop.device, MP, read_only=False)
+    instance.inside("sh", "-c", f"echo kept > {MP}/before")
+    with loop.image.open("r+b") as f:  # the volume grown by EC2 ...
+        f.truncate(96 * 2**20)
+    subprocess.run(["losetup", "-c", loop.device], check=True)  # ... and seen by the kernel
+    grown = host.prepare_sync(MP, ["home"], rsync_timeout=5)
+    assert grown.room_to_grow >= 32 * 2**20 - 2**20
+    try:
+        host.grow_filesystem(MP)
+    except RemoteCommandError as exc:
+        if "Permission denied to resize filesystem" in exc.message:
+            # A container without CAP_SYS_RESOURCE (EC2 instances have it): the local cloud's
+            # instances grow it with the filesystem unmounted for a moment instead.
+            pytest.skip("this machine's kernel refuses to grow a mounted ext4 (CAP_SYS_RESOURCE)")
+        raise
+    after = host.prepare_sync(MP, ["home"], rsync_timeout=5)
+    assert after.filesystem_bytes == after.device_bytes == 96 * 2**20
+    assert after.free > grown.free + 30 * 2**20
+    assert instance.inside("cat", f"{MP}/before").stdout == "kept\n"
+    host.grow_filesystem(MP)  # already its device's size: nothing to do, no error
+
+
 def test_prepare_sync_lists_the_hard_linked_files_and_remove_files_removes_names(
     instance: SshServer, host: SshInstanceHost, loop: Loop, monkeypatch: pytest.MonkeyPatch
 ) -> None:

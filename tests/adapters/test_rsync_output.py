@@ -35,7 +35,9 @@ def test_parse_stats_lines_with_thousands_separators() -> None:
     assert parse_stats_line("Total bytes sent: 7") == ("bytes_sent", 7)
     assert parse_stats_line("Total bytes sent: 1.50M") == ("bytes_sent", 1_500_000)
     assert parse_stats_line("Total transferred file size: 5 bytes") is None
-    assert parse_stats_line("Number of files: 4 (reg: 1, dir: 2, link: 1)") is None
+    # Entries of the file list: what the display's "checked" counts.
+    assert parse_stats_line("Number of files: 4 (reg: 1, dir: 2, link: 1)") == ("entries", 4)
+    assert parse_stats_line("Number of created files: 3 (reg: 3)") is None
     assert parse_stats_line("   1,024 100%  0.00kB/s  0:00:00 (xfr#1, to-chk=0/4)") is None
 
 

@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,7 +132,12 @@ def test_the_garbage_collector_is_off_while_a_command_starts_then_on_again() -> 
         (
             ("init", "--profile", "p", "--az", "moon-1a", "--size", "1", "--source", "/tmp"),
             2,
-            "not a region name",
+            "--az moon-1a is not an availability zone",
+        ),
+        (
+            ("init", "--profile", "p", "--az", "us-east-1", "--size", "1", "--source", "/tmp"),
+            2,
+            "--az us-east-1 is a region, not an availability zone; give one of its zones",
         ),
         (
             ("init", "--profile", "p", "--az", "us-east-1a", "--size", "0", "--source", "/tmp"),
@@ -151,10 +158,48 @@ def test_bad_input_is_one_line_with_the_fix_and_a_nonzero_exit(
     assert not (tmp_path / "config.toml").exists()  # init wrote nothing
 
 
-def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+def test_debug_shows_the_traceback_and_keeps_the_line_and_the_exit_code(tmp_path: Path) -> None:
     result = cli(tmp_path, "--debug", "show", "nope")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "Traceback" in result.stderr and "UnknownRunError" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ec2backup: error: no run 'nope'")
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_option_has_help_and_no_flag_shows_a_type() -> None:
+    import typer.main
+
+    from ec2backup.cli.app import app
+
+    root = typer.main.get_command(app)
+    missing = [
+        f"{' '.join(path) or 'ec2backup'} {param.opts[0] if param.opts else param.name}"
+        for path, command in _commands(root)
+        for param in command.params
+        if not (getattr(param, "help", None) or "").strip()
+    ]
+    assert missing == []
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    for path, _command in _commands(root):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "100"})
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output, (path, result.output)
+        assert "--help" in result.output
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = cli(tmp_path, "--version")
+    assert result.returncode == 0 and result.stdout == f"ec2backup {version('ec2backup')}\n"
 
 
 def test_a_corrupt_database_is_one_line(tmp_path: Path) -> None:

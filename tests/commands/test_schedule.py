@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ec2backup.commands.schedule import (
+    AWS_SETTINGS,
     LOCK_CONFLICT_EXIT,
     Job,
     build_job,
@@ -189,6 +190,8 @@ def test_defaults_and_choices(config: Path) -> None:
 
 
 def test_build_job_uses_absolute_paths(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in AWS_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(config.parent)
     monkeypatch.setenv("EC2BACKUP_DATA_DIR", "data")
     built = build_job(
@@ -200,6 +203,25 @@ def test_build_job_uses_absolute_paths(config: Path, monkeypatch: pytest.MonkeyP
     assert built.lock_path == config.parent / "data" / "locks" / "lap.lock"
     assert built.environment == {"EC2BACKUP_DATA_DIR": str(config.parent / "data")}
     assert Path(built.flock).is_absolute()
+
+
+def test_the_job_runs_with_this_shells_aws_profile_and_region_never_its_keys(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in AWS_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("EC2BACKUP_DATA_DIR", raising=False)
+    monkeypatch.setenv("AWS_PROFILE", "backups")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-write-me")
+    built = build_job("lap", config_path=config, db_url=None, data_dir=config.parent)
+    assert built.environment == {"AWS_PROFILE": "backups", "AWS_REGION": "eu-west-1"}
+    systemd, cron = text(config, systemd=True), text(config, cron=True)
+    assert "Environment=AWS_PROFILE=backups\nEnvironment=AWS_REGION=eu-west-1\n" in systemd
+    assert "AWS_PROFILE=backups AWS_REGION=eu-west-1 " in cron
+    for printed in (systemd, cron):
+        assert "AKIAEXAMPLE" not in printed and "do-not-write-me" not in printed
 
 
 # --- the printed cron command really does not overlap ---------------------------------------

@@ -91,10 +91,19 @@ def test_a_live_holder_is_refused_with_its_name(store: Store) -> None:
         proc.wait()
 
 
-def test_a_dead_holder_on_this_host_is_taken_over_at_once(store: Store) -> None:
-    put(store, "run:r1", host=Holder.me().host, pid=dead_pid(), run_id="r1")
-    with leases.held(store, "r1", ["run:r1"]):
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = dead_pid()
+    put(store, "run:r1", host=Holder.me().host, pid=dead, run_id="r1", age=30)
+    with (
+        caplog.at_level("WARNING", logger="ec2backup.db.leases"),
+        leases.held(store, "r1", ["run:r1"]),
+    ):
         assert rows(store) == [("run:r1", "r1", Holder.me().pid)]
+    # The note names the holder that died, and how long ago it last beat; not the new one.
+    (note,) = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
+    assert f"(pid {dead} on {Holder.me().host}, last heartbeat 30s ago)" in note, note
 
 
 def test_another_hosts_lease_counts_until_its_ttl(store: Store) -> None:

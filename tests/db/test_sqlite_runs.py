@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import pytest
 
 from ec2backup.commands.app import App
 from ec2backup.commands.history import list_runs
-from ec2backup.db.models import Run
-from ec2backup.db.sqlite_runs import SCHEMA_HEAD, list_runs_sqlite, sqlite_file
+from ec2backup.core.states import ENDED_STATES as STATE_MACHINE_ENDED
+from ec2backup.db.models import Lease, Run
+from ec2backup.db.sqlite_runs import ENDED_STATES, SCHEMA_HEAD, list_runs_sqlite, sqlite_file
 from ec2backup.db.store import Store, open_store
 from ec2backup.fastpaths import ENV
 
@@ -53,11 +55,42 @@ def filled(tmp_path: Path) -> Iterator[tuple[str, Store]]:
                     warnings=[],
                 )
             )
+        # r02 (syncing) is driven by a live process: this one. r06 (syncing) was, by a
+        # process that is gone: abandoned, as r10 (syncing, no lease at all).
+        now = datetime.now(UTC)
+        for run_id, pid in (("r02", os.getpid()), ("r06", _dead_pid())):
+            session.add(
+                Lease(
+                    key=f"run:{run_id}",
+                    run_id=run_id,
+                    holder_host=socket.gethostname(),
+                    holder_pid=pid,
+                    acquired_at=now,
+                    heartbeat_at=now,
+                )
+            )
         session.commit()
     try:
         yield url, store
     finally:
         store.close()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_run_no_live_process_drives_is_abandoned(filled: tuple[str, Store]) -> None:
+    url, _ = filled
+    rows = list_runs_sqlite(url)
+    assert rows is not None
+    abandoned = {r["id"]: r["abandoned"] for r in rows if r["state"] == "syncing"}
+    assert abandoned == {"r02": False, "r06": True, "r10": True}
+    # Over is over: a finished or failed run is never called abandoned.
+    assert not any(r["abandoned"] for r in rows if r["state"] != "syncing")
+    assert {str(s) for s in STATE_MACHINE_ENDED} == ENDED_STATES
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.helpers import Cli, ec2_client, mounted_read_only, tree_digest
+from tests.sandbox.helpers import with_deadline
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,13 +137,14 @@ def _unformatted_volume(w: World, d: Path, env: dict[str, str]) -> None:
     (d / "config.toml").write_text(w.profile(volume_id=volume))
 
 
-def _big_source(size: int) -> Callable[[World, Path, dict[str, str]], None]:
+def _big_source(size: int, **fields: object) -> Callable[[World, Path, dict[str, str]], None]:
     def setup(w: World, d: Path, env: dict[str, str]) -> None:
         big = d / "big"
         big.mkdir()
         with (big / "sparse.bin").open("wb") as f:  # sparse: no disk used here
             f.truncate(size)
-        (d / "config.toml").write_text(w.profile(sources=[{"path": str(big), "dest": "big"}]))
+        sources = [{"path": str(big), "dest": "big"}]
+        (d / "config.toml").write_text(w.profile(sources=sources, **fields))
 
     return setup
 
@@ -181,6 +183,26 @@ def _backed_up_then(dest: str, remove: Callable[[Path], None]) -> Callable[..., 
     return setup
 
 
+def _volume_of(size: int, modified: str = "") -> Callable[[World, Path, dict[str, str]], None]:
+    """The profile's volume: a new one of ``size`` GiB; ``modified="completed"``: grown by 1 GiB
+    a moment ago, that modification over."""
+
+    def setup(w: World, d: Path, env: dict[str, str]) -> None:
+        volume = w.ec2.create_volume(
+            AvailabilityZone="us-east-1a",
+            Size=size,
+            TagSpecifications=[
+                {"ResourceType": "volume", "Tags": [{"Key": "ec2backup:managed", "Value": "true"}]}
+            ],
+        )["VolumeId"]
+        if modified == "completed":
+            w.ec2.modify_volume(VolumeId=volume, Size=size + 1)
+            with_deadline(lambda: _modification_state(w.ec2, volume) == "completed", timeout=30)
+        (d / "config.toml").write_text(w.profile(volume_id=volume))
+
+    return setup
+
+
 def _emptied(source: Path) -> None:
     """As an unmounted drive's mount point looks: there, and empty."""
     for child in source.iterdir():
@@ -198,6 +220,11 @@ def _copy_intact(dest: str) -> Callable[[World, Path], None]:
             assert sorted(p.name for p in (mnt / dest).iterdir()) == GUARD_FILES
 
     return check
+
+
+def _modification_state(ec2: Any, volume_id: str) -> str:
+    (latest,) = ec2.describe_volumes_modifications(VolumeIds=[volume_id])["VolumesModifications"]
+    return str(latest["ModificationState"])
 
 
 def _no_tool(kind: str) -> Callable[[World, Path, dict[str, str]], None]:
@@ -396,7 +423,7 @@ CASES = [
         ["run", "--profile", "p"],
         2,
         "is attached to instance",
-        "detach it first",
+        "which ec2backup did not launch; detach it there first",
         setup=_launch_foreign,
     ),
     Case(
@@ -584,6 +611,88 @@ CASES = [
         "already exists",
         "choose another --profile",
         setup=_existing_profile,
+    ),
+    Case(
+        "init-az-is-region",
+        ["init", "--profile", "q", "--az", "us-east-1", "--size", "1", "--source", "/tmp"],
+        2,
+        "--az us-east-1 is a region, not an availability zone",
+        "give one of its zones, e.g. --az us-east-1a",
+    ),
+    Case(
+        "init-source-file",
+        [*INIT_Q, "--source", "notes.txt"],
+        2,
+        "notes.txt is a file, not a directory",
+        "give the directory to back up",
+        setup=lambda w, d, env: (d / "notes.txt").write_text("a file\n") and None,
+    ),
+    Case(
+        "data-larger-than-auto-grow",
+        ["run", "--profile", "p"],
+        2,
+        "even grown to auto_grow_max_gib (2 GiB)",
+        "raise auto_grow_max_gib",
+        setup=_big_source(3 * 2**30, auto_grow_max_gib=2),
+    ),
+    Case(
+        "metrics-file-relative",
+        ["run", "--profile", "p"],
+        2,
+        "field 'metrics_file': must be an absolute path",
+        "/var/lib/node_exporter/ec2backup.prom",
+        config=lambda w: w.profile(metrics_file="ec2backup.prom"),
+        todo="give the file's absolute path",
+    ),
+    Case(
+        "metrics-file-not-prom",
+        ["run", "--profile", "p"],
+        2,
+        "field 'metrics_file': must end in .prom",
+        "node_exporter's textfile collector reads only those",
+        config=lambda w: w.profile(metrics_file="/var/lib/node_exporter/ec2backup.txt"),
+        todo="name the file NAME.prom",
+    ),
+    Case(
+        "hook-empty",
+        ["run", "--profile", "p"],
+        2,
+        "field 'on_failure': is empty",
+        "give a shell command, or leave the field out",
+        config=lambda w: w.profile(on_failure=" "),
+    ),
+    Case(
+        "grow-shrink",
+        ["grow", "--profile", "p", "--size", "1"],
+        2,
+        "is 2 GiB: EBS volumes cannot shrink",
+        "give --size above 2",
+        setup=_volume_of(2),
+    ),
+    Case(
+        "grow-size",
+        ["grow", "--profile", "p", "--size", "20000"],
+        2,
+        "--size 20000 is out of range",
+        "from 1 to 16384",
+        config=lambda w: w.profile(),
+    ),
+    Case(
+        "grow-too-soon",
+        ["grow", "--profile", "p", "--size", "4"],
+        5,
+        "the volume was modified less than 6 hours ago",
+        "grow it again once those 6 hours are over",
+        setup=_volume_of(1, modified="completed"),
+    ),
+    Case(
+        "restore-path-missing",
+        ["restore", "--live", "--profile", "p", "--path", "home/nope", "--to", "/tmp/x"],
+        2,
+        "the backup has no directory 'home/nope'",
+        "; nothing of it is left in the cloud",
+        config=lambda w: w.profile(),
+        creates_run=True,
     ),
     Case("reap-duration", ["reap", "--older-than", "2 hours"], 2, "is not a duration", "e.g. 90s"),
     Case(
@@ -850,6 +959,9 @@ def test_interrupted_run_is_recorded_and_resumable(
     last = err.strip().splitlines()[-1]
     name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
     assert f"interrupted by {name}" in last and f"ec2backup resume {run_id}" in last
+    # What is left billing, and the one command that ends it.
+    assert "left in the cloud: instance i-" in last and "(running, billed) with volume" in last
+    assert f"`ec2backup resume {run_id} --clean` to end it" in last
     _document(
         "ctrl-c" if sig == signal.SIGINT else "sigterm", "run --profile p", 130, last, tmp_path
     )
@@ -870,10 +982,54 @@ def test_every_case_is_documented() -> None:
         "init-no-public-address",
         "expired-credentials",
         "file-unreadable",
+        "volume-attached-crashed-run",
     ]
     missing = [i for i in ids if not re.search(rf"`{re.escape(i)}`", doc)]
     assert missing == []
     assert len(ids) >= 25
+
+
+def test_a_volume_left_attached_by_a_crashed_run_names_it_and_the_command_that_ends_it(
+    world: World, tmp_path: Path
+) -> None:
+    env = {**os.environ, **world.sandbox.env, **_paths(tmp_path)}
+    (tmp_path / "config.toml").write_text(world.profile())
+    crashed = subprocess.run(
+        [sys.executable, "-m", "ec2backup", "run", "--profile", "p"],
+        env={**env, "EC2BACKUP_CRASH_AT": "after:attach"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    ((run_id, _state),) = _runs(tmp_path)
+    before = _cloud(world.ec2)
+    result = subprocess.run(
+        [sys.executable, "-m", "ec2backup", "run", "--profile", "p"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = _error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"of ec2backup run {run_id}, which no process drives" in lines[0]
+    command = f"`ec2backup resume {run_id} --clean`"
+    assert f"{command} ends it" in lines[0]
+    _document(
+        "volume-attached-crashed-run",
+        "run --profile p",
+        2,
+        lines[0].replace(run_id, "RUN_ID"),
+        tmp_path,
+    )
+    assert _cloud(world.ec2)[0] <= before[0]
+    # The command named ends it, and the next backup goes through.
+    cli = Cli(env={**world.sandbox.env, **_paths(tmp_path)}, cwd=tmp_path)
+    cli("resume", run_id, "--clean")
+    assert cli.json("show", run_id)["state"] == "aborted"
+    done = cli("run", "--profile", "p").stdout.strip()
+    assert cli.json("show", done)["state"] == "done"
 
 
 @pytest.fixture

@@ -51,6 +51,8 @@ def test_init_and_run_with_only_the_documented_policy(iam_sandbox: Any, tmp_path
     run_id = cli("run", "--profile", "i").stdout.strip()
     shown = cli.json("show", run_id)
     assert shown["state"] == "done"
+    # Growing the volume (ModifyVolume on a volume tagged ours, DescribeVolumesModifications).
+    assert cli("grow", "--profile", "i", "--size", "2").stdout == f"{volume_id} 2 GiB\n"
     # Measured with the EBS direct APIs the policy grants.
     assert shown["stats"]["snapshot_added_bytes"], shown["stats"]["snapshot_added"]
     with mounted_read_only(iam_sandbox.volume_image(volume_id)) as mnt:
@@ -229,6 +231,7 @@ def test_every_call_the_commands_send_is_in_the_policy(iam_sandbox: Any, tmp_pat
     cli("restore", "--run", first, "--to", str(restored))
     assert tree_digest(restored / "home") == before
     cli("prune", "--profile", "rec", "--keep-last", "1", "--yes")
+    cli("grow", "--profile", "rec", "--size", "2")  # ModifyVolume, DescribeVolumesModifications
     cli("reap", "--yes")
     cli("cost", "--profile", "rec")
     doctor = cli("doctor", "--profile", "rec", "--json", check=False)

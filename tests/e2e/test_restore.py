@@ -69,6 +69,7 @@ def test_backup_change_verify_and_restore(cli: Cli, sandbox: Any, tmp_path: Path
     restored = tmp_path / "restored"
     restore_run = cli("restore", "--run", backup, "--to", str(restored)).stdout.strip()
     assert tree_digest(restored / "home") == tree_digest(original)
+    assert sorted(p.name for p in restored.iterdir()) == ["home"]  # no lost+found
     shown = cli.json("show", restore_run)
     assert shown["state"] == "done" and shown["kind"] == "restore"
     assert shown["volume_id"] != volume_id  # a temporary volume from the snapshot...
@@ -87,6 +88,7 @@ def test_backup_change_verify_and_restore(cli: Cli, sandbox: Any, tmp_path: Path
     from_live = tmp_path / "from-live"
     live_run = cli("restore", "--live", "--profile", "r", "--to", str(from_live)).stdout.strip()
     assert tree_digest(from_live / "home") == tree_digest(original)
+    assert sorted(p.name for p in from_live.iterdir()) == ["home"]
     assert cli.json("show", live_run)["volume_id"] == volume_id
     assert_clean_after(ec2, live_run, volume_id)
     assert superblock(image) == sealed

@@ -48,9 +48,37 @@ def test_restore_path_copies_only_that_sub_tree(cli: Cli, sandbox: Any, tmp_path
     cli("restore", "--live", "--profile", "p", "--path", "home/docs/deep", "--to", str(from_live))
     assert tree_digest(from_live) == tree_digest(source / "docs" / "deep")
 
+    # A path the backup does not hold: bad input, found on the instance, which is ended at
+    # once with the temporary volume; the message says what is there instead.
+    ec2 = ec2_client(sandbox)
+    typo = cli(
+        "restore",
+        "--run",
+        backup,
+        "--path",
+        "home/docz",
+        "--to",
+        str(tmp_path / "typo"),
+        check=False,
+    )
+    assert typo.returncode == 2, typo.stderr
+    (line,) = [ln for ln in typo.stderr.splitlines() if ln.startswith("ec2backup: error:")]
+    assert "the backup has no directory 'home/docz'" in line
+    assert "under 'home' it holds: docs/, docs-old/, docsx.txt, photos/, top.txt" in line
+    assert "nothing of it is left in the cloud" in line and "to continue" not in line
+    (failed,) = [r for r in cli.json("runs") if r["kind"] == "restore" and r["state"] != "done"]
+    shown = cli.json("show", failed["id"])
+    assert shown["state"] == "aborted"
+    instances = ec2.describe_instances(
+        Filters=[{"Name": "tag:ec2backup:run-id", "Values": [failed["id"]]}]
+    )["Reservations"]
+    assert {i["State"]["Name"] for r in instances for i in r["Instances"]} == {"terminated"}
+    gone = ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [shown["volume_id"]]}])
+    assert [v for v in gone["Volumes"] if v["State"] not in ("deleting", "deleted")] == []
+    assert not (tmp_path / "typo").exists()
+
     # Killed once its temporary volume is deleted, before that is recorded: the resumed step
     # finds the volume gone, and that is success.
-    ec2 = ec2_client(sandbox)
     killed = replace(cli, env={**cli.env, "EC2BACKUP_CRASH_AT": "after:delete_volume"})
     again = tmp_path / "again"
     result = killed(

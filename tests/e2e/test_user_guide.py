@@ -31,6 +31,8 @@ def test_the_guide_has_the_sections_a_user_needs() -> None:
         "Scheduling",
         "crash",
         "Reaping",
+        "Hooks and monitoring",
+        "Growing the volume",
     ):
         assert re.search(rf"^## .*{heading}", text, flags=re.M | re.I), heading
     assert len(sh_blocks(text)) >= 8
@@ -76,3 +78,12 @@ def test_following_the_guide_works(tmp_path: Path, sandbox: object) -> None:
     assert "differences found (exit 1)" in out
     assert "crashed (exit 137)" in out
     assert "OnCalendar" in out
+    assert re.search(r"^ec2backup \d", out, flags=re.M)  # --version
+    # Hooks and the metrics file; grow, then the filesystem grown by the next run.
+    assert re.search(r"^backup done: \d+ bytes sent$", out, flags=re.M)
+    assert 'ec2backup_last_run_success{profile="laptop"} 1' in out
+    assert "filesystem grown from 1.00 GiB to 2.00 GiB" in out
+    assert "abandoned (attaching)" in out
+    # The sandbox stopped keeps the volume and its snapshots, and they come back with it.
+    assert "volumes kept for the next `ec2backup sandbox start`: 1" in out
+    assert "no sandbox runs (exit 1)" in out

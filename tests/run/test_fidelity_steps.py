@@ -13,7 +13,8 @@ from ec2backup.config import Source
 from ec2backup.errors import DeletionRefusedError, SyncError
 from ec2backup.ports import Difference, TreeFacts
 from ec2backup.run.context import StepContext
-from ec2backup.run.steps.transfer import ensure_compared, ensure_synced, tree_bytes
+from ec2backup.run.steps.space import tree_bytes
+from ec2backup.run.steps.transfer import ensure_compared, ensure_synced
 from tests.fakes import FakeConnector, FakeSyncer
 from tests.run import test_steps
 

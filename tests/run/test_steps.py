@@ -19,6 +19,7 @@ from ec2backup.db.store import open_store
 from ec2backup.errors import (
     DeviceNotFoundError,
     InvalidResourceStateError,
+    NotInBackupError,
     RemoteCommandError,
     ResourceNotFoundError,
     UnformattedVolumeError,
@@ -385,9 +386,23 @@ def test_pull_copies_the_asked_directory_and_refuses_a_missing_one(ctx: StepCont
     ensure_pulled(ctx)
     assert syncer.calls == [(ctx.run_dir / "restored", "/mnt/ec2backup/home/docs")]
     ctx.run.config = {**ctx.run.config, "path": "home/nope"}
-    with pytest.raises(RemoteCommandError, match="the backup has no directory 'home/nope'"):
+    with pytest.raises(NotInBackupError, match="the backup has no directory 'home/nope'") as info:
         ensure_pulled(ctx)
+    # Bad input, which no resume can fix; the hint says what the nearest directory holds.
+    assert info.value.exit_code == 2 and not info.value.resumable
+    assert info.value.hint == "under 'home' it holds: docs/; give --path one of those"
     assert len(syncer.calls) == 1
+
+
+def test_a_whole_restore_leaves_out_the_filesystems_lost_and_found(ctx: StepContext) -> None:
+    connector, syncer = _mounted(ctx)
+    ctx.run.config = {**ctx.run.config, "to": str(ctx.run_dir / "restored"), "path": ""}
+    ensure_pulled(ctx)
+    ctx.run.config = {**ctx.run.config, "path": "home"}
+    connector.host.directories.add("/mnt/ec2backup/home")
+    ensure_pulled(ctx)
+    # Only at the filesystem's top: a directory of the user's may have that name below.
+    assert [o["excludes"] for o in syncer.kwargs] == [("/lost+found",), ()]
 
 
 def test_vanished_files_are_a_warning(ctx: StepContext) -> None:

@@ -45,6 +45,7 @@ from .convert import (
     _volumes_in,
 )
 from .errors import _error_code, translated
+from .resize import VolumeResizing
 from .tiers import SnapshotTierCalls
 from .waiters import _INSTANCE_GONE_STATES, _WAITERS, _attached_waiter, wait
 
@@ -120,7 +121,7 @@ def _launch_resources(spec: LaunchSpec) -> dict[str, str]:
     }
 
 
-class Boto3Ec2(SnapshotTierCalls):
+class Boto3Ec2(VolumeResizing, SnapshotTierCalls):
     """``ports.Ec2`` on boto3. ``poll_interval`` is the delay between polls of every wait;
     ``run_id`` is put on every error raised."""
 

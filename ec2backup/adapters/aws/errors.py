@@ -109,6 +109,17 @@ _KNOWN_CODES: dict[str, tuple[type[CloudError], str, str]] = {
         "the account's snapshot quota is reached",
         "delete old snapshots (ec2backup prune) or request a quota increase",
     ),
+    "VolumeModificationRateExceeded": (
+        InvalidResourceStateError,
+        "the volume was modified less than 6 hours ago (EBS allows one modification of a "
+        "volume every 6 hours)",
+        "grow it again once those 6 hours are over",
+    ),
+    "IncorrectModificationState": (
+        InvalidResourceStateError,
+        "a modification of the volume is still under way",
+        "wait until it is done, then grow again",
+    ),
     "InvalidSnapshot.InUse": (
         InvalidResourceStateError,
         "the snapshot is in use (an AMI is registered from it, or it is being copied)",

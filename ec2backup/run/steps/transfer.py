@@ -10,12 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...config import Source
-from ...errors import (
-    InsufficientSpaceError,
-    RemoteCommandError,
-    SyncError,
-)
-from ...treefacts import data_bytes
+from ...errors import NotInBackupError, SyncError
+from ...ports import InstanceHost, TransferNote
 from ..context import StepContext
 from .fidelity import (
     check_changed,
@@ -25,33 +21,38 @@ from .fidelity import (
     not_root_note,
     record,
 )
-from .filesystem import LEFTOVER_RSYNC_SECONDS, require_mounted
+from .filesystem import require_mounted
 from .session import attributed, connect
+from .space import make_room, source_sizes
 
 log = logging.getLogger(__name__)
 
 
 def ensure_pulled(ctx: StepContext) -> str:
     run = ctx.run
-    subpath = run.config.get("path") or ""
-    remote_dir = ctx.profile.mount_point + (f"/{subpath}" if subpath else "")
+    subpath = (run.config.get("path") or "").strip("/")
+    mount_point = ctx.profile.mount_point
+    remote_dir = mount_point + (f"/{subpath}" if subpath else "")
     host = connect(ctx)
     with attributed(ctx):
         require_mounted(ctx, host)
-        if not host.is_directory(remote_dir):
-            raise RemoteCommandError(
+        if subpath and not host.is_directory(remote_dir):
+            raise NotInBackupError(
                 f"the backup has no directory {subpath!r}",
                 run_id=run.id,
                 resources=ctx.resources(),
-                hint="list what it holds with `ec2backup restore --path ''` into a scratch "
-                "directory",
+                hint=_what_is_there(host, mount_point, subpath),
             )
+    label = subpath or "restore"
+    ctx.on_transfer(TransferNote(label))
     try:
         with attributed(ctx):
             stats = ctx.syncer.sync(
                 Path(run.config["to"]),
                 ctx.ssh_target(),
                 remote_dir,
+                # The filesystem's own lost+found is no part of the backup.
+                excludes=() if subpath else ("/lost+found",),
                 extra_args=ctx.profile.rsync_args,
                 remote_sudo=host.rsync_needs_sudo,
                 on_progress=ctx.progress,
@@ -60,6 +61,7 @@ def ensure_pulled(ctx: StepContext) -> str:
     except SyncError as exc:
         record(ctx, exc.problems, exc.problem_count)
         raise
+    ctx.on_transfer(TransferNote(label, stats=stats))
     run.files_transferred, run.bytes_sent, run.total_size = (
         stats.files_transferred,
         stats.bytes_sent,
@@ -69,6 +71,25 @@ def ensure_pulled(ctx: StepContext) -> str:
     return f"{stats.files_transferred} files restored into {run.config['to']}"
 
 
+def _what_is_there(host: InstanceHost, mount_point: str, subpath: str) -> str:
+    """A hint for a --path that is not in the backup: what its nearest existing directory
+    holds."""
+    parts = subpath.split("/")
+    for depth in range(len(parts) - 1, -1, -1):
+        under = "/".join(parts[:depth])
+        names = host.list_directory(f"{mount_point}/{under}".rstrip("/"), LISTED_NAMES + 1)
+        if names is None:
+            continue
+        names = [n for n in names if n != "lost+found/" or under]
+        shown = ", ".join(names[:LISTED_NAMES]) + (", ..." if len(names) > LISTED_NAMES else "")
+        where = f"under {under!r}" if under else "at its top"
+        if not names:
+            return f"{where} it holds nothing"
+        return f"{where} it holds: {shown}; give --path one of those"
+    return "give --path a directory of the backup"
+
+
+LISTED_NAMES = 12
 MAX_RECORDED_DIFFERENCES = 200
 
 
@@ -99,39 +120,6 @@ def ensure_compared(ctx: StepContext) -> str:
     run.files_transferred = len(differences)  # for verify: the number of differences
     ctx.recorder.save()
     return f"{len(differences)} differences" if differences else "the volume matches the sources"
-
-
-def tree_bytes(root: Path) -> int:
-    """Bytes of the regular files under ``root`` (not following symlinks), walked without
-    keeping per-file state: the data of a file with holes, which the copy keeps as holes.
-    Excludes are not applied: an estimate on the safe side."""
-    total, stack = 0, [str(root)]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    size = st.st_size
-                    if st.st_blocks * 512 < size:  # fewer blocks than bytes: holes, perhaps
-                        size = data_bytes(os.fsencode(entry.path), size) or size
-                    total += size
-    return total
-
-
-def check_free_space(ctx: StepContext, used: int, free: int) -> None:
-    """Before rsync: what the sources add to the volume must fit in its free space."""
-    local = sum(tree_bytes(source.path) for source in ctx.profile.sources)
-    need = local - used
-    if need > free:
-        raise InsufficientSpaceError(
-            f"the sources need about {_gib(need)} more on volume {ctx.run.volume_id}, "
-            f"which has {_gib(free)} free",
-            run_id=ctx.run.id,
-            resources=ctx.resources(),
-            hint="grow the volume (aws ec2 modify-volume, then resize2fs) or exclude some data",
-        )
 
 
 def names_to_unlink(
@@ -173,21 +161,11 @@ def _source_path(mount_point: str, sources: Sequence[Source], name: str) -> Path
     return None
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
 def ensure_synced(ctx: StepContext) -> str:
     run, profile = ctx.run, ctx.profile
     host = connect(ctx)
-    with attributed(ctx):
-        # One round trip: the mount point must be a mount (or the copy would fill the
-        # instance's root disk), an rsync of a killed earlier attempt is ended, the space is
-        # measured and the destinations are made.
-        space = host.prepare_sync(
-            profile.mount_point, [s.dest for s in profile.sources], LEFTOVER_RSYNC_SECONDS
-        )
-    check_free_space(ctx, space.used, space.free)
+    sizes = source_sizes(profile)
+    space, grown = make_room(ctx, host, sizes)
     if not run.config.get("allow_deletions"):
         with attributed(ctx):
             check_deletions(ctx, host, space)
@@ -199,10 +177,12 @@ def ensure_synced(ctx: StepContext) -> str:
         log.info("run %s: unlinking %d names no longer linked at the source", run.id, len(stale))
         with attributed(ctx):
             host.remove_files(stale)
-    totals = {"files": 0, "sent": 0, "size": 0}
-    for source in profile.sources:
+    totals = {"files": 0, "entries": 0, "sent": 0, "size": 0}
+    for i, (source, size) in enumerate(zip(profile.sources, sizes, strict=True)):
         remote_dir = f"{profile.mount_point}/{source.dest}"
         log.info("run %s: copying %s to %s", run.id, source.path, remote_dir)
+        label = source.dest + (f" ({i + 1} of {len(sizes)})" if len(sizes) > 1 else "")
+        ctx.on_transfer(TransferNote(label, expected_bytes=size))
         started = time.time_ns()
         try:
             with attributed(ctx):
@@ -219,6 +199,7 @@ def ensure_synced(ctx: StepContext) -> str:
             # The lines naming the files go into `show`; the error names the first ones.
             record(ctx, exc.problems, exc.problem_count)
             raise
+        ctx.on_transfer(TransferNote(label, stats=stats))
         if stats.exit_code == 24:
             record(
                 ctx,
@@ -228,10 +209,15 @@ def ensure_synced(ctx: StepContext) -> str:
         with attributed(ctx):
             check_changed(ctx, host, source.path, remote_dir, started)
         totals["files"] += stats.files_transferred
+        totals["entries"] += stats.entries
         totals["sent"] += stats.bytes_sent
         totals["size"] += stats.total_size
     run.files_transferred = totals["files"]
     run.bytes_sent = totals["sent"]
     run.total_size = totals["size"]
     ctx.recorder.save()
-    return f"{totals['files']} files, {totals['sent']} bytes sent, {totals['size']} bytes in all"
+    copied = (
+        f"{totals['files']:,} files copied, {totals['entries']:,} entries checked, "
+        f"{totals['sent']:,} bytes sent, {totals['size']:,} bytes in all"
+    )
+    return f"{grown}; {copied}" if grown else copied

@@ -1,0 +1,99 @@
+"""What a stopped run left in the cloud, read from its record (the states it entered)."""
+
+from __future__ import annotations
+
+from ec2backup.core.leftovers import leftovers
+from ec2backup.core.states import RunKind, RunState, path
+
+BACKUP = [str(s) for s in path(RunKind.BACKUP)]
+RESTORE = [str(s) for s in path(RunKind.RESTORE)]
+
+
+def _until(states: list[str], last: str) -> list[str]:
+    return states[: states.index(last) + 1]
+
+
+def test_a_backup_stopped_while_syncing_left_its_instance_with_the_volume_attached() -> None:
+    left = leftovers(
+        "backup",
+        [*_until(BACKUP, "syncing"), "failed"],
+        instance_id="i-1",
+        volume_id="vol-1",
+        temporary_volume=False,
+    )
+    assert (left.instance_id, left.attached_volume_id) == ("i-1", "vol-1")
+    assert left.describe() == "instance i-1 (running, billed) with volume vol-1 attached"
+
+
+def test_after_the_detach_only_the_instance_is_left_and_after_terminate_nothing() -> None:
+    detached = leftovers(
+        "backup",
+        [*_until(BACKUP, "terminating"), "failed"],
+        instance_id="i-1",
+        volume_id="vol-1",
+        temporary_volume=False,
+    )
+    assert (detached.instance_id, detached.attached_volume_id) == ("i-1", None)
+    gone = leftovers(
+        "backup",
+        [*_until(BACKUP, "snapshotting"), "failed"],
+        instance_id="i-1",
+        volume_id="vol-1",
+        temporary_volume=False,
+    )
+    assert gone.empty and gone.describe() == "nothing"
+
+
+def test_a_launch_that_failed_before_an_instance_was_recorded_left_nothing() -> None:
+    left = leftovers(
+        "backup",
+        ["created", "launching", "failed"],
+        instance_id=None,
+        volume_id="vol-1",
+        temporary_volume=False,
+    )
+    assert left.empty
+
+
+def test_a_force_cleaned_run_left_nothing() -> None:
+    states = [*_until(BACKUP, "mounted"), "failed", "cleaning", "aborted"]
+    left = leftovers("backup", states, instance_id="i-1", volume_id="vol-1", temporary_volume=False)
+    assert left.empty
+
+
+def test_a_restore_from_a_snapshot_leaves_its_temporary_volume_until_it_is_deleted() -> None:
+    syncing = leftovers(
+        "restore",
+        [*_until(RESTORE, "syncing"), "failed"],
+        instance_id="i-2",
+        volume_id="vol-tmp",
+        temporary_volume=True,
+    )
+    assert syncing.describe() == (
+        "instance i-2 (running, billed) with temporary volume vol-tmp attached"
+    )
+    deleting = leftovers(
+        "restore",
+        [*_until(RESTORE, "deleting_volume"), "failed"],
+        instance_id="i-2",
+        volume_id="vol-tmp",
+        temporary_volume=True,
+    )
+    assert deleting.describe() == "temporary volume vol-tmp (billed until deleted)"
+    live = leftovers(
+        "restore",
+        [*_until(RESTORE, "deleting_volume"), "failed"],
+        instance_id="i-2",
+        volume_id="vol-live",
+        temporary_volume=False,
+    )
+    assert live.empty
+
+
+def test_a_relaunched_run_left_its_new_instance_without_the_old_attachment() -> None:
+    states = [*_until(BACKUP, "mounted"), "launching", "instance_running", "failed"]
+    assert str(RunState.ATTACHED) in states
+    left = leftovers(
+        "backup", states, instance_id="i-new", volume_id="vol-1", temporary_volume=False
+    )
+    assert (left.instance_id, left.attached_volume_id) == ("i-new", None)
