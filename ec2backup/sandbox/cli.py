@@ -103,8 +103,8 @@ def start(
     minute_seconds: float = typer.Option(
         60.0,
         min=0.001,
-        help="Seconds one minute of an instance's shutdown timer (shutdown +N in its user"
-        " data) lasts here.",
+        help="Seconds one minute of an instance's timers (systemd-run --on-active, a"
+        " scheduled shutdown) lasts here.",
         rich_help_panel=INSIDE,
     ),
     cut_ssh_after: float | None = typer.Option(

@@ -48,8 +48,8 @@ class CloudSettings:
 
     # --- dead-man's switch -------------------------------------------------------------------
     minute_seconds: float = 60.0
-    """How long one minute of an instance's shutdown timer (``shutdown +N`` in its user data)
-    lasts in the sandbox, in seconds. Read when the instance boots."""
+    """How long one minute of an instance's timers (``systemd-run --on-active=1min``, a
+    scheduled ``shutdown +1``) lasts in the sandbox, in seconds. Read when a timer is checked."""
 
     # --- SSH faults ----------------------------------------------------------------------------
     cut_ssh_after: float | None = None

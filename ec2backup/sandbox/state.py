@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -79,13 +80,17 @@ class CloudState:
         self.settings = CloudSettings()
         self.addresses = AddressPool()
         self.machines: dict[str, Machine] = {}  # live instances by id
+        self.booted: dict[str, Scheduled] = {}  # their moto instance and backend (due unused)
         self.devices: dict[str, Device] = {}  # attached volumes by id
         self.pending_detaches: dict[str, PendingDetach] = {}  # volume id -> detach to finish
         # Delayed state changes and timers, by instance id (attaches by volume id).
         self.pending_boots: dict[str, Scheduled] = {}
         self.pending_attaches: dict[str, PendingAttach] = {}
         self.power_offs: dict[str, PowerOff] = {}
-        self.shutdown_timers: dict[str, Scheduled] = {}
+        # cloud-init's final stage running in an instance, by instance id, and the commands
+        # of its timers that run (reaped by the reconcile step).
+        self.final_stages: dict[str, subprocess.Popen[bytes]] = {}
+        self.jobs: list[subprocess.Popen[bytes]] = []
         self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
         self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)
 
