@@ -147,7 +147,7 @@ class SshTarget:
     host: str
     user: str
     key_path: Path  # private key, mode 0600
-    known_hosts_path: Path  # pinned host keys; written on trust-on-first-use
+    known_hosts_path: Path  # the pinned host keys: nothing else is ever accepted
     port: int = 22
 
 
@@ -250,19 +250,23 @@ class InstanceHost(Protocol):
         """Whether ``path`` is a directory on the instance (seen as root)."""
         ...
 
+    def arm_idle_timer(self, seconds: int) -> None:
+        """(Re)arm the instance's dead-man's switch (``core/deadman.py``): it powers itself
+        off ``seconds`` from now unless armed again before. ``RemoteCommandError`` if the
+        instance's systemd refused."""
+        ...
+
     def close(self) -> None:
         """End the session. Safe to call twice."""
         ...
 
 
 class InstanceConnector(Protocol):
-    def connect(
-        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> InstanceHost:
+    def connect(self, target: SshTarget, deadline: float) -> InstanceHost:
         """Connect, retrying refused/reset connections and not-yet-installed keys until
-        ``deadline`` (a ``time.monotonic()`` value). Host keys are checked against
-        ``target.known_hosts_path``; with ``trust_on_first_use`` and an empty file, the key
-        presented is written there and pinned."""
+        ``deadline`` (a ``time.monotonic()`` value). The host must present a key pinned in
+        ``target.known_hosts_path`` (``HostKeyError`` otherwise, and when nothing is pinned:
+        no key is ever trusted on first use)."""
         ...
 
 

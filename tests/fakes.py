@@ -32,14 +32,26 @@ from ec2backup.ports import (
 _ids = itertools.count(1)
 
 
-def console_with_host_key() -> str:
-    import asyncssh
+def console_with_host_key(key: str | None = None) -> str:
+    """A console as cloud-init prints it at the end of boot; another key than the instance's
+    unless ``key`` is given."""
+    if key is None:
+        import asyncssh
 
-    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+        key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
     return (
         "[   5.1] cloud-init[812]: boot\n-----BEGIN SSH HOST KEY KEYS-----\n"
-        f"{key} root@ip-10-0-0-1\n-----END SSH HOST KEY KEYS-----\n"
+        f"{' '.join(key.split()[:2])} root@ip-10-0-0-1\n-----END SSH HOST KEY KEYS-----\n"
     )
+
+
+def host_key_in(user_data: str) -> str | None:
+    """The ``ssh_keys.ed25519_public`` of a cloud-config user data (cloud-init installs it)."""
+    import yaml
+
+    data = yaml.safe_load(user_data) if user_data.startswith("#cloud-config") else None
+    keys = data.get("ssh_keys") if isinstance(data, dict) else None
+    return keys.get("ed25519_public") if isinstance(keys, dict) else None
 
 
 def _id(prefix: str) -> str:
@@ -55,7 +67,9 @@ class FakeEc2:
     tokens: dict[str, str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     terminate_answer: str = "shutting-down"  # the state TerminateInstances answers with
-    console: str = field(default_factory=lambda: console_with_host_key())
+    # What GetConsoleOutput shows; None: cloud-init's key block with the instance's own key.
+    console: str | None = None
+    user_data: dict[str, str] = field(default_factory=dict)  # by instance id
     # Called before an action runs: lets a test make a call fail once.
     before: Callable[[str], None] = lambda _name: None
 
@@ -86,6 +100,7 @@ class FakeEc2:
             tags=dict(spec.tags),
         )
         self.instances[instance.id] = instance
+        self.user_data[instance.id] = spec.user_data
         self.tokens[spec.client_token] = instance.id
         return instance
 
@@ -118,7 +133,10 @@ class FakeEc2:
             self.terminate_instance(instance_id)
 
     def get_console_output(self, instance_id: str) -> str:
-        return self.console
+        if self.console is not None:
+            return self.console
+        key = host_key_in(self.user_data.get(instance_id, ""))
+        return console_with_host_key(key) if key else ""
 
     def get_volume(self, volume_id: str) -> Volume | None:
         return self.volumes.get(volume_id)
@@ -242,6 +260,7 @@ class FakeInstanceHost:
     rsync_needs_sudo: bool = True  # as for Ubuntu's login user
     calls: list[str] = field(default_factory=list)
     closed: bool = False
+    idle_armed: list[int] = field(default_factory=list)  # every arm of the idle timer
 
     def attach(self, volume_id: str, device: str = "/dev/nvme1n1", holds: str | None = None) -> str:
         """Make ``volume_id`` appear as ``device``, holding a filesystem of type ``holds``."""
@@ -320,6 +339,10 @@ class FakeInstanceHost:
         self._call("is_directory", path)
         return path in self.directories or path in self.mounts
 
+    def arm_idle_timer(self, seconds: int) -> None:
+        self._call("arm_idle_timer", seconds)
+        self.idle_armed.append(seconds)
+
     def close(self) -> None:
         self.closed = True
 
@@ -329,9 +352,8 @@ class FakeConnector:
     host: FakeInstanceHost = field(default_factory=FakeInstanceHost)
     connects: int = 0
 
-    def connect(
-        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> FakeInstanceHost:
+    def connect(self, target: SshTarget, deadline: float) -> FakeInstanceHost:
+        assert target.known_hosts_path.read_text().strip(), "connect without a pinned key"
         self.connects += 1
         self.host.closed = False
         return self.host

@@ -17,6 +17,7 @@ import math
 import shlex
 from collections.abc import Sequence
 
+from ..core.deadman import arm_idle_script
 from ..errors import (
     DeviceNotFoundError,
     InvalidResourceStateError,
@@ -245,6 +246,11 @@ class SshInstanceHost:
             raise self._error(f"could not look at {path}", result)
         return result.exit_status == 0
 
+    def arm_idle_timer(self, seconds: int) -> None:
+        result = self._run(arm_idle_script(seconds), privileged=True)
+        if result.exit_status != 0:
+            raise self._error("could not arm the instance's idle timer (systemd-run)", result)
+
     def close(self) -> None:
         self._shell.close()
 
@@ -261,9 +267,5 @@ class SshInstanceConnector:
     def __init__(self, ssh: AsyncsshConnector | None = None) -> None:
         self._ssh = ssh or AsyncsshConnector()
 
-    def connect(
-        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> SshInstanceHost:
-        return SshInstanceHost(
-            self._ssh.connect(target, deadline, trust_on_first_use=trust_on_first_use)
-        )
+    def connect(self, target: SshTarget, deadline: float) -> SshInstanceHost:
+        return SshInstanceHost(self._ssh.connect(target, deadline))

@@ -33,14 +33,10 @@ class BackgroundLoadedConnector:
             daemon=True,
         ).start()
 
-    def connect(
-        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> InstanceHost:
+    def connect(self, target: SshTarget, deadline: float) -> InstanceHost:
         from ..adapters.host import SshInstanceConnector
 
-        return SshInstanceConnector().connect(
-            target, deadline, trust_on_first_use=trust_on_first_use
-        )
+        return SshInstanceConnector().connect(target, deadline)
 
 
 def _import_quietly(name: str) -> None:

@@ -82,15 +82,17 @@ def _drive(
     app: App, run_id: str, *, resuming: bool = False, clean: bool = False, snapshot: bool = False
 ) -> Run:
     """Drive a run whose leases this process holds."""
-    from ..adapters.keys import generate_run_key, remove_run_dir
+    from ..adapters.keys import generate_host_key, generate_run_key, remove_run_dir
     from ..run import engine
     from ..run.context import StepContext
+    from ..run.userdata import HostKeyPair
 
     with app.store.session() as session:
         run = app.store.get_run(session, run_id)
         profile = Profile.model_validate(run.config["profile"])
         run_dir = app.run_dir(run.id)
         key_path, public_key = generate_run_key(run_dir)
+        host_key = HostKeyPair(*generate_host_key(run_dir))
         recorder = RunRecorder(session, run)
         ctx = StepContext(
             run=run,
@@ -102,6 +104,7 @@ def _drive(
             run_dir=run_dir,
             key_path=key_path,
             public_key=public_key,
+            host_key=host_key,
             progress=app.progress,
             on_state=app.on_state,
         )

@@ -21,6 +21,8 @@ from ..ports import (
     SshTarget,
     Syncer,
 )
+from .keeper import IdleKeeper
+from .userdata import HostKeyPair
 
 
 @dataclass
@@ -34,9 +36,12 @@ class StepContext:
     run_dir: Path
     key_path: Path
     public_key: str
+    # The run's host key pair, handed to the instance in its user data (run/userdata.py).
+    host_key: HostKeyPair | None = field(default=None, repr=False)
     progress: Callable[[str], None] = lambda _line: None
     on_state: Callable[[str], None] = lambda _state: None
     host: InstanceHost | None = field(default=None, repr=False)  # the open session
+    keeper: IdleKeeper | None = field(default=None, repr=False)  # re-arms the instance
 
     @property
     def known_hosts(self) -> Path:
@@ -66,6 +71,9 @@ class StepContext:
         }
 
     def close_host(self) -> None:
+        """End the session to the instance, and stop keeping it alive from here."""
+        if self.keeper is not None:
+            self.keeper.stop()
         if self.host is not None:
             self.host.close()
             self.host = None

@@ -19,6 +19,8 @@ from ...ports import (
     LaunchSpec,
 )
 from ..context import StepContext
+from ..userdata import user_data
+from .session import FROM_USER_DATA
 from .volume import _volume, check_volume_usable
 
 log = logging.getLogger(__name__)
@@ -30,20 +32,6 @@ _ENDING = ("shutting-down", "terminated")
 
 
 # --- instance ----------------------------------------------------------------------------
-
-
-def user_data(public_key: str, lifetime_minutes: int) -> str:
-    # cloud-init installs the run's key for the AMI's default user (ubuntu): no EC2 key pair.
-    # `restrict`: the key runs commands and nothing else (no port, agent or X11 forwarding, no
-    # pty, no ~/.ssh/rc), so a copy of it cannot turn the instance into a way into the VPC.
-    # The shutdown timer is the dead-man's switch: with InstanceInitiatedShutdownBehavior=
-    # terminate, a power-off ends the instance even if nobody ever comes back for it.
-    return (
-        "#cloud-config\n"
-        f"ssh_authorized_keys:\n  - restrict {public_key}\n"
-        "bootcmd:\n"
-        f'  - [shutdown, -P, "+{lifetime_minutes}", "ec2backup: instance lifetime reached"]\n'
-    )
 
 
 def _live_run_instance(ctx: StepContext) -> Instance | None:
@@ -74,6 +62,7 @@ def _new_launch_attempt(ctx: StepContext, instance_type: str) -> None:
 
 def _launch_spec(ctx: StepContext) -> LaunchSpec:
     run = ctx.run
+    assert ctx.host_key is not None, "the run's host key is made before its launch"
     return LaunchSpec(
         image_id=run.config["image_id"],
         instance_type=run.config["instance_type"],
@@ -84,7 +73,12 @@ def _launch_spec(ctx: StepContext) -> LaunchSpec:
             "Name": f"ec2backup {run.profile} {run.id}",
             TAG_EXPIRES_AT: run.config["expires_at"],
         },
-        user_data=user_data(ctx.public_key, ctx.profile.instance_lifetime_minutes),
+        user_data=user_data(
+            ctx.public_key,
+            ctx.host_key,
+            ctx.profile.instance_idle_minutes,
+            ctx.profile.instance_lifetime_minutes,
+        ),
         security_group_ids=ctx.profile.security_group_ids,
         subnet_id=ctx.profile.subnet_id,
     )
@@ -127,6 +121,8 @@ def ensure_instance_running(ctx: StepContext) -> str:
             ctx.known_hosts.unlink(missing_ok=True)
             run.instance_id = None
             run.ssh_address = None
+        # The instance gets the run's host key in its user data: pinned from there.
+        run.host_key_source = FROM_USER_DATA
         if gone or run.launch_token is None:
             _new_launch_attempt(ctx, ctx.profile.instance_type)
         if "image_id" not in run.config:
