@@ -120,31 +120,27 @@ def differences(run: Run) -> list[str]:
     return [w.removeprefix("differs: ") for w in run.warnings if w.startswith("differs: ")]
 
 
-CHECKIP_URL = "https://checkip.amazonaws.com"
-
-
 def ssh_cidr(allow_ssh_from: str | None) -> str:
     """Where the instance may be reached from over SSH: the given network, else this host's
     public address as AWS sees it (one /32). Never the whole internet unless asked for."""
-    import ipaddress
+    from ..adapters.address import checkip_url
+    from ..adapters.address import ssh_cidr as lookup
 
-    if allow_ssh_from:
-        try:
-            return str(ipaddress.ip_network(allow_ssh_from, strict=False))
-        except ValueError:
+    try:
+        return lookup(allow_ssh_from)
+    except ValueError:
+        if allow_ssh_from:
             raise UserInputError(
                 f"--allow-ssh-from {allow_ssh_from!r} is not an address or network",
                 hint="give e.g. 203.0.113.7 or 203.0.113.0/24",
             ) from None
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(CHECKIP_URL, timeout=5) as response:
-            address = response.read().decode().strip()
-        return str(ipaddress.ip_network(address))
-    except (OSError, ValueError) as exc:
         raise UserInputError(
-            f"cannot find this host's public address ({CHECKIP_URL}: {exc})",
+            f"cannot find this host's public address ({checkip_url()} answered no address)",
+            hint="pass --allow-ssh-from with the address or network the backups run from",
+        ) from None
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot find this host's public address ({checkip_url()}: {exc})",
             hint="pass --allow-ssh-from with the address or network the backups run from",
         ) from None
 

@@ -119,6 +119,12 @@ def start(
         help="Process (e.g. rsync) whose run starts the --cut-ssh-after clock.",
         rich_help_panel=INSIDE,
     ),
+    client_address: str = typer.Option(
+        "",
+        help="See every client as coming from this address: instances admit SSH only if"
+        " their security groups do, and the address lookup answers it.",
+        rich_help_panel=INSIDE,
+    ),
     no_capacity: list[str] = typer.Option(
         [],
         "--no-capacity",
@@ -150,6 +156,7 @@ def start(
         "minute_seconds": minute_seconds,
         "cut_ssh_after": cut_ssh_after,
         "cut_ssh_on": cut_ssh_on,
+        "client_address": client_address,
         "no_capacity": tuple(no_capacity),
         "instance_limit": instance_limit,
     }

@@ -19,7 +19,10 @@ the one ``CloudState`` they share (``state.py``), and installs them into moto's 
   takes time on AWS;
 * in IAM mode (``enable_iam``, ``iam.py``), moto's own IAM enforcement is switched on after the
   seeding (``seed.py``), and EC2's denials are answered as EC2 answers them (403
-  ``UnauthorizedOperation``).
+  ``UnauthorizedOperation``);
+* ``GET /_sandbox/checkip`` answers the client's address (``client_address``), as
+  checkip.amazonaws.com does on AWS; the instances' port 22 admits that address only if their
+  security groups do (``firewall.py``, applied by ``Instances.guard_ssh``).
 
 One lock (``CloudState.lock``) serialises the hooks and the reconcile step, since the moto
 server is threaded. Faults and latency are decided outside it, so a slow call does not hold up
@@ -33,12 +36,13 @@ from typing import Any
 from moto.core.responses import ActionResult
 from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.responses import EC2Response
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
 from .faults import CloudFault, Faults
 from .host import release_loops_under
 from .iam import enable_iam, install_ec2_denials
 from .instances import Instances
-from .layout import Layout
+from .layout import CHECKIP_PATH, Layout
 from .reconcile import Reconciler
 from .seed import seed
 from .settings import CloudSettings
@@ -98,6 +102,24 @@ class LocalCloud:
         setattr(EC2Response, "call_action", call_action)  # noqa: B010 (mypy rejects assigning to a method)
 
         install_ec2_denials()
+        self._install_checkip()
+
+    def _install_checkip(self) -> None:
+        """``GET /_sandbox/checkip``: the address this host has as AWS sees it, as
+        checkip.amazonaws.com answers (one line): ``client_address`` if set, else the
+        caller's own."""
+        original = DomainDispatcherApplication.__call__
+        cloud = self
+
+        def call(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("PATH_INFO") != CHECKIP_PATH:
+                return original(app, environ, start_response)
+            settings = cloud.refresh_settings()
+            address = settings.client_address or environ.get("REMOTE_ADDR") or "127.0.0.1"
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"{address}\n".encode()]
+
+        setattr(DomainDispatcherApplication, "__call__", call)  # noqa: B010
 
     def _wrap(self, action: str, hook: Hook) -> None:
         original = getattr(EC2Response, action)

@@ -20,7 +20,7 @@ from moto.ec2.exceptions import EC2ClientError, InvalidParameterCombination, Ope
 from moto.ec2.models.instances import StateReason
 from moto.ec2.responses import EC2Response
 
-from . import cloudinit, console, services
+from . import cloudinit, console, firewall, services
 from .host import Machine, boot_machine, make_host_key
 from .launch_checks import check_capacity
 from .layout import NEXT_INSTANCE
@@ -105,6 +105,7 @@ class Instances:
         )
         self.state.machines[instance.id] = machine
         self.state.booted[instance.id] = Scheduled(backend, instance, time.monotonic())
+        self.guard_ssh(instance.id)  # before anyone can connect
         next_override = self.state.layout.console_overrides / NEXT_INSTANCE
         if next_override.exists():
             next_override.rename(self.state.layout.console_overrides / instance.id)
@@ -112,6 +113,26 @@ class Instances:
         final = services.start_final_stage(machine, user_data)
         if final is not None:
             self.state.final_stages[instance.id] = final
+
+    def guard_ssh(self, instance_id: str) -> None:
+        """Port 22 of the instance admits the client (``client_address``) exactly when one of
+        its security groups does (``firewall.py``); applied when that changes."""
+        machine = self.state.machines.get(instance_id)
+        booted = self.state.booted.get(instance_id)
+        if machine is None or booted is None:
+            return
+        client = self.state.settings.client_address
+        groups = getattr(booted.instance, "security_groups", ())
+        admitted = not client or firewall.admits_ssh(groups, client)
+        if self.state.ssh_admitted.get(instance_id, True) == admitted:
+            return
+        try:
+            firewall.set_ssh_admitted(machine, admitted)
+        except OSError:
+            log.exception("%s: could not change what reaches port 22", instance_id)
+            return
+        self.state.ssh_admitted[instance_id] = admitted
+        log.info("%s: port 22 %s %s", instance_id, "admits" if admitted else "drops", client)
 
     def terminate_instances(self, response: EC2Response, original: Original) -> ActionResult:
         delay = self.state.settings.terminate_delay
@@ -199,6 +220,7 @@ class Instances:
         release its loop devices, finish detaches that waited for it; forget its timers."""
         self.state.pending_boots.pop(instance_id, None)
         self.state.booted.pop(instance_id, None)
+        self.state.ssh_admitted.pop(instance_id, None)
         final = self.state.final_stages.pop(instance_id, None)
         self.state.ssh_watch.pop(instance_id, None)
         self.volumes.end_pending_attaches(instance_id)

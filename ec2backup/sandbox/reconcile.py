@@ -86,6 +86,8 @@ class Reconciler:
                 self.volumes.complete_detach(volume_id, pending)
 
             self._run_services(settings)
+            for instance_id in list(self.state.machines):
+                self.instances.guard_ssh(instance_id)
 
             for _instance_id, power_off in list(self.state.power_offs.items()):
                 if now >= power_off.due:

@@ -91,6 +91,7 @@ class CloudState:
         # of its timers that run (reaped by the reconcile step).
         self.final_stages: dict[str, subprocess.Popen[bytes]] = {}
         self.jobs: list[subprocess.Popen[bytes]] = []
+        self.ssh_admitted: dict[str, bool] = {}  # whether the client may reach port 22 (by id)
         self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
         self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)
 

@@ -146,9 +146,8 @@ def test_init_hardens_the_volume_the_instances_and_ssh(
         for p in group["IpPermissions"]
         for r in p.get("IpRanges", [])
     ]
-    assert ingress == [
-        ("tcp", 22, 22, "127.0.0.0/8")
-    ]  # from the sandbox's EC2BACKUP_ALLOW_SSH_FROM
+    # This host's address as the local cloud's lookup answers it (no client_address: 127.0.0.1).
+    assert ingress == [("tcp", 22, 22, "127.0.0.1/32")]
 
     run_id = cli("run", "--profile", "s").stdout.strip()
     (reservation,) = ec2.describe_instances(
@@ -159,6 +158,9 @@ def test_init_hardens_the_volume_the_instances_and_ssh(
     assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     assert "IamInstanceProfile" not in instance
     assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group_id]
+    # The run found its address admitted already: it added no rule, and left none.
+    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    assert [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]] == ["127.0.0.1/32"]
 
     other = cli(
         "init",

@@ -547,3 +547,71 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
         assert "boot_delay=3.0" in status.stdout
     finally:
         stop_sandbox(directory)
+
+
+# --- the client's address -------------------------------------------------------------------------
+
+
+def _syn_answered(address: str) -> bool:
+    """Whether port 22 answers a SYN at all (a dropped SYN times out; nothing is refused)."""
+    assert address.startswith("127.")
+    try:
+        socket.create_connection((address, 22), timeout=1).close()
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_client_address_makes_security_groups_decide_who_reaches_port_22(
+    sandbox_faults: Sandbox, launch: Launch, ec2: Any, ssh_key: Path, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    checkip = sandbox_faults.env["EC2BACKUP_CHECKIP_URL"]
+    with urllib.request.urlopen(checkip, timeout=5) as answer:
+        assert answer.read().decode().strip() == "127.0.0.1"  # no client_address: the caller's
+    group = ec2.create_security_group(GroupName=f"g-{time.monotonic_ns()}", Description="t")[
+        "GroupId"
+    ]
+    ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": "198.51.100.0/24"}],
+            }
+        ],
+    )
+    try:
+        sandbox_faults.configure_faults(client_address="203.0.113.7")
+        with urllib.request.urlopen(checkip, timeout=5) as answer:
+            assert answer.read().decode().strip() == "203.0.113.7"
+        instance = launch(SecurityGroupIds=[group])
+        address = instance["PublicIpAddress"]
+        assert not _syn_answered(address)  # dropped from the first SYN on, as on AWS
+        known = known_hosts(
+            tmp_path / "kh", address, console_host_keys(ec2, instance["InstanceId"])
+        )
+
+        added = ec2.authorize_security_group_ingress(
+            GroupId=group,
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 22,
+                    "ToPort": 22,
+                    "IpRanges": [{"CidrIp": "203.0.113.7/32"}],
+                }
+            ],
+        )["SecurityGroupRules"][0]["SecurityGroupRuleId"]
+        with_deadline(lambda: _syn_answered(address))
+        assert ssh(address, ssh_key, known, "true").returncode == 0
+
+        ec2.revoke_security_group_ingress(GroupId=group, SecurityGroupRuleIds=[added])
+        with_deadline(lambda: not _syn_answered(address))
+        sandbox_faults.configure_faults(client_address="198.51.100.20")  # inside the other rule
+        with_deadline(lambda: _syn_answered(address))
+    finally:
+        sandbox_faults.reset_faults()
