@@ -19,6 +19,7 @@ from ec2backup.errors import (
 from ec2backup.ports import (
     Attachment,
     DeviceContents,
+    IngressRule,
     Instance,
     LaunchSpec,
     Snapshot,
@@ -70,6 +71,8 @@ class FakeEc2:
     # What GetConsoleOutput shows; None: cloud-init's key block with the instance's own key.
     console: str | None = None
     user_data: dict[str, str] = field(default_factory=dict)  # by instance id
+    groups: dict[str, dict[str, str]] = field(default_factory=dict)  # security group -> tags
+    rules: dict[str, IngressRule] = field(default_factory=dict)  # inbound rules by id
     # Called before an action runs: lets a test make a call fail once.
     before: Callable[[str], None] = lambda _name: None
 
@@ -194,7 +197,37 @@ class FakeEc2:
 
     def ensure_security_group(self, name: str, ssh_cidr: str, tags: Mapping[str, str]) -> str:
         self._call("ensure_security_group")
-        return "sg-0123456789abcdef0"
+        group = "sg-0123456789abcdef0"
+        self.groups.setdefault(group, dict(tags))
+        if not any(r.group_id == group for r in self.rules.values()):
+            self._add_rule(group, ssh_cidr, {})
+        return group
+
+    def _add_rule(self, group_id: str, cidr: str, tags: Mapping[str, str]) -> str:
+        rule = IngressRule(_id("sgr"), group_id, "tcp", 22, 22, cidr, dict(tags))
+        self.rules[rule.id] = rule
+        return rule.id
+
+    def security_group_tags(self, group_id: str) -> Mapping[str, str] | None:
+        return self.groups.get(group_id)
+
+    def ingress_rules(self, group_id: str) -> list[IngressRule]:
+        return [r for r in self.rules.values() if r.group_id == group_id]
+
+    def find_ingress_rules(self, tags: Mapping[str, str]) -> list[IngressRule]:
+        return [r for r in self.rules.values() if all(r.tags.get(k) == v for k, v in tags.items())]
+
+    def authorize_ssh(self, group_id: str, cidr: str, tags: Mapping[str, str]) -> str:
+        self._call("authorize_ssh")
+        for rule in self.ingress_rules(group_id):
+            if rule.cidr == cidr:
+                return rule.id
+        return self._add_rule(group_id, cidr, tags)
+
+    def revoke_ingress_rules(self, group_id: str, rule_ids: Sequence[str]) -> None:
+        self._call("revoke_ingress_rules")
+        for rule_id in rule_ids:
+            self.rules.pop(rule_id, None)
 
     def delete_volume(self, volume_id: str) -> None:
         self._call("delete_volume")

@@ -19,6 +19,7 @@ DESTRUCTIVE = {
     "ec2:DeleteSnapshot",
     "ec2:DeleteVolume",
     "ec2:DetachVolume",
+    "ec2:RevokeSecurityGroupIngress",
     "ec2:TerminateInstances",
 }
 # Parliament wants every resource type of an action in one statement. These are split on
@@ -33,6 +34,10 @@ ACCEPTED_MISMATCHES = {
     ("ec2:CreateSnapshot", "arn:*:ec2:*::snapshot/*"),
     ("ec2:CreateSecurityGroup", "arn:*:ec2:*:*:vpc/*"),
     ("ec2:CreateSecurityGroup", "arn:*:ec2:*:*:security-group/*"),
+    # The rule a run adds carries its tags (aws:RequestTag); the group it goes into is ours
+    # (aws:ResourceTag): one condition each.
+    ("ec2:AuthorizeSecurityGroupIngress", "arn:*:ec2:*:*:security-group-rule/*"),
+    ("ec2:AuthorizeSecurityGroupIngress", "arn:*:ec2:*:*:security-group/*"),
 }
 
 
@@ -84,6 +89,10 @@ def test_destructive_actions_only_on_resources_tagged_ours(action: str) -> None:
     assert statements
     for statement in statements:
         condition = statement.get("Condition", {}).get("StringEquals", {})
+        if statement["Resource"] == "arn:aws:ec2:*:*:security-group-rule/*":
+            # The rule being added exists only as the request: its tags must say it is ours.
+            assert condition.get("aws:RequestTag/ec2backup:managed") == "true", statement["Sid"]
+            continue
         assert condition.get("aws:ResourceTag/ec2backup:managed") == "true", statement["Sid"]
 
 

@@ -51,6 +51,7 @@ EC2_OPERATIONS = frozenset(
         "DescribeImages",
         "DescribeInstances",
         "DescribeRegions",
+        "DescribeSecurityGroupRules",
         "DescribeSecurityGroups",
         "DescribeSnapshots",
         "DescribeSubnets",
@@ -58,6 +59,7 @@ EC2_OPERATIONS = frozenset(
         "DescribeVpcs",
         "DetachVolume",
         "GetConsoleOutput",
+        "RevokeSecurityGroupIngress",
         "RunInstances",
         "TerminateInstances",
     }

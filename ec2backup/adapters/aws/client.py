@@ -45,6 +45,7 @@ from .convert import (
     _volumes_in,
 )
 from .errors import _NOT_FOUND_CODES, _error_code, _one_line, translated
+from .groups import SecurityGroupCalls
 from .waiters import _INSTANCE_GONE_STATES, _WAITERS, _attached_waiter, wait
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ DESCRIBE_PAGE_SIZE = 1000
 _INSTANCE_ID = re.compile(r"\bi-[0-9a-zA-Z]+\b")
 
 
-class Boto3Ec2:
+class Boto3Ec2(SecurityGroupCalls):
     """``ports.Ec2`` on boto3. ``poll_interval`` is the delay between polls of every wait;
     ``run_id`` is put on every error raised."""
 
@@ -410,52 +411,6 @@ class Boto3Ec2:
                 OwnerIds=["self"], Filters=filters
             )
             return [_snapshot(s) for page in pages for s in page.get("Snapshots", ())]
-
-    def ensure_security_group(self, name: str, ssh_cidr: str, tags: Mapping[str, str]) -> str:
-        """A security group of the default VPC admitting only SSH from ``ssh_cidr``, found by
-        its name (so a second `init` reuses it) or created with its tags in the same call."""
-        resources = {"security_group": name, "cidr": ssh_cidr}
-        with self._errors("ec2:DescribeVpcs", resources):
-            vpcs = self._client.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])[
-                "Vpcs"
-            ]
-        if not vpcs:
-            raise ResourceNotFoundError(
-                f"region {self.region} has no default VPC",
-                resources=resources,
-                run_id=self.run_id,
-                hint="name an existing security group with --security-group",
-            )
-        vpc_id = vpcs[0]["VpcId"]
-        with self._errors("ec2:DescribeSecurityGroups", resources):
-            found = self._client.describe_security_groups(
-                Filters=[
-                    {"Name": "group-name", "Values": [name]},
-                    {"Name": "vpc-id", "Values": [vpc_id]},
-                ]
-            )["SecurityGroups"]
-        if found:
-            return str(found[0]["GroupId"])
-        with self._errors("ec2:CreateSecurityGroup", resources):
-            group_id = self._client.create_security_group(
-                GroupName=name,
-                Description="ec2backup: SSH from the backup host only",
-                VpcId=vpc_id,
-                TagSpecifications=_tag_specs(tags, "security-group"),
-            )["GroupId"]
-        with self._errors("ec2:AuthorizeSecurityGroupIngress", resources):
-            self._client.authorize_security_group_ingress(
-                GroupId=group_id,
-                IpPermissions=[
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": 22,
-                        "ToPort": 22,
-                        "IpRanges": [{"CidrIp": ssh_cidr, "Description": "ec2backup host"}],
-                    }
-                ],
-            )
-        return str(group_id)
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         """None when no snapshot with that id is visible to this account."""
