@@ -302,3 +302,17 @@ def write_profile(path: Path, profile: Profile) -> None:
     profiles[profile.name] = table
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, tomlkit.dumps(document).encode())
+
+
+def remove_profile(path: Path, name: str) -> None:
+    """Take one profile out of the file, keeping the rest (comments included)."""
+    import tomlkit
+
+    if not path.exists():
+        return
+    document = tomlkit.parse(path.read_text())
+    profiles = document.get("profiles")
+    if profiles is None or name not in profiles:
+        return
+    del profiles[name]
+    write_atomically(path, tomlkit.dumps(document).encode())

@@ -32,6 +32,14 @@ DbOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name in the config.")]
+KeepOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-instance",
+        help="If the run fails, keep its instance (volume attached) for debugging instead of "
+        "ending it; it still powers itself off after instance_idle_minutes.",
+    ),
+]
 
 
 @app.callback()
@@ -81,6 +89,7 @@ def init(
             "--security-group", help="Use this security group (repeatable); none is made."
         ),
     ] = None,
+    keep_instance: KeepOpt = False,
 ) -> None:
     """Create and format a volume, and write PROFILE to the config file. Prints the volume id."""
     from ..commands.backup import start_init
@@ -92,7 +101,7 @@ def init(
         settings["snapshot"] = False
     if security_group:
         settings["security_group_ids"] = security_group
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         run = start_init(
             app,
             profile,
@@ -107,11 +116,11 @@ def init(
 
 
 @app.command("run")
-def run_(ctx: typer.Context, profile: ProfileOpt) -> None:
+def run_(ctx: typer.Context, profile: ProfileOpt, keep_instance: KeepOpt = False) -> None:
     """Back up the profile's sources once. Prints the run id."""
     from ..commands.backup import start_backup
 
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         run = start_backup(app, profile)
     typer.echo(run.id)
 
@@ -132,13 +141,14 @@ def resume(
         bool,
         typer.Option("--snapshot", help="With --clean: snapshot even if the sync did not finish."),
     ] = False,
+    keep_instance: KeepOpt = False,
 ) -> None:
     """Continue a failed or interrupted run from its last recorded state."""
     from ..commands.runner import resume as resume_run
 
     if snapshot and not clean:
         raise typer.BadParameter("--snapshot only goes with --clean", param_hint="--snapshot")
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         run = resume_run(app, run_id, clean=clean, snapshot=snapshot)
     typer.echo(f"{run.id} {run.state}" if clean else run.id)
 
@@ -355,13 +365,14 @@ def restore(
     path: Annotated[
         str | None, typer.Option("--path", help="Only this path under the backup (e.g. home/docs).")
     ] = None,
+    keep_instance: KeepOpt = False,
 ) -> None:
     """Copy a backup back: a temporary volume from the snapshot (deleted afterwards), or the
     live volume, is mounted read-only on a fresh instance and rsynced into --to. Nothing in
     --to is deleted. Prints the run id."""
     from ..commands.restore import start_restore
 
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         result = start_restore(
             app,
             to=to,
@@ -375,12 +386,17 @@ def restore(
 
 
 @app.command()
-def verify(ctx: typer.Context, profile: ProfileOpt, as_json: JsonOpt = False) -> None:
+def verify(
+    ctx: typer.Context,
+    profile: ProfileOpt,
+    as_json: JsonOpt = False,
+    keep_instance: KeepOpt = False,
+) -> None:
     """Compare the sources with the volume's copy by checksum (read-only) and list each
     difference. Exit 0 when they match, 1 when they differ."""
     from ..commands.backup import differences, start_verify
 
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         result = start_verify(app, profile)
     found = differences(result)
     views.verify(result.id, found, as_json=as_json)

@@ -29,8 +29,8 @@ def run_cli() -> int:
         if debug:
             raise
         line = exc.one_line()
-        if exc.run_id and exc.resumable:
-            line += f" [run {exc.run_id}: `ec2backup resume {exc.run_id}` to continue]"
+        if exc.run_id:
+            line += aftermath(exc.run_id, exc.still_running, resumable=exc.resumable)
         typer.echo(f"ec2backup: error: {line}", err=True)
         return exc.exit_code
     except SystemExit as exc:
@@ -41,8 +41,8 @@ def run_cli() -> int:
     except BaseException as exc:
         if isinstance(exc, Interrupted) and exc.run_id:
             typer.echo(
-                f"ec2backup: run {exc.run_id} {exc}; its state is recorded: "
-                f"`ec2backup resume {exc.run_id}` to continue",
+                f"ec2backup: run {exc.run_id} {exc}; its state is recorded"
+                + aftermath(exc.run_id, exc.still_running, resumable=True),
                 err=True,
             )
             return EXIT_INTERRUPTED
@@ -57,6 +57,20 @@ def run_cli() -> int:
         )
         return 1
     return 0
+
+
+def aftermath(run_id: str, still_running: list[str] | None, *, resumable: bool) -> str:
+    """What a failed run left running, and the one command that ends it (or, with nothing
+    left, the one that continues it)."""
+    if still_running:
+        return (
+            f" [run {run_id}: still running: {', '.join(still_running)}; "
+            f"`ec2backup resume {run_id} --clean` ends it]"
+        )
+    if not resumable:
+        return ""
+    left = "nothing of it is left running; " if still_running == [] else ""
+    return f" [run {run_id}: {left}`ec2backup resume {run_id}` to continue]"
 
 
 # How long a command runs before the cyclic garbage collector comes back on (see main).

@@ -80,6 +80,7 @@ class App:
     adapters: Adapters = field(default_factory=Adapters.real)
     progress: Callable[[str], None] = lambda _line: None
     on_state: Callable[[str], None] = lambda _state: None
+    keep_instance: bool = False  # a run that fails keeps its instance (--keep-instance)
 
     def run_dir(self, run_id: str) -> Path:
         # Owner-only all the way down: run directories hold private keys.

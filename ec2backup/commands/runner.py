@@ -6,10 +6,11 @@ recorded or an instance launched."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ..config import Profile
@@ -20,6 +21,28 @@ from ..db.models import Event, Run
 from ..db.recorder import RunRecorder
 from ..errors import RunStateError
 from .app import App
+
+log = logging.getLogger(__name__)
+
+
+def client_cidr(profile: Profile) -> Callable[[], str | None]:
+    """Where this run's SSH comes from, looked up once when first asked: the profile's
+    ``allow_ssh_from``, else this host's public address now. Unknown (the lookup failed): None,
+    and the security group is left as it is."""
+    found: list[str | None] = []
+
+    def cidr() -> str | None:
+        if not found:
+            from ..adapters.address import checkip_url, ssh_cidr
+
+            try:
+                found.append(ssh_cidr(profile.allow_ssh_from))
+            except (OSError, ValueError) as exc:
+                log.warning("cannot find this host's public address (%s: %s)", checkip_url(), exc)
+                found.append(None)
+        return found[0]
+
+    return cidr
 
 
 def new_run_id() -> str:
@@ -38,6 +61,7 @@ def _create_run(
     extra: dict[str, Any],
     *,
     volume_id: str | None = None,
+    warnings: list[str] | None = None,
 ) -> Run:
     now = utcnow()
     run = Run(
@@ -48,7 +72,7 @@ def _create_run(
         host=socket.gethostname(),
         volume_id=volume_id or (None if kind == RunKind.RESTORE else profile.volume_id),
         launch_attempt=0,
-        warnings=[],
+        warnings=list(warnings or []),
         config={"profile": profile.model_dump(mode="json"), **extra},
         created_at=now,
         updated_at=now,
@@ -107,6 +131,8 @@ def _drive(
             host_key=host_key,
             progress=app.progress,
             on_state=app.on_state,
+            keep_instance=app.keep_instance,
+            client_cidr=client_cidr(profile),
         )
         engine.bind(run, ctx)
         try:
@@ -118,8 +144,6 @@ def _drive(
                     run.error_type = None
                     fire(run, "resume", detail=f"resumed from {run.failed_from}")
                 engine.drive(ctx)
-            if run.kind == RunKind.INIT and run.state == RunState.DONE:
-                _write_initialised_profile(run, profile)
             if run.kind == RunKind.BACKUP and run.state == RunState.DONE and profile.retention:
                 from .snapshots import apply_profile_retention
 
@@ -129,10 +153,3 @@ def _drive(
             if run.state in FINAL_STATES:
                 remove_run_dir(run_dir)
         return run
-
-
-def _write_initialised_profile(run: Run, profile: Profile) -> None:
-    from ..config import write_profile
-
-    path = Path(run.config["config_path"])
-    write_profile(path, profile.model_copy(update={"volume_id": run.volume_id}))

@@ -42,6 +42,11 @@ class StepContext:
     on_state: Callable[[str], None] = lambda _state: None
     host: InstanceHost | None = field(default=None, repr=False)  # the open session
     keeper: IdleKeeper | None = field(default=None, repr=False)  # re-arms the instance
+    # After a failure: keep the instance (and the volume attached) for debugging, instead of
+    # releasing them; the dead-man's switch still ends it after instance_idle_minutes.
+    keep_instance: bool = False
+    # Where SSH comes from (a CIDR: allow_ssh_from, or this host's address; None: unknown).
+    client_cidr: Callable[[], str | None] = lambda: None
 
     @property
     def known_hosts(self) -> Path:
