@@ -13,6 +13,7 @@ from ..db.models import Run
 from ..errors import ConfigError, UserInputError
 from .app import App
 from .checks import check_fits, check_sources, check_volume
+from .heal import heal
 from .runner import _create_run, _drive, new_run_id
 
 
@@ -26,14 +27,16 @@ def start_backup(app: App, profile_name: str) -> Run:
     run_id = new_run_id()
     # The volume's lease first: a second run of the same volume is refused naming the holder,
     # before it looks at (or touches) the volume.
-    with leases.held(
-        app.store, run_id, [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
-    ):
+    keys = [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
+    with leases.held(app.store, run_id, keys):
+        # An earlier run of the profile that nobody drives any more is finished or cleaned
+        # first: it must not hold the volume (or bill) any longer.
+        healed = heal(app, profile.name, profile.region, held=keys)
         ec2 = app.adapters.ec2(profile.region, None)
         check_fits(profile, check_volume(profile, ec2, file))
         # Resolved now: a missing AMI is bad input, found before anything is created.
         image_id = ec2.resolve_image(profile.ami)
-        _create_run(app, run_id, RunKind.BACKUP, profile, {"image_id": image_id})
+        _create_run(app, run_id, RunKind.BACKUP, profile, {"image_id": image_id}, warnings=healed)
         return _drive(app, run_id)
 
 
@@ -49,17 +52,6 @@ def start_init(
     allow_ssh_from: str | None = None,
 ) -> Run:
     file = str(app.config_path)
-    if app.config_path.exists():
-        from ..config import read_document
-
-        existing = read_document(app.config_path).get("profiles", {})
-        if profile_name in existing:
-            raise ConfigError(
-                "already exists",
-                file=file,
-                profile=profile_name,
-                hint="choose another --profile name, or edit the file",
-            )
     if not 1 <= size_gib <= 16384:
         raise UserInputError(
             f"--size {size_gib} is out of range", hint="give a size in GiB from 1 to 16384"
@@ -72,9 +64,27 @@ def start_init(
             {"path": str(p.expanduser().absolute()), "dest": _dest_name(p)} for p in sources
         ],
     }
+    if allow_ssh_from:
+        # Kept in the profile: every run admits SSH from there (else from where it runs).
+        data["allow_ssh_from"] = ssh_cidr(allow_ssh_from)
     profile = parse_profile(profile_name, data, file)
     check_sources(profile, file)
     app.adapters.syncer().check_available()
+    # An earlier init of this profile that nobody drives any more (killed, crashed) is
+    # force-cleaned, its empty volume deleted and its profile entry removed: this one starts
+    # over. A live one refuses (LeaseHeldError).
+    healed = heal(app, profile_name, profile.region, kinds=[RunKind.INIT], starting_over=True)
+    if app.config_path.exists():
+        from ..config import read_document
+
+        existing = read_document(app.config_path).get("profiles", {})
+        if profile_name in existing:
+            raise ConfigError(
+                "already exists",
+                file=file,
+                profile=profile_name,
+                hint="choose another --profile name, or edit the file",
+            )
     ec2 = app.adapters.ec2(profile.region, None)
     image_id = ec2.resolve_image(profile.ami)
     if not profile.security_group_ids:
@@ -93,6 +103,7 @@ def start_init(
             RunKind.INIT,
             profile,
             {"size_gib": size_gib, "config_path": str(app.config_path), "image_id": image_id},
+            warnings=healed,
         )
         return _drive(app, run_id)
 
@@ -105,13 +116,14 @@ def start_verify(app: App, profile_name: str) -> Run:
     check_sources(profile, file)
     app.adapters.syncer().check_available()
     assert profile.volume_id is not None
-    ec2 = app.adapters.ec2(profile.region, None)
-    check_volume(profile, ec2, file)
-    image_id = ec2.resolve_image(profile.ami)
     run_id = new_run_id()
     keys = [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
     with leases.held(app.store, run_id, keys):
-        _create_run(app, run_id, RunKind.VERIFY, profile, {"image_id": image_id})
+        healed = heal(app, profile.name, profile.region, held=keys)
+        ec2 = app.adapters.ec2(profile.region, None)
+        check_volume(profile, ec2, file)
+        image_id = ec2.resolve_image(profile.ami)
+        _create_run(app, run_id, RunKind.VERIFY, profile, {"image_id": image_id}, warnings=healed)
         return _drive(app, run_id)
 
 

@@ -12,6 +12,7 @@ from ..db.models import Run
 from ..errors import RunStateError, UserInputError
 from .app import App
 from .checks import check_volume
+from .heal import heal
 from .runner import _create_run, _drive, new_run_id
 
 
@@ -57,7 +58,6 @@ def start_restore(
     keys: list[str] = []
     if live:
         require_backup_ready(profile, file)
-        check_volume(profile, ec2, file)
         assert profile.volume_id is not None
         keys.append(leases.volume_key(profile.volume_id))
     else:
@@ -75,7 +75,11 @@ def start_restore(
         extra |= {"snapshot_id": snapshot_id, "size_gib": snapshot.size_gib or 1}
     extra["image_id"] = ec2.resolve_image(profile.ami)
     new_id = new_run_id()
-    with leases.held(app.store, new_id, [leases.run_key(new_id), *keys]):
+    keys = [leases.run_key(new_id), *keys]
+    with leases.held(app.store, new_id, keys):
+        healed = heal(app, profile.name, profile.region, held=keys)
+        if live:  # after the healing: a healed run may just have released the volume
+            check_volume(profile, ec2, file)
         _create_run(
             app,
             new_id,
@@ -83,5 +87,6 @@ def start_restore(
             profile,
             extra,
             volume_id=profile.volume_id if live else None,
+            warnings=healed,
         )
         return _drive(app, new_id)
