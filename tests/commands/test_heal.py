@@ -204,3 +204,28 @@ def test_resume_clean_of_an_init_deletes_its_volume_and_its_profile_entry(
     assert volume not in world.ec2.volumes
     assert "fresh" not in world.app.config_path.read_text()
     assert "[profiles.p]" in world.app.config_path.read_text()  # the others stay
+
+
+def test_an_init_killed_before_it_recorded_its_volume_is_cleaned_by_its_tags(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ec2backup.commands.runner import resume
+    from ec2backup.run.steps import volume as volume_step
+
+    class Crash(BaseException):
+        pass
+
+    def crash_point(name: str) -> None:
+        if name == "called:create_volume":
+            raise Crash
+
+    before = set(world.ec2.volumes)
+    with monkeypatch.context() as during:
+        during.setattr(volume_step, "crash_point", crash_point)
+        with pytest.raises(Crash):
+            init(world)
+    (init_id,) = [r for r, s in runs_of(world).items() if s == "creating_volume"]
+    assert show_run(world.app, init_id)["volume_id"] is None  # made, never recorded
+    assert len(set(world.ec2.volumes) - before) == 1
+    assert resume(world.app, init_id, clean=True).state == "aborted"
+    assert set(world.ec2.volumes) == before  # found by the run's tags and deleted

@@ -52,6 +52,11 @@ def undo_init(ctx: StepContext) -> list[str]:
     touched; nor an entry that names another volume."""
     run = ctx.run
     notes = []
+    if run.volume_id is None:  # killed between CreateVolume and recording its id: its tags
+        found = ctx.ec2.find_volumes({TAG_RUN_ID: run.id, TAG_ROLE: "data"})
+        if found:
+            run.volume_id = found[0].id
+            ctx.recorder.save()
     if run.volume_id:
         volume = ctx.ec2.get_volume(run.volume_id)
         if volume is not None and volume.state not in ("deleting", "deleted"):

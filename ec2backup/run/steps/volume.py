@@ -118,8 +118,14 @@ def ensure_restore_volume(ctx: StepContext) -> str:
 
 def ensure_volume_deleted(ctx: StepContext) -> str:
     run = ctx.run
-    if run.config.get("live") or run.volume_id is None:
+    if run.config.get("live"):
         return "no temporary volume"
+    if run.volume_id is None:  # killed between CreateVolume and recording its id: its tags
+        found = ctx.ec2.find_volumes({TAG_RUN_ID: run.id, TAG_ROLE: "restore"})
+        if not found:
+            return "no temporary volume"
+        run.volume_id = found[0].id
+        ctx.recorder.save()
     volume = ctx.ec2.get_volume(run.volume_id)
     if volume is not None and volume.state not in ("deleting", "deleted"):
         if volume.tags.get(TAG_ROLE) != "restore" or volume.tags.get(TAG_RUN_ID) != run.id:
