@@ -14,6 +14,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make bench` measures the speed tricks (benchmarks/fastpaths.py) on Debian's own interpreter,
+# the one CI and a fresh Debian machine run ec2backup on, in a virtualenv of its own.
+SYSTEM_PYTHON ?= /usr/bin/python3
+SYSTEM_VENV   := .venv-system
+$(SYSTEM_VENV)/.installed: pyproject.toml
+	$(SYSTEM_PYTHON) -m venv $(SYSTEM_VENV)
+	$(SYSTEM_VENV)/bin/pip install --quiet --upgrade pip
+	$(SYSTEM_VENV)/bin/pip install --quiet -e .
+	touch $@
+
 # The local cloud runs real sshd, rsync, mkfs and loop devices (Debian packages; needs root).
 system-deps:
 	@missing=""; for c in rsync sshd ssh ssh-keygen mkfs.ext4 losetup unshare nsenter sudo; do \
@@ -27,8 +37,12 @@ system-deps:
 demo: venv system-deps
 	$(BIN)/python scripts/demo.py
 
+# Then the plain way of every speed trick (ec2backup/fastpaths.py): the unit tests of the
+# modules that hold one, again with every trick off.
+FASTPATH_TESTS := tests/adapters tests/cli/test_app.py tests/test_fastpaths.py
 test: venv system-deps
 	$(BIN)/pytest
+	EC2BACKUP_NO_FASTPATHS=1 $(BIN)/pytest -q $(FASTPATH_TESTS)
 
 # SIGKILL at every crash point, recover three ways, write docs/reliability.md.
 crash-matrix: venv system-deps
@@ -49,8 +63,8 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/mypy benchmarks
 
-bench: venv system-deps
-	$(BIN)/python -m benchmarks
+bench: venv system-deps $(SYSTEM_VENV)/.installed
+	EC2BACKUP_BENCH_PYTHON=$(CURDIR)/$(SYSTEM_VENV)/bin/python $(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) $(SYSTEM_VENV) .pytest_cache .mypy_cache .ruff_cache .demo

@@ -38,10 +38,22 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "reap": ("benchmarks.reap", "5. Reap at scale"),
     "cli": ("benchmarks.cli_speed", "6. CLI responsiveness"),
     "memory": ("benchmarks.memory", "7. Memory"),
+    "fastpaths": ("benchmarks.fastpaths", "8. Speed tricks, with and without"),
+    "growth": ("benchmarks.growth", "9. Snapshot growth"),
 }
 # The timing-sensitive small ones first; the two that write GiBs (memory, datapath) last, so
 # their write-back never lands in another benchmark's timings.
-DEFAULT_ORDER = ["overhead", "detection", "cli", "critical-path", "reap", "memory", "datapath"]
+DEFAULT_ORDER = [
+    "overhead",
+    "detection",
+    "cli",
+    "fastpaths",
+    "critical-path",
+    "reap",
+    "growth",
+    "memory",
+    "datapath",
+]
 
 DOC = ROOT / "docs" / "performance.md"
 

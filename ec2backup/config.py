@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -70,6 +70,10 @@ class Retention(BaseModel):
     keep_daily: int = Field(default=0, ge=0)
     keep_weekly: int = Field(default=0, ge=0)
     keep_monthly: int = Field(default=0, ge=0)
+    # Kept snapshots at least this many days old move to the archive tier (ModifySnapshotTier),
+    # as Data Lifecycle Manager does; the newest never. Archived snapshots are billed for at
+    # least 90 days and take up to 72 hours to restore (docs/configuration.md).
+    archive_after_days: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _some_rule(self) -> Retention:
@@ -88,7 +92,11 @@ class Profile(BaseModel):
     name: str
     region: str
     availability_zone: str
-    volume_id: str | None = None  # set by `init`
+    # "volume": one standing volume, snapshotted after each run. "snapshots": no standing
+    # volume; each run makes one from the profile's latest snapshot and deletes it after its
+    # own snapshot (docs/configuration.md has the trade-off).
+    storage: Literal["volume", "snapshots"] = "volume"
+    volume_id: str | None = None  # set by `init` (storage = "volume")
     instance_type: str = "t3.micro"
     # Tried in order when AWS has no capacity for instance_type in the volume's zone.
     fallback_instance_types: tuple[str, ...] = ()
@@ -177,6 +185,14 @@ class Profile(BaseModel):
                 f"{v!r} is not an address or network like 203.0.113.7 or 203.0.113.0/24"
             ) from None
 
+    @model_validator(mode="after")
+    def _storage(self) -> Profile:
+        if self.storage == "snapshots" and self.volume_id is not None:
+            raise ValueError('volume_id: a profile with storage = "snapshots" has no volume')
+        if self.storage == "snapshots" and not self.snapshot:
+            raise ValueError('snapshot: storage = "snapshots" keeps the backups as snapshots')
+        return self
+
     def region_matches_az(self) -> bool:
         return self.availability_zone[:-1] == self.region
 
@@ -254,7 +270,7 @@ def load_profile(path: Path, name: str) -> Profile:
 
 def require_backup_ready(profile: Profile, file: str) -> None:
     """What a backup run needs beyond a valid profile."""
-    if profile.volume_id is None:
+    if profile.volume_id is None and profile.storage == "volume":
         raise ConfigError(
             "is required for a backup",
             file=file,

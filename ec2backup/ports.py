@@ -28,6 +28,9 @@ class Instance:
     private_ip: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     launch_time: datetime | None = None
+    # The device of its root volume (/dev/sda1): never detached from a running instance, and
+    # deleted with it (the AMI's DeleteOnTermination).
+    root_device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,24 @@ class Snapshot:
     started_at: datetime | None = None
     size_gib: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    progress: str | None = None  # "40%" while pending
+    storage_tier: str = "standard"  # standard | archive
+    # Until when an archived snapshot is temporarily restored (readable, usable), if it is.
+    restore_expiry: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    """A snapshot's tier and its last move between tiers (DescribeSnapshotTierStatus)."""
+
+    snapshot_id: str
+    tier: str  # standard | archive
+    # archival-in-progress, archival-completed, temporary-restore-in-progress, ... or None
+    operation: str | None = None
+    progress: int | None = None  # percent
+    started_at: datetime | None = None  # of the last operation
+    archived_at: datetime | None = None  # when its archival completed
+    restore_expiry: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +128,24 @@ class Ec2(Protocol):
     ``wait_*`` poll quickly and raise ``WaitTimeoutError`` after ``timeout`` seconds."""
 
     def resolve_image(self, ami: str) -> str: ...
+    def image_architecture(self, image_id: str) -> str:
+        """``x86_64`` or ``arm64`` (EC2's names)."""
+        ...
+
+    def instance_type_architectures(
+        self, instance_types: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """The architectures each type supports; types EC2 does not know are left out."""
+        ...
+
+    def offered_instance_types(self, availability_zone: str) -> set[str]:
+        """Every instance type offered in the zone (DescribeInstanceTypeOfferings)."""
+        ...
+
+    def check_launch(self, spec: LaunchSpec) -> None:
+        """A dry run of ``run_instance(spec)``: raises what IAM would refuse, creates nothing."""
+        ...
+
     def run_instance(self, spec: LaunchSpec) -> Instance: ...
     def get_instance(self, instance_id: str) -> Instance | None: ...
     def find_instances(
@@ -164,6 +203,15 @@ class Ec2(Protocol):
     def wait_volume_available(self, volume_id: str, timeout: float) -> Volume: ...
     def wait_volume_attached(self, volume_id: str, instance_id: str, timeout: float) -> Volume: ...
     def wait_instance_terminated(self, instance_id: str, timeout: float) -> None: ...
+    def wait_snapshot_completed(
+        self,
+        snapshot_id: str,
+        timeout: float,
+        on_progress: Callable[[Snapshot], None] = lambda _s: None,
+    ) -> Snapshot:
+        """Wait until the snapshot is ``completed`` (a volume can be made from it then);
+        ``on_progress`` sees it at every poll while it is pending."""
+        ...
 
     # Batch calls for reap and prune, and read-only checks for doctor.
     def terminate_instances(self, instance_ids: Sequence[str]) -> None:
@@ -176,6 +224,52 @@ class Ec2(Protocol):
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         """Those of ``group_ids`` that do not exist in the region."""
+        ...
+
+    def default_subnet(self, availability_zone: str) -> str | None:
+        """The default VPC's subnet in the zone, if there is one."""
+        ...
+
+    def subnet_routes_to_internet(self, subnet_id: str) -> bool:
+        """Whether the subnet routes 0.0.0.0/0 to an internet gateway."""
+        ...
+
+    # Snapshot tiers (retention's archive_after_days, restore of an archived snapshot).
+    def archive_snapshot(self, snapshot_id: str) -> None:
+        """Move a completed snapshot to the archive tier (ModifySnapshotTier)."""
+        ...
+
+    def restore_snapshot_tier(self, snapshot_id: str, days: int) -> None:
+        """Restore an archived snapshot to the standard tier for ``days`` days."""
+        ...
+
+    def snapshot_tiers(self, snapshot_ids: Sequence[str]) -> dict[str, TierStatus]:
+        """The tier status of each of ``snapshot_ids`` (those that exist)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BlockCount:
+    """Blocks of a snapshot, as the EBS direct APIs list them."""
+
+    blocks: int
+    block_size: int  # bytes: 524,288 on EBS
+    requests: int  # API calls the listing took (pages)
+
+    @property
+    def bytes(self) -> int:
+        return self.blocks * self.block_size
+
+
+class SnapshotBlocks(Protocol):
+    """The EBS direct APIs that read snapshots. Snapshots must be completed and in the
+    standard tier; errors are the project's (``CloudError`` and its subclasses)."""
+
+    def added_blocks(self, earlier_snapshot_id: str | None, snapshot_id: str) -> BlockCount:
+        """The blocks ``snapshot_id`` stores that ``earlier_snapshot_id`` (of the same
+        lineage) does not hold as they are: ListChangedBlocks, counting the blocks the later
+        snapshot has. Without an earlier snapshot, every block it holds (ListSnapshotBlocks):
+        a first snapshot is a full one."""
         ...
 
 
@@ -234,6 +328,9 @@ class Unmounted(StrEnum):
 class SyncSpace:
     used: int  # bytes already in the destinations (apparent size; 0 for new ones)
     free: int  # bytes free on the mounted volume
+    # Regular files in the destinations that share an inode, as groups of their paths (each
+    # group one inode, two names or more): what writing in place writes through.
+    hard_links: tuple[tuple[str, ...], ...] = ()
 
 
 class InstanceHost(Protocol):
@@ -294,7 +391,12 @@ class InstanceHost(Protocol):
         ``mount_point`` must be a mount (else ``InvalidResourceStateError``: a copy would
         fill the instance's root disk; nothing is touched); a leftover rsync is ended as by
         ``end_rsync``; the bytes already in the destinations (directories under
-        ``mount_point``) and free on the volume are measured; the destinations are created."""
+        ``mount_point``) and free on the volume are measured; the destinations are created;
+        their hard-linked files are listed (``SyncSpace.hard_links``)."""
+        ...
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        """Remove these names (regular files, as root); one already gone is success."""
         ...
 
     def is_directory(self, path: str) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ec2backup.core.tags import LIVE_INSTANCE_STATES
 from ec2backup.errors import (
+    CloudError,
     DeviceNotFoundError,
     InvalidResourceStateError,
     RemoteCommandError,
@@ -18,6 +19,7 @@ from ec2backup.errors import (
 )
 from ec2backup.ports import (
     Attachment,
+    BlockCount,
     DeviceContents,
     IngressRule,
     Instance,
@@ -26,6 +28,7 @@ from ec2backup.ports import (
     SshTarget,
     SyncSpace,
     SyncStats,
+    TierStatus,
     Unmounted,
     Volume,
 )
@@ -73,6 +76,9 @@ class FakeEc2:
     user_data: dict[str, str] = field(default_factory=dict)  # by instance id
     groups: dict[str, dict[str, str]] = field(default_factory=dict)  # security group -> tags
     rules: dict[str, IngressRule] = field(default_factory=dict)  # inbound rules by id
+    # snapshot id -> (its last tier operation, when it started); when it was archived.
+    tier_operations: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    archived_at: dict[str, datetime] = field(default_factory=dict)
     # Called before an action runs: lets a test make a call fail once.
     before: Callable[[str], None] = lambda _name: None
 
@@ -89,7 +95,34 @@ class FakeEc2:
         return volume
 
     def resolve_image(self, ami: str) -> str:
-        return ami if ami.startswith("ami-") else "ami-0123456789abcdef0"
+        if ami.startswith("ami-"):
+            return ami
+        return "ami-0a4b0c0d0e0f00000" if "/arm64/" in ami else "ami-0123456789abcdef0"
+
+    def image_architecture(self, image_id: str) -> str:
+        return "arm64" if image_id.startswith("ami-0a4") else "x86_64"
+
+    def instance_type_architectures(
+        self, instance_types: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        graviton = ("t4g.", "m7g.", "c7g.", "m6g.")
+        return {
+            t: ("arm64",) if t.startswith(graviton) else ("i386", "x86_64")
+            for t in instance_types
+            if t.count(".") == 1
+        }
+
+    def offered_instance_types(self, availability_zone: str) -> set[str]:
+        return {"t3.micro", "t3.small", "t3.nano", "t2.nano", "t2.micro", "t4g.micro", "t4g.small"}
+
+    def check_launch(self, spec: LaunchSpec) -> None:
+        self._call("check_launch")
+
+    def default_subnet(self, availability_zone: str) -> str | None:
+        return f"subnet-{availability_zone}"
+
+    def subnet_routes_to_internet(self, subnet_id: str) -> bool:
+        return True
 
     def run_instance(self, spec: LaunchSpec) -> Instance:
         self._call("run_instance")
@@ -101,6 +134,7 @@ class FakeEc2:
             availability_zone=spec.availability_zone,
             public_ip=f"127.0.1.{len(self.instances) + 2}",
             tags=dict(spec.tags),
+            root_device="/dev/sda1",  # as EC2 reports an Ubuntu AMI's
         )
         self.instances[instance.id] = instance
         self.user_data[instance.id] = spec.user_data
@@ -243,6 +277,38 @@ class FakeEc2:
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
         return []
 
+    def archive_snapshot(self, snapshot_id: str) -> None:
+        self._call("archive_snapshot")
+        snapshot = self.snapshots[snapshot_id]
+        if snapshot.state != "completed" or snapshot.storage_tier == "archive":
+            raise InvalidResourceStateError(f"{snapshot_id} cannot be archived")
+        self.snapshots[snapshot_id] = replace(snapshot, storage_tier="archive")
+        self.tier_operations[snapshot_id] = ("archival-completed", datetime.now(UTC))
+
+    def restore_snapshot_tier(self, snapshot_id: str, days: int) -> None:
+        self._call("restore_snapshot_tier")
+        if self.snapshots[snapshot_id].storage_tier != "archive":
+            raise InvalidResourceStateError(f"{snapshot_id} is not archived")
+        self.tier_operations[snapshot_id] = ("temporary-restore-in-progress", datetime.now(UTC))
+
+    def snapshot_tiers(self, snapshot_ids: Sequence[str]) -> dict[str, TierStatus]:
+        self._call("snapshot_tiers")
+        found = {}
+        for snapshot_id in snapshot_ids:
+            snapshot = self.snapshots.get(snapshot_id)
+            if snapshot is None:
+                continue
+            operation, at = self.tier_operations.get(snapshot_id, (None, None))
+            found[snapshot_id] = TierStatus(
+                snapshot_id,
+                snapshot.storage_tier,
+                operation=operation,
+                started_at=at,
+                archived_at=self.archived_at.get(snapshot_id, at if operation else None),
+                restore_expiry=snapshot.restore_expiry,
+            )
+        return found
+
     def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]:
         return [
             s for s in self.snapshots.values() if all(s.tags.get(k) == v for k, v in tags.items())
@@ -260,6 +326,17 @@ class FakeEc2:
         volume = self.volumes[volume_id]
         assert volume.attachment_to(instance_id) is not None
         return volume
+
+    def wait_snapshot_completed(
+        self,
+        snapshot_id: str,
+        timeout: float,
+        on_progress: Callable[[Snapshot], None] = lambda _s: None,
+    ) -> Snapshot:
+        self._call("wait_snapshot_completed")
+        snapshot = replace(self.snapshots[snapshot_id], state="completed", progress="100%")
+        self.snapshots[snapshot_id] = snapshot
+        return snapshot
 
     def wait_instance_terminated(self, instance_id: str, timeout: float) -> None:
         self._call("wait_instance_terminated")
@@ -290,6 +367,8 @@ class FakeInstanceHost:
     used: int = 0  # bytes already in the backup's destinations
     free: int = 10 * 2**30  # bytes free on the mounted volume
     space_unreadable: bool = False
+    hard_links: tuple[tuple[str, ...], ...] = ()  # groups of names of one inode
+    removed: list[str] = field(default_factory=list)  # names remove_files removed
     rsync_needs_sudo: bool = True  # as for Ubuntu's login user
     calls: list[str] = field(default_factory=list)
     closed: bool = False
@@ -366,7 +445,11 @@ class FakeInstanceHost:
         if self.space_unreadable:
             raise RemoteCommandError(f"could not read the free space of {mount_point}")
         self.directories.update(f"{mount_point}/{d}" for d in destinations)
-        return SyncSpace(used=self.used, free=self.free)
+        return SyncSpace(used=self.used, free=self.free, hard_links=self.hard_links)
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        self._call("remove_files", *paths)
+        self.removed += paths
 
     def is_directory(self, path: str) -> bool:
         self._call("is_directory", path)
@@ -412,3 +495,24 @@ class FakeSyncer:
         return SyncStats(
             files_transferred=2, bytes_sent=100, total_size=1000, exit_code=self.exit_code
         )
+
+
+@dataclass
+class FakeBlocks:
+    """The EBS direct APIs over ``FakeEc2``'s snapshots: ``blocks`` holds, per snapshot id,
+    block index -> contents; a comparison counts the blocks whose contents differ."""
+
+    ec2: FakeEc2
+    blocks: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    calls: list[tuple[str | None, str]] = field(default_factory=list)
+    block_size: int = 512 * 1024
+
+    def added_blocks(self, earlier_snapshot_id: str | None, snapshot_id: str) -> BlockCount:
+        self.calls.append((earlier_snapshot_id, snapshot_id))
+        for one in (earlier_snapshot_id, snapshot_id):
+            if one is not None and self.ec2.snapshots[one].state != "completed":
+                raise CloudError(f"ebs: the snapshot {one} is not completed")
+        later = self.blocks.get(snapshot_id, {})
+        earlier = self.blocks.get(earlier_snapshot_id or "", {})
+        added = [i for i, data in later.items() if earlier.get(i) != data]
+        return BlockCount(blocks=len(added), block_size=self.block_size, requests=1)

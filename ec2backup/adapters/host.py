@@ -28,6 +28,7 @@ from .ssh import AsyncsshConnector, AsyncsshShell, CommandResult
 
 NITRO_DEVICE = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume}"
 POLL = 0.25  # seconds between looks, on the instance, while waiting for a device or an rsync
+REMOVE_BATCH = 500  # names per rm command: far below the instance's ARG_MAX
 
 # Exit statuses of this module's scripts.
 _NOT_MOUNTED = 100
@@ -66,6 +67,16 @@ def _end_rsync_script(timeout: float) -> str:
         f"for _ in $(seq {_polls(timeout)}); do pgrep -x rsync >/dev/null || exit 0; "
         f"sleep {POLL:g}; done; exit 1)"
     )
+
+
+def _groups(records: str) -> tuple[tuple[str, ...], ...]:
+    """find's NUL-terminated "inode path" records as groups of paths per inode (2 or more)."""
+    by_inode: dict[str, list[str]] = {}
+    for record in records.split("\0"):
+        inode, _, path = record.partition(" ")
+        if inode.isdigit() and path:
+            by_inode.setdefault(inode, []).append(path)
+    return tuple(tuple(sorted(p)) for p in by_inode.values() if len(p) > 1)
 
 
 class SshInstanceHost:
@@ -208,8 +219,9 @@ class SshInstanceHost:
         self, mount_point: str, destinations: Sequence[str], rsync_timeout: float
     ) -> SyncSpace:
         # du exits non-zero for a destination that does not exist yet: 0 bytes there. The
-        # destinations are created last (empty directories: harmless if the space check then
-        # refuses the copy).
+        # destinations are created next (empty directories: harmless if the space check then
+        # refuses the copy). Last, the hard-linked files, NUL-terminated "inode path" records
+        # after the two numbers: du has just walked the same trees, so this walk is cached.
         dests = " ".join(q(f"{mount_point}/{d}") for d in destinations)
         script = "\n".join(
             [
@@ -219,6 +231,7 @@ class SshInstanceHost:
                 "| awk '{t += $1} END {print t + 0}'",
                 f"df -B1 --output=avail {q(mount_point)} | tail -n 1",
                 f"mkdir -p {dests}",
+                f"find {dests} -xdev -type f -links +1 -printf '%i %p\\0'",
             ]
         )
         result = self._run(script, privileged=True)
@@ -232,13 +245,21 @@ class SshInstanceHost:
             raise self._error("an earlier rsync on the instance did not end")
         if result.exit_status != 0:
             raise self._error(f"could not create the destinations {dests}", result)
-        numbers = result.stdout.split()
-        if len(numbers) != 2 or not all(n.isdigit() for n in numbers):
+        used, free, links = [*result.stdout.split("\n", 2), "", ""][:3]
+        numbers = [used.strip(), free.strip()]
+        if not all(n.isdigit() for n in numbers):
             raise self._error(
                 f"could not read the free space of {mount_point} on the instance "
                 f"(got {' '.join(numbers)!r})"
             )
-        return SyncSpace(used=int(numbers[0]), free=int(numbers[1]))
+        return SyncSpace(used=int(numbers[0]), free=int(numbers[1]), hard_links=_groups(links))
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        for start in range(0, len(paths), REMOVE_BATCH):
+            names = " ".join(q(p) for p in paths[start : start + REMOVE_BATCH])
+            result = self._run(f"rm -f -- {names}", privileged=True)
+            if result.exit_status != 0:
+                raise self._error("could not remove files on the volume", result)
 
     def is_directory(self, path: str) -> bool:
         result = self._run(f"test -d {q(path)}", privileged=True)

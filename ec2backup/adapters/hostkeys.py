@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import asyncssh
+
 from ..paths import write_atomically
 
 BEGIN_MARKER = "-----BEGIN SSH HOST KEY KEYS-----"
@@ -38,8 +40,6 @@ HostKey = tuple[str, str]  # (key type, base64 of the public key blob)
 
 
 def _validate(keytype: str, blob: str) -> bool:
-    import asyncssh  # not at module level: see app.BackgroundLoadedConnector
-
     try:
         key = asyncssh.import_public_key(f"{keytype} {blob}")
     except (asyncssh.KeyImportError, ValueError):

@@ -13,8 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-# cryptography, not asyncssh: the key is made before the launch, and asyncssh is imported on a
-# thread meanwhile (app.BackgroundLoadedConnector).
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import SyncError, ToolMissingError
+from ..fastpaths import PROGRESS_BATCHES, enabled
 from ..ports import SshTarget, SyncStats
 from .rsync_output import is_progress_line, parse_stats_line
 
@@ -115,7 +116,12 @@ def build_rsync_command(
     rsync splits the ``-e`` string itself and honours quotes, hence ``shlex.join``.
     """
     src = os.path.abspath(source).rstrip("/") + "/"
-    argv = [rsync_program, "-a", *([] if pull else ["--delete"])]
+    # A backup writes changed files in place: only the blocks that changed are written, so
+    # the next snapshot holds only those (rsync's default, a new copy renamed over the old
+    # one, rewrote every block of a changed file). The last snapshot stays the consistent
+    # version while a run is under way (docs/architecture.md, "Writing in place"). A restore
+    # keeps rsync's default: a local file is replaced only once its new copy is whole.
+    argv = [rsync_program, "-a", *([] if pull else ["--delete", "--inplace"])]
     # Incremental recursion (rsync's default) stays on: with --no-inc-recursive, which makes
     # progress2's total exact from the start, the whole file list was built and held first,
     # and a sync of 1 GiB in 10,000 files took ~10% more time and CPU (docs/performance.md).
@@ -349,7 +355,8 @@ class RsyncSyncer:
         reader.start()
         stats: dict[str, int] = {}
         try:
-            chunks = _chunks(proc.stdout, pause_after_progress=PROGRESS_READ_PAUSE)
+            pause = PROGRESS_READ_PAUSE if enabled(PROGRESS_BATCHES) else 0.0
+            chunks = _chunks(proc.stdout, pause_after_progress=pause)
             for line in split_stream(chunks):
                 # Progress first: it is most of the output (about a line per file).
                 if is_progress_line(line):

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,32 +152,6 @@ class AsyncsshShell:
         self.close()
 
 
-class _AckingClient(asyncssh.SSHClient):
-    """Acknowledges the server's post-login messages at once.
-
-    Right after login OpenSSH's sshd sends its host keys (and, for a key with options such as
-    ``restrict``, debug messages) while the client's first channel request is already on its
-    way. No client data follows to carry the TCP ACK for them, so Linux delays it (~40 ms),
-    and Nagle's algorithm on the server holds its answer to the channel request until the ACK
-    arrives: 45 ms on the first command of every connection (measured against the local
-    cloud's sshd; 5 ms with this). TCP_QUICKACK sends the pending ACK now. The host keys
-    themselves are not used: the run's key was pinned before connecting."""
-
-    def __init__(self) -> None:
-        self._conn: asyncssh.SSHClientConnection | None = None
-        self.host_key_reports = 0
-
-    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        self._conn = conn
-
-    def server_host_keys(self, *_keys: object) -> None:
-        self.host_key_reports += 1
-        sock = self._conn.get_extra_info("socket") if self._conn is not None else None
-        if sock is not None and hasattr(socket, "TCP_QUICKACK"):  # Linux only
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-
-
 class AsyncsshConnector:
     """Connects with asyncssh: retries until the deadline, accepts only pinned host keys."""
 
@@ -303,7 +276,4 @@ class AsyncsshConnector:
             "keepalive_interval": self.keepalive_interval,
             "keepalive_count_max": self.keepalive_count_max,
         }
-        client = _AckingClient()
-        options["client_factory"] = lambda: client
-        options["server_host_keys_handler"] = client.server_host_keys
         return await asyncssh.connect(target.host, **options)

@@ -90,9 +90,21 @@ def init(
         ),
     ] = None,
     keep_instance: KeepOpt = False,
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage",
+            help="volume: one standing volume; snapshots: none, each run makes one from the "
+            "latest snapshot and deletes it.",
+        ),
+    ] = "volume",
 ) -> None:
-    """Create and format a volume, and write PROFILE to the config file. Prints the volume id."""
+    """Create and format a volume, and write PROFILE to the config file. Prints the volume id
+    (with --storage snapshots: the id of the profile's first snapshot; the volume is gone)."""
     from ..commands.backup import start_init
+
+    if storage not in ("volume", "snapshots"):
+        raise typer.BadParameter("must be volume or snapshots", param_hint="--storage")
 
     settings: dict[str, Any] = {"ssh_user": ssh_user, "instance_type": instance_type}
     if ami:
@@ -111,8 +123,9 @@ def init(
             sources=source,
             settings=settings,
             allow_ssh_from=allow_ssh_from,
+            storage=storage,
         )
-    typer.echo(run.volume_id)
+    typer.echo(run.snapshot_id if storage == "snapshots" else run.volume_id)
 
 
 @app.command("run")
@@ -256,6 +269,15 @@ def prune(
             "--keep-monthly", help="Newest of each of the last N months.", show_default=False
         ),
     ] = None,
+    archive_after_days: Annotated[
+        int | None,
+        typer.Option(
+            "--archive-after-days",
+            help="Also move kept snapshots this old to the archive tier (billed 90 days at "
+            "least; up to 72 hours to restore). Never the newest.",
+            show_default=False,
+        ),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Delete; without it, only show.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -263,15 +285,22 @@ def prune(
     unless --yes; a pending snapshot is never deleted."""
     from ..commands.snapshots import policy_from_flags
     from ..commands.snapshots import prune as prune_snapshots
-    from ..errors import CloudError
+    from ..errors import CloudError, UserInputError
 
     policy = policy_from_flags(keep_last, keep_daily, keep_weekly, keep_monthly)
-    result = prune_snapshots(invocation(ctx).app(), profile, policy, yes=yes)
+    if archive_after_days is not None and archive_after_days < 0:
+        raise UserInputError(
+            f"--archive-after-days {archive_after_days} is negative",
+            hint="give a number of days, 0 or more",
+        )
+    result = prune_snapshots(
+        invocation(ctx).app(), profile, policy, yes=yes, archive_after_days=archive_after_days
+    )
     views.prune(result, as_json=as_json)
     if result["failed"]:
         raise CloudError(
-            f"{result['failed']} of {result['removed'] + result['failed']} snapshot deletions "
-            "failed (see the table)",
+            f"{result['failed']} of {result['removed'] + result['archived'] + result['failed']}"
+            " snapshot deletions or archivals failed (see the table)",
             hint="fix the cause shown and prune again",
         )
 
@@ -366,6 +395,14 @@ def restore(
         str | None, typer.Option("--path", help="Only this path under the backup (e.g. home/docs).")
     ] = None,
     keep_instance: KeepOpt = False,
+    restore_days: Annotated[
+        int,
+        typer.Option(
+            "--restore-days",
+            help="An archived snapshot is first restored from the archive for this many days "
+            "(it takes up to 72 hours; run the restore again then).",
+        ),
+    ] = 1,
 ) -> None:
     """Copy a backup back: a temporary volume from the snapshot (deleted afterwards), or the
     live volume, is mounted read-only on a fresh instance and rsynced into --to. Nothing in
@@ -381,6 +418,7 @@ def restore(
             profile_name=profile,
             live=live,
             path=path,
+            restore_days=restore_days,
         )
     typer.echo(result.id)
 

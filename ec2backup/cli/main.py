@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..errors import EXIT_INTERRUPTED, Ec2BackupError, Interrupted
+from ..fastpaths import FAST_EXIT, GC_PAUSE, enabled
 from .app import app
 
 if TYPE_CHECKING:
@@ -102,7 +103,8 @@ def main() -> None:
     their models and mappers); the collector's repeated passes over them took 0.13-0.18 s of a
     1.4 s backup run. So it is off for the first ``GC_OFF_SECONDS``, then on again for the rest
     of a long run, with what exists by then frozen out of its passes."""
-    pause_gc(GC_OFF_SECONDS)
+    if enabled(GC_PAUSE):
+        pause_gc(GC_OFF_SECONDS)
     code = run_cli()
     try:
         sys.stdout.flush()
@@ -110,5 +112,7 @@ def main() -> None:
         code = code or 1
     with suppress(BrokenPipeError, ValueError):
         sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    if enabled(FAST_EXIT):
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)

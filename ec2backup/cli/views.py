@@ -26,6 +26,7 @@ SNAPSHOT_COLUMNS = [
     ("id", "SNAPSHOT"),
     ("started", "STARTED (UTC)"),
     ("state", "STATE"),
+    ("tier", "TIER"),
     ("size_gib", "SIZE (GiB)"),
     ("run_id", "RUN"),
 ]
@@ -57,7 +58,10 @@ def show(data: dict[str, Any], *, as_json: bool) -> None:
         for k, v in data.items()
         if k not in ("events", "stats", "warnings", "cost")
     ]
-    fields += [{"field": k, "value": v} for k, v in data["stats"].items()]
+    fields += [
+        {"field": k, "value": _snapshot_added(v) if k == "snapshot_added" else v}
+        for k, v in data["stats"].items()
+    ]
     fields += [{"field": f"cost.{k}", "value": v} for k, v in data["cost"].items()]
     fields += [{"field": "warning", "value": w} for w in data["warnings"]]
     emit(fields, as_json=False, columns=[("field", "FIELD"), ("value", "VALUE")])
@@ -71,6 +75,22 @@ def show(data: dict[str, Any], *, as_json: bool) -> None:
             ("detail", "DETAIL"),
         ],
         title="timeline",
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def _snapshot_added(added: dict[str, Any]) -> str:
+    """``stats.snapshot_added`` in words: how much, how counted, against which snapshot."""
+    if added.get("added_bytes") is None:
+        return str(added.get("note") or "not measured")
+    against = added.get("compared_with")
+    how = f"changed since {against}" if against else "all blocks of a first snapshot"
+    return (
+        f"{_mib(added['added_bytes'])}: {added['blocks']} blocks of "
+        f"{added['block_size'] // 1024} KiB, {how} ({added['method']})"
     )
 
 
@@ -102,12 +122,18 @@ def prune(result: dict[str, Any], *, as_json: bool) -> None:
         emit(
             rows,
             as_json=False,
-            columns=[*SNAPSHOT_COLUMNS[:3], ("action", "ACTION"), ("why", "WHY")],
+            columns=[*SNAPSHOT_COLUMNS[:4], ("action", "ACTION"), ("why", "WHY")],
         )
+    archive = result.get("archive") or {}
+    if archive.get("after_days") is not None or any(
+        r.get("tier") == "archive" for r in result["snapshots"]
+    ):
+        typer.echo(f"archive tier: {archive['note']}", err=True)
     if result["dry_run"]:
+        archiving = f" and archive {result['archived']}" if result.get("archived") else ""
         typer.echo(
-            f"dry run ({result['policy']}): would delete {result['removed']} of "
-            f"{len(result['snapshots'])} snapshots; pass --yes to delete them",
+            f"dry run ({result['policy']}): would delete {result['removed']}{archiving} of "
+            f"{len(result['snapshots'])} snapshots; pass --yes to do it",
             err=True,
         )
 

@@ -3,45 +3,13 @@ the adapters to the outside world. Nothing heavy is imported here (CLI start-up)
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..db.store import Store
 from ..paths import default_data_dir
-from ..ports import Ec2, InstanceConnector, InstanceHost, SshTarget, Syncer
-
-
-class BackgroundLoadedConnector:
-    """The asyncssh connector, its module imported on a thread from now on.
-
-    Importing asyncssh costs ~0.1 s of CPU (a quarter of it waiting for ldconfig and gcc,
-    which it runs to look for liboqs). A run needs it only at its first SSH connection, after
-    the launch and attach calls, during which this process mostly waits for EC2: the import
-    fills that wait instead of adding to it. ``connect`` imports the module itself, so it
-    simply waits (on Python's import lock) for an import still under way, and an import that
-    failed on the thread fails here again with its real error."""
-
-    def __init__(self) -> None:
-        threading.Thread(
-            target=_import_quietly,
-            args=("ec2backup.adapters.host",),
-            name="import-asyncssh",
-            daemon=True,
-        ).start()
-
-    def connect(self, target: SshTarget, deadline: float) -> InstanceHost:
-        from ..adapters.host import SshInstanceConnector
-
-        return SshInstanceConnector().connect(target, deadline)
-
-
-def _import_quietly(name: str) -> None:
-    with contextlib.suppress(Exception):  # reported by the import in connect()
-        importlib.import_module(name)
+from ..ports import Ec2, InstanceConnector, SnapshotBlocks, Syncer
 
 
 @dataclass
@@ -51,6 +19,8 @@ class Adapters:
     ec2: Callable[[str, str | None], Ec2]
     connector: Callable[[], InstanceConnector]
     syncer: Callable[[], Syncer]
+    # The EBS direct APIs (what each snapshot adds to the chain); None: not measured.
+    blocks: Callable[[str, str | None], SnapshotBlocks] | None = None
 
     @classmethod
     def real(cls) -> Adapters:
@@ -62,14 +32,21 @@ class Adapters:
             return make_ec2(region, run_id)
 
         def connector() -> InstanceConnector:
-            return BackgroundLoadedConnector()
+            from ..adapters.host import SshInstanceConnector
+
+            return SshInstanceConnector()
 
         def syncer() -> Syncer:
             from ..adapters.rsync import RsyncSyncer
 
             return RsyncSyncer()
 
-        return cls(ec2=ec2, connector=connector, syncer=syncer)
+        def blocks(region: str, run_id: str | None) -> SnapshotBlocks:
+            from ..adapters.aws.session import make_blocks
+
+            return make_blocks(region, run_id)
+
+        return cls(ec2=ec2, connector=connector, syncer=syncer, blocks=blocks)
 
 
 @dataclass

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import load_profile, parse_profile, require_backup_ready
+from ..config import Profile, load_profile, parse_profile, require_backup_ready
 from ..core.states import RunKind
 from ..core.tags import TAG_MANAGED, TAG_PROFILE
 from ..db import leases
 from ..db.models import Run
 from ..errors import ConfigError, UserInputError
+from ..ports import Ec2, Snapshot
 from .app import App
-from .checks import check_fits, check_sources, check_volume
+from .checks import check_fits, check_fits_in, check_sources, check_volume, plan_launch
 from .heal import heal
 from .runner import _create_run, _drive, new_run_id
 
@@ -23,6 +24,8 @@ def start_backup(app: App, profile_name: str) -> Run:
     require_backup_ready(profile, file)
     check_sources(profile, file)
     app.adapters.syncer().check_available()
+    if profile.storage == "snapshots":
+        return _start_snapshot_backup(app, profile, file)
     assert profile.volume_id is not None
     run_id = new_run_id()
     # The volume's lease first: a second run of the same volume is refused naming the holder,
@@ -34,9 +37,72 @@ def start_backup(app: App, profile_name: str) -> Run:
         healed = heal(app, profile.name, profile.region, held=keys)
         ec2 = app.adapters.ec2(profile.region, None)
         check_fits(profile, check_volume(profile, ec2, file))
-        # Resolved now: a missing AMI is bad input, found before anything is created.
+        # Now: a missing AMI, a type the zone does not offer or a launch IAM refuses is bad
+        # input, found before anything is created.
+        plan = plan_launch(profile, ec2, file)
+        _create_run(app, run_id, RunKind.BACKUP, profile, plan.config(), warnings=healed)
+        return _drive(app, run_id)
+
+
+def latest_snapshot(ec2: Ec2, profile_name: str) -> tuple[Snapshot | None, list[Snapshot]]:
+    """The newest usable snapshot of the profile (completed, in the standard tier or restored
+    from the archive), and the newer ones passed over (pending, archived)."""
+    from .owned import profile_snapshots
+    from .tiers import usable_now
+
+    passed: list[Snapshot] = []
+    for snapshot in profile_snapshots(ec2, profile_name):
+        if snapshot.state == "completed" and usable_now(snapshot):
+            return snapshot, passed
+        if snapshot.state != "error":
+            passed.append(snapshot)
+    return None, passed
+
+
+def _start_snapshot_backup(app: App, profile: Profile, file: str) -> Run:
+    """Snapshots-only storage: the run makes its own volume from the profile's latest
+    snapshot, copies onto it, snapshots it and deletes it."""
+    run_id = new_run_id()
+    keys = [leases.run_key(run_id), leases.profile_key(profile.name)]
+    with leases.held(app.store, run_id, keys):
+        healed = heal(app, profile.name, profile.region, held=keys)
+        ec2 = app.adapters.ec2(profile.region, None)
+        base, passed = latest_snapshot(ec2, profile.name)
+        if base is None:
+            raise ConfigError(
+                "has no completed snapshot to start from"
+                + (f" ({len(passed)} pending or archived)" if passed else ""),
+                file=file,
+                profile=profile.name,
+                field="storage",
+                hint="make the first one with `ec2backup init --storage snapshots`, or wait "
+                "until a pending snapshot completes (`ec2backup snapshots`)",
+            )
+        size_gib = base.size_gib or 1
+        check_fits_in(
+            profile,
+            size_gib,
+            f"the volumes of this profile (made from snapshot {base.id})",
+            "exclude some data, or start a profile with a larger --size",
+        )
         image_id = ec2.resolve_image(profile.ami)
-        _create_run(app, run_id, RunKind.BACKUP, profile, {"image_id": image_id}, warnings=healed)
+        run = _create_run(
+            app,
+            run_id,
+            RunKind.SNAPSHOT_BACKUP,
+            profile,
+            {"image_id": image_id, "base_snapshot_id": base.id, "size_gib": size_gib},
+            warnings=healed,
+        )
+        if passed:
+            note = (
+                f"started from {base.id}: newer snapshot(s) "
+                f"{', '.join(s.id for s in passed)} not usable yet (pending or archived)"
+            )
+            with app.store.session() as session:
+                stored = app.store.get_run(session, run.id)
+                stored.warnings = [*stored.warnings, note]
+                session.commit()
         return _drive(app, run_id)
 
 
@@ -50,7 +116,10 @@ def start_init(
     sources: list[Path],
     settings: dict[str, Any] | None = None,
     allow_ssh_from: str | None = None,
+    storage: str = "volume",
 ) -> Run:
+    """A new profile: its volume made and formatted, or, with ``storage="snapshots"``, a
+    formatted volume snapshotted (the profile's first snapshot) and deleted."""
     file = str(app.config_path)
     if not 1 <= size_gib <= 16384:
         raise UserInputError(
@@ -58,6 +127,7 @@ def start_init(
         )
     data = {
         **(settings or {}),
+        **({"storage": storage} if storage != "volume" else {}),
         "region": region,
         "availability_zone": availability_zone,
         "sources": [
@@ -73,7 +143,13 @@ def start_init(
     # An earlier init of this profile that nobody drives any more (killed, crashed) is
     # force-cleaned, its empty volume deleted and its profile entry removed: this one starts
     # over. A live one refuses (LeaseHeldError).
-    healed = heal(app, profile_name, profile.region, kinds=[RunKind.INIT], starting_over=True)
+    healed = heal(
+        app,
+        profile_name,
+        profile.region,
+        kinds=[RunKind.INIT, RunKind.SNAPSHOT_INIT],
+        starting_over=True,
+    )
     if app.config_path.exists():
         from ..config import read_document
 
@@ -86,7 +162,8 @@ def start_init(
                 hint="choose another --profile name, or edit the file",
             )
     ec2 = app.adapters.ec2(profile.region, None)
-    image_id = ec2.resolve_image(profile.ami)
+    # Before the security group and the volume: nothing is created for a launch that cannot be.
+    plan = plan_launch(profile, ec2, file)
     if not profile.security_group_ids:
         cidr = ssh_cidr(allow_ssh_from)
         group = ec2.ensure_security_group(
@@ -96,13 +173,14 @@ def start_init(
         )
         profile = profile.model_copy(update={"security_group_ids": (group,)})
     run_id = new_run_id()
+    kind = RunKind.SNAPSHOT_INIT if profile.storage == "snapshots" else RunKind.INIT
     with leases.held(app.store, run_id, [leases.run_key(run_id)]):
         _create_run(
             app,
             run_id,
-            RunKind.INIT,
+            kind,
             profile,
-            {"size_gib": size_gib, "config_path": str(app.config_path), "image_id": image_id},
+            {"size_gib": size_gib, "config_path": str(app.config_path), **plan.config()},
             warnings=healed,
         )
         return _drive(app, run_id)
@@ -112,6 +190,12 @@ def start_verify(app: App, profile_name: str) -> Run:
     """Compare the profile's sources with the volume's copy by checksum, read-only."""
     file = str(app.config_path)
     profile = load_profile(app.config_path, profile_name)
+    if profile.storage == "snapshots":
+        raise UserInputError(
+            f'profile {profile.name} keeps no volume to verify (storage = "snapshots")',
+            hint="restore its latest snapshot into a scratch directory "
+            "(`ec2backup restore --snapshot ID --profile NAME --to DIR`) and compare that",
+        )
     require_backup_ready(profile, file)
     check_sources(profile, file)
     app.adapters.syncer().check_available()
@@ -122,8 +206,8 @@ def start_verify(app: App, profile_name: str) -> Run:
         healed = heal(app, profile.name, profile.region, held=keys)
         ec2 = app.adapters.ec2(profile.region, None)
         check_volume(profile, ec2, file)
-        image_id = ec2.resolve_image(profile.ami)
-        _create_run(app, run_id, RunKind.VERIFY, profile, {"image_id": image_id}, warnings=healed)
+        plan = plan_launch(profile, ec2, file)
+        _create_run(app, run_id, RunKind.VERIFY, profile, plan.config(), warnings=healed)
         return _drive(app, run_id)
 
 

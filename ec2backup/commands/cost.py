@@ -130,7 +130,7 @@ def _snapshot_item(
 def estimate(app: App, profile_name: str, now: datetime | None = None) -> dict[str, Any]:
     """``ec2backup cost``: the estimated monthly bill of a profile."""
     from ..db.models import Run
-    from .snapshots import profile_snapshots
+    from .owned import profile_snapshots
 
     now = now or datetime.now(UTC)
     profile = load_profile(app.config_path, profile_name)

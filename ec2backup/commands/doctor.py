@@ -216,6 +216,8 @@ def check_region(probe: Account, region: str) -> Check:
 def check_volume(probe: Ec2, profile: Profile, file: str) -> Check:
     from .checks import check_volume as service_check_volume
 
+    if profile.storage == "snapshots":
+        return _snapshot_storage(probe, profile)
     if profile.volume_id is None:
         return _fail(
             "volume",
@@ -231,6 +233,28 @@ def check_volume(probe: Ec2, profile: Profile, file: str) -> Check:
     return _pass(
         "volume",
         f"{volume.id}: {volume.state}, {volume.size_gib} GiB, in {volume.availability_zone}",
+    )
+
+
+def _snapshot_storage(probe: Ec2, profile: Profile) -> Check:
+    """Snapshots-only storage: no volume; a backup needs a snapshot to start from."""
+    from .backup import latest_snapshot
+
+    try:
+        base, passed = latest_snapshot(probe, profile.name)
+    except Ec2BackupError as exc:
+        return _from_error("volume", exc)
+    if base is None:
+        return _fail(
+            "volume",
+            f"storage = snapshots and no completed snapshot to start from ({len(passed)} "
+            "pending or archived)",
+            "make the first one with `ec2backup init --storage snapshots`, or wait for a "
+            "pending one",
+        )
+    return _pass(
+        "volume",
+        f"none standing (storage = snapshots); a run starts from {base.id} ({base.size_gib} GiB)",
     )
 
 

@@ -1,5 +1,7 @@
 """The run history: what `ec2backup runs` and `show` read. Kept apart from the commands that
-drive runs, so that these import neither pydantic nor the cloud and SSH libraries."""
+drive runs, so that these import neither pydantic nor the cloud and SSH libraries; `show`
+reaches AWS only to measure a backup's snapshot growth that is not recorded yet
+(commands/growth.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.times import iso
 from ..db.models import Run
+from ..db.summary import SUMMARY_COLUMNS, summary_row
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -14,19 +17,8 @@ if TYPE_CHECKING:
 
 
 def run_summary(run: Run) -> dict[str, Any]:
-    return {
-        "id": run.id,
-        "kind": run.kind,
-        "profile": run.profile,
-        "host": run.host,
-        "state": run.state,
-        "started_at": iso(run.created_at),
-        "finished_at": iso(run.finished_at),
-        "instance_id": run.instance_id,
-        "volume_id": run.volume_id,
-        "snapshot_id": run.snapshot_id,
-        "error": run.error,
-    }
+    """The run's row in `ec2backup runs` (the same keys as ``db/sqlite_runs.py`` gives)."""
+    return summary_row([getattr(run, column) for column in SUMMARY_COLUMNS], iso)
 
 
 def list_runs(
@@ -40,6 +32,7 @@ def list_runs(
 
 
 def show_run(app: App, run_id: str) -> dict[str, Any]:
+    note = _fill_in_growth(app, run_id)
     with app.store.session() as session:
         run = app.store.get_run(session, run_id)
         events = list(run.events)
@@ -67,10 +60,45 @@ def show_run(app: App, run_id: str) -> dict[str, Any]:
                 "files_transferred": run.files_transferred,
                 "bytes_sent": run.bytes_sent,
                 "total_size": run.total_size,
+                **_growth(run, note),
             },
             "cost": _run_cost(app, run),
             "events": timeline,
         }
+
+
+def _fill_in_growth(app: App, run_id: str) -> str | None:
+    """A backup whose snapshot's growth is not recorded yet is measured now (this is the one
+    case in which `show` reaches AWS). Returns why it is still not measured, if it is not."""
+    from ..core.states import BACKUP_KINDS, RunState
+
+    with app.store.session() as session:
+        run = app.store.get_run(session, run_id)
+        wanted = (
+            run.kind in BACKUP_KINDS
+            and run.state == RunState.DONE
+            and run.snapshot_id is not None
+            and "added_bytes" not in (run.snapshot_stats or {})
+            and "profile" in (run.config or {})
+        )
+        profile_data = dict(run.config["profile"]) if wanted else None
+    if profile_data is None:
+        return None
+    from ..config import Profile
+    from .growth import fill_in
+
+    return fill_in(app, Profile.model_validate(profile_data), [run_id]).get(run_id)
+
+
+def _growth(run: Run, note: str | None) -> dict[str, Any]:
+    from ..core.states import BACKUP_KINDS
+
+    if run.kind not in BACKUP_KINDS:
+        return {}
+    from .growth import added_row
+
+    added = added_row(run.snapshot_stats, run.snapshot_id, note)
+    return {"snapshot_added_bytes": added.get("added_bytes"), "snapshot_added": added}
 
 
 def _run_cost(app: App, run: Run) -> dict[str, Any]:

@@ -11,13 +11,15 @@ Whether a live run owns it is decided from facts, never guessed:
 5. its run has ended (done, failed, aborted)            -> orphan;
 6. its run is live but no process holds its lease       -> orphan (abandoned).
 
-Acting on orphans: detach our (tagged) volumes from them, terminate them in batches, and mark
+Acting on orphans: detach our (tagged) volumes but their root volume from them, terminate them in
+batches (the root volume goes with the instance: DeleteOnTermination), and mark
 their runs ``failed`` with ``AbandonedRunError`` so that ``resume`` (which relaunches) or
-``resume --clean`` can finish them. Temporary restore volumes (``ec2backup:role=restore``) of
-runs that are over, abandoned or unknown are deleted; so is a volume an ``init`` made that no
-profile names and no live run owns (its init known here, unfinished, abandoned, the volume
-used by no other run). A backup volume never is. SSH rules that runs added to a security group
-are removed once their run holds no live lease. Dry run unless asked.
+``resume --clean`` can finish them. Temporary volumes (``ec2backup:role=restore`` of a restore,
+``role=work`` of a backup in snapshots-only storage) of runs that are over, abandoned or
+unknown are deleted; so is a volume an ``init`` made that no profile names and no live run
+owns (its init known here, unfinished, abandoned, the volume used by no other run). A backup
+volume that may hold backups never is. SSH rules that runs added to a security group are
+removed once their run holds no live lease. Dry run unless asked.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from ..db.recorder import RunRecorder
 from ..db.store import Store
 from ..errors import AbandonedRunError, ConfigError, UserInputError
 from ..ports import Ec2, Instance
+from ..run.steps.volume import TEMPORARY_ROLES
 
 if TYPE_CHECKING:
     from .app import App
@@ -175,7 +178,9 @@ def reap_region(
         for volume in ec2.find_volumes({TAG_MANAGED: "true"}):
             for attachment in volume.attachments:
                 owner = by_instance.get(attachment.instance_id)
-                if owner is not None:
+                # Its root volume (tagged by the launch too) cannot be detached from a running
+                # instance, and goes with its termination (DeleteOnTermination).
+                if owner is not None and attachment.device != owner.instance.root_device:
                     owner.volumes.append(volume.id)
     for v in verdicts:
         if not v.orphan:
@@ -215,9 +220,14 @@ class VolumeVerdict:
 
 
 def reap_restore_volumes(store: Store, ec2: Ec2, *, act: bool) -> list[VolumeVerdict]:
-    """Temporary restore volumes (role=restore) whose run is over or unknown: delete them.
-    Only unattached ones: one still attached goes once its instance has been reaped."""
-    volumes = ec2.find_volumes({TAG_MANAGED: "true", TAG_ROLE: "restore"})
+    """Temporary volumes (role=restore, and role=work of snapshots-only storage) whose run is
+    over or unknown: delete them. Only unattached ones: one still attached goes once its
+    instance has been reaped."""
+    volumes = [
+        v
+        for v in ec2.find_volumes({TAG_MANAGED: "true"})
+        if v.tags.get(TAG_ROLE) in TEMPORARY_ROLES
+    ]
     live = live_leases(store)
     run_ids = {v.tags.get(TAG_RUN_ID) for v in volumes} - {None}
     with store.session() as session:

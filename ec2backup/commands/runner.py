@@ -11,10 +11,11 @@ import secrets
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ..config import Profile
-from ..core.states import FINAL_STATES, RunKind, RunState, fire
+from ..core.states import BACKUP_KINDS, FINAL_STATES, RunKind, RunState, fire
 from ..core.times import utcnow
 from ..db import leases
 from ..db.models import Event, Run
@@ -98,6 +99,8 @@ def resume(app: App, run_id: str, *, clean: bool = False, snapshot: bool = False
         keys = [leases.run_key(run.id)]
         if run.volume_id:
             keys.append(leases.volume_key(run.volume_id))
+        if run.kind == RunKind.SNAPSHOT_BACKUP:
+            keys.append(leases.profile_key(run.profile))
     with leases.held(app.store, run_id, keys):
         return _drive(app, run_id, resuming=True, clean=clean, snapshot=snapshot)
 
@@ -135,6 +138,11 @@ def _drive(
             client_cidr=client_cidr(profile),
         )
         engine.bind(run, ctx)
+        prefetch = None
+        if run.kind in BACKUP_KINDS and not clean:
+            from .growth import Prefetch
+
+            prefetch = Prefetch(app, profile, exclude=run.id)
         try:
             if clean:
                 engine.clean(ctx, snapshot=snapshot)
@@ -144,12 +152,28 @@ def _drive(
                     run.error_type = None
                     fire(run, "resume", detail=f"resumed from {run.failed_from}")
                 engine.drive(ctx)
-            if run.kind == RunKind.BACKUP and run.state == RunState.DONE and profile.retention:
-                from .snapshots import apply_profile_retention
+            # An init with a volume writes its profile as a step (run/steps/profile.py); one
+            # in snapshots-only storage has no volume to name: its profile once it is done.
+            if run.kind == RunKind.SNAPSHOT_INIT and run.state == RunState.DONE:
+                _write_initialised_profile(run, profile)
+            if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
+                session.commit()
+                if prefetch is not None:
+                    # Recorded before retention prunes: it may delete a snapshot compared with.
+                    prefetch.finish(app)
+                if profile.retention:
+                    from .snapshots import apply_profile_retention
 
-                apply_profile_retention(app, profile)
+                    apply_profile_retention(app, profile)
         finally:
             # The run's key is needed only while the run can still be resumed.
             if run.state in FINAL_STATES:
                 remove_run_dir(run_dir)
         return run
+
+
+def _write_initialised_profile(run: Run, profile: Profile) -> None:
+    from ..config import write_profile
+
+    # Its volume is gone; the snapshot is where it starts.
+    write_profile(Path(run.config["config_path"]), profile)

@@ -16,14 +16,51 @@ on every run. A snapshot without a start time is taken as started ``now``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
 
-from ..ports import Snapshot
 from .times import as_utc
 
-__all__ = ["Policy", "select", "sort_newest_first"]
+__all__ = [
+    "ARCHIVE_MINIMUM_DAYS",
+    "ARCHIVE_RESTORE_HOURS",
+    "Policy",
+    "select",
+    "sort_newest_first",
+    "to_archive",
+]
+
+# EBS Snapshots Archive: an archived snapshot is billed for at least 90 days (deleting it or
+# restoring it for good sooner bills the remaining days), and bringing one back to the standard
+# tier takes up to 72 hours, depending on its size.
+ARCHIVE_MINIMUM_DAYS = 90
+ARCHIVE_RESTORE_HOURS = 72
+
+
+class Dated(Protocol):
+    """What the rules look at: ``ports.Snapshot`` is one."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+
+
+SnapshotT = TypeVar("SnapshotT", bound=Dated)
+
+
+class Tiered(Dated, Protocol):
+    """A snapshot with its storage tier (``standard`` or ``archive``)."""
+
+    @property
+    def storage_tier(self) -> str: ...
+
+
+TieredT = TypeVar("TieredT", bound=Tiered)
 
 
 @dataclass(frozen=True)
@@ -55,8 +92,8 @@ class Policy:
         )
 
 
-def sort_newest_first(snapshots: Sequence[Snapshot], now: datetime) -> list[Snapshot]:
-    def key(s: Snapshot) -> tuple[datetime, str]:
+def sort_newest_first(snapshots: Sequence[SnapshotT], now: datetime) -> list[SnapshotT]:
+    def key(s: SnapshotT) -> tuple[datetime, str]:
         return (as_utc(s.started_at or now), s.id)
 
     return sorted(snapshots, key=key, reverse=True)
@@ -83,8 +120,8 @@ _BUCKETS: dict[str, tuple[str, Callable[[datetime], tuple[Hashable, str]]]] = {
 
 
 def select(
-    snapshots: Sequence[Snapshot], policy: Policy, now: datetime
-) -> tuple[dict[str, list[str]], list[Snapshot]]:
+    snapshots: Sequence[SnapshotT], policy: Policy, now: datetime
+) -> tuple[dict[str, list[str]], list[SnapshotT]]:
     """Apply ``policy``. Returns (kept snapshot id -> the reasons it is kept, in rule order;
     the snapshots to remove, newest first). Every snapshot given is in exactly one of them.
 
@@ -115,3 +152,25 @@ def select(
 
     remove = [s for s in ordered if s.id not in keep]
     return keep, remove
+
+
+def to_archive(
+    snapshots: Sequence[TieredT], kept: Iterable[str], archive_after_days: int, now: datetime
+) -> list[TieredT]:
+    """The kept snapshots to move to the archive tier, newest first: completed, in the standard
+    tier, started ``archive_after_days`` or more ago. Never the newest completed snapshot: a
+    backup in snapshots-only storage starts from it, and a restore from it should not wait for
+    the archive."""
+    keep = set(kept)
+    ordered = sort_newest_first(snapshots, now)
+    completed = [s for s in ordered if s.state == "completed"]
+    newest = completed[0].id if completed else None
+    cutoff = now - timedelta(days=archive_after_days)
+    return [
+        s
+        for s in completed
+        if s.id in keep
+        and s.id != newest
+        and s.storage_tier == "standard"
+        and as_utc(s.started_at or now) <= cutoff
+    ]

@@ -16,6 +16,12 @@ Restore: created -> creating_volume (from the snapshot) -> ... -> mounting (read
          -> syncing (copy back) -> ... -> terminated -> deleting_volume -> done
 Verify:  created -> launching -> ... -> mounting (read-only) -> syncing (compare) -> ...
          -> terminated -> done
+Snapshots-only storage (no standing volume), each run on a volume of its own:
+Snapshot backup: created -> creating_volume (from the latest snapshot) -> launching -> ...
+         -> syncing -> ... -> terminated -> snapshotting -> snapshotted -> deleting_volume
+         -> done
+Snapshot init: created -> creating_volume (empty) -> ... -> formatted -> ... -> terminated
+         -> snapshotting -> snapshotted -> deleting_volume -> done
 
 Any non-final state may ``fail`` (-> failed, the state it failed in is kept as
 ``failed_from``). ``resume`` takes a failed run back to ``failed_from``. ``clean`` takes any
@@ -47,6 +53,9 @@ class RunKind(StrEnum):
     INIT = auto()
     RESTORE = auto()
     VERIFY = auto()
+    # Snapshots-only storage (no standing volume): each run works on a volume of its own.
+    SNAPSHOT_BACKUP = auto()
+    SNAPSHOT_INIT = auto()
 
 
 class RunState(StrEnum):
@@ -72,12 +81,20 @@ class RunState(StrEnum):
     TERMINATING = auto()
     TERMINATED = auto()
     SNAPSHOTTING = auto()
+    SNAPSHOTTED = auto()
     DELETING_VOLUME = auto()
     CLEANING = auto()
     DONE = auto()
     FAILED = auto()
     ABORTED = auto()
 
+
+# The kinds that back up (and make a snapshot of what they copied).
+BACKUP_KINDS = frozenset({RunKind.BACKUP, RunKind.SNAPSHOT_BACKUP})
+# The kinds whose volume is their own, made for the run and deleted at its end.
+TEMPORARY_VOLUME_KINDS = frozenset(
+    {RunKind.RESTORE, RunKind.SNAPSHOT_BACKUP, RunKind.SNAPSHOT_INIT}
+)
 
 FINAL_STATES = frozenset({RunState.DONE, RunState.ABORTED})
 # A failed run is not final: it can be resumed or force-cleaned.
@@ -93,6 +110,10 @@ class Step:
     # between leaves a resource the database does not name yet, which a resumed step must find
     # again (by ClientToken or by the run's tags). Each has a crash point, ``called:<call>``.
     calls: tuple[str, ...] = ()
+    # Results the step records before the cloud need show them (EC2 is eventually
+    # consistent): a crash right after leaves an id a resumed step must look for again rather
+    # than take for gone. Each has a crash point, ``recorded:<name>``.
+    records: tuple[str, ...] = ()
 
     @property
     def before(self) -> str:
@@ -115,7 +136,13 @@ RESTORE_VOLUME = Step(
 )
 # init: the profile entry naming the new volume, written into the config file (idempotent).
 WRITE_PROFILE = Step("write_profile", RunState.WRITING_PROFILE, RunState.PROFILE_WRITTEN)
-LAUNCH = Step("launch", RunState.LAUNCHING, RunState.INSTANCE_RUNNING, calls=("run_instance",))
+LAUNCH = Step(
+    "launch",
+    RunState.LAUNCHING,
+    RunState.INSTANCE_RUNNING,
+    calls=("run_instance",),
+    records=("instance_id",),
+)
 ATTACH = Step("attach", RunState.ATTACHING, RunState.ATTACHED)
 FORMAT = Step("format", RunState.FORMATTING, RunState.FORMATTED)
 MOUNT = Step("mount", RunState.MOUNTING, RunState.MOUNTED)
@@ -128,6 +155,14 @@ DETACH = Step("detach", RunState.DETACHING, RunState.DETACHED)
 TERMINATE = Step("terminate", RunState.TERMINATING, RunState.TERMINATED)
 SNAPSHOT = Step("snapshot", RunState.SNAPSHOTTING, RunState.DONE, calls=("create_snapshot",))
 DELETE_VOLUME = Step("delete_volume", RunState.DELETING_VOLUME, RunState.DONE)
+# Snapshots-only storage: the run's own volume, made from the profile's latest snapshot (empty
+# for init), snapshotted once the copy is on it, then deleted.
+WORK_VOLUME = Step(
+    "work_volume", RunState.CREATING_VOLUME, RunState.VOLUME_CREATED, calls=("create_volume",)
+)
+SNAPSHOT_WORK = Step(
+    "snapshot_work", RunState.SNAPSHOTTING, RunState.SNAPSHOTTED, calls=("create_snapshot",)
+)
 
 STEPS: dict[RunKind, tuple[Step, ...]] = {
     RunKind.BACKUP: (LAUNCH, ATTACH, MOUNT, SYNC, UNMOUNT, DETACH, TERMINATE, SNAPSHOT),
@@ -146,6 +181,29 @@ STEPS: dict[RunKind, tuple[Step, ...]] = {
     # The live volume mounted read-only and compared with the sources by checksum.
     RunKind.VERIFY: (LAUNCH, ATTACH, MOUNT_READ_ONLY, COMPARE, UNMOUNT, DETACH, TERMINATE),
     RunKind.INIT: (CREATE_VOLUME, WRITE_PROFILE, LAUNCH, ATTACH, FORMAT, DETACH, TERMINATE),
+    RunKind.SNAPSHOT_BACKUP: (
+        WORK_VOLUME,
+        LAUNCH,
+        ATTACH,
+        MOUNT,
+        SYNC,
+        UNMOUNT,
+        DETACH,
+        TERMINATE,
+        SNAPSHOT_WORK,
+        DELETE_VOLUME,
+    ),
+    # The first snapshot of a snapshots-only profile: an empty filesystem to start from.
+    RunKind.SNAPSHOT_INIT: (
+        WORK_VOLUME,
+        LAUNCH,
+        ATTACH,
+        FORMAT,
+        DETACH,
+        TERMINATE,
+        SNAPSHOT_WORK,
+        DELETE_VOLUME,
+    ),
 }
 
 
@@ -170,15 +228,25 @@ def called(call: str) -> str:
 # The crash point between a run's last event (done, aborted: committed) and what follows it
 # in the same process (the SSH rule removed, retention applied, the run's keys deleted).
 ENDED = "ended"
+_RECORDS = frozenset(name for step in all_steps() for name in step.records)
+
+
+def recorded(name: str) -> str:
+    """The crash point right after the step records ``name``, before the cloud need show it.
+    Only a result some step declares in its ``records`` has one."""
+    if name not in _RECORDS:
+        raise ValueError(f"no step declares the recorded result {name!r} (Step.records)")
+    return f"recorded:{name}"
 
 
 def crash_points(kind: RunKind) -> list[str]:
     """Every crash point a run of this kind passes, in order: before and after each step's
-    side effect, between each declared cloud call and the recording of its result, and once
-    the run has ended (``ENDED``)."""
+    side effect, between each declared cloud call and the recording of its result, right
+    after each declared recorded result, and once the run has ended (``ENDED``)."""
     points: list[str] = []
     for step in STEPS[kind]:
-        for point in (step.before, *(called(c) for c in step.calls), step.after):
+        inside = (*(called(c) for c in step.calls), *(recorded(r) for r in step.records))
+        for point in (step.before, *inside, step.after):
             if point not in points:
                 points.append(point)
     return [*points, ENDED]

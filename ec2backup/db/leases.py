@@ -46,6 +46,17 @@ def volume_key(volume_id: str) -> str:
     return f"volume:{volume_id}"
 
 
+def profile_key(profile: str) -> str:
+    """One run at a time of a profile in snapshots-only storage: each starts from the
+    profile's latest snapshot, so two at once would each miss the other's."""
+    key = f"profile:{profile}"
+    if len(key) <= 80:  # Lease.key's length
+        return key
+    import hashlib
+
+    return "profile:" + hashlib.sha256(profile.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Holder:
     host: str

@@ -87,6 +87,9 @@ class Run(Base):
     files_transferred: Mapped[int | None] = mapped_column(Integer)
     bytes_sent: Mapped[int | None] = mapped_column(Integer)
     total_size: Mapped[int | None] = mapped_column(Integer)
+    # What the run's snapshot added to the snapshot chain, from the EBS direct APIs
+    # (commands/growth.py); None until measured (the snapshot may still be pending).
+    snapshot_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     events: Mapped[list[Event]] = relationship(
         back_populates="run", order_by="Event.id", cascade="all, delete-orphan"

@@ -6,6 +6,7 @@ schema) this module reads the runs with the standard library's sqlite3. Anything
 database, a file that does not exist yet, an older or newer schema, any SQLite error) returns
 None, and the caller opens the store as usual, which creates or upgrades the database and reports
 errors. tests/db/test_sqlite_runs.py checks that both paths give the same rows.
+``EC2BACKUP_NO_FASTPATHS`` (``fastpaths.SQLITE_RUNS``) makes it return None always.
 """
 
 from __future__ import annotations
@@ -16,38 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..core.times import iso
+from ..fastpaths import SQLITE_RUNS, enabled
+from .summary import SUMMARY_COLUMNS, summary_row
 
 # The newest migration. Checked against the migrations directory by the tests, so opening an
 # up-to-date database needs no Alembic import.
-SCHEMA_HEAD = "0003_runs_host_index"
-
-# history.run_summary's keys, in its order, and the columns they come from.
-_KEYS = (
-    "id",
-    "kind",
-    "profile",
-    "host",
-    "state",
-    "started_at",
-    "finished_at",
-    "instance_id",
-    "volume_id",
-    "snapshot_id",
-    "error",
-)
-_COLUMNS = (
-    "id",
-    "kind",
-    "profile",
-    "host",
-    "state",
-    "created_at",
-    "finished_at",
-    "instance_id",
-    "volume_id",
-    "snapshot_id",
-    "error",
-)
+SCHEMA_HEAD = "0004_snapshot_stats"
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -74,9 +49,9 @@ def list_runs_sqlite(
 ) -> list[dict[str, Any]] | None:
     """history.list_runs's rows read with sqlite3, or None where this path does not apply."""
     path = sqlite_file(url)
-    if path is None or not path.is_file():
+    if path is None or not path.is_file() or not enabled(SQLITE_RUNS):
         return None
-    query = f"SELECT {', '.join(_COLUMNS)} FROM runs"
+    query = f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM runs"
     where, params = [], []
     for column, value in (("profile", profile), ("host", host)):
         if value:
@@ -96,9 +71,6 @@ def list_runs_sqlite(
             rows = conn.execute(query, params).fetchall()
         finally:
             conn.close()
-        return [
-            dict(zip(_KEYS, (*row[:5], _iso(row[5]), _iso(row[6]), *row[7:]), strict=True))
-            for row in rows
-        ]
+        return [summary_row(row, _iso) for row in rows]
     except (sqlite3.Error, ValueError):
         return None

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from transitions import EventData
 
 from ..core.states import (
+    BACKUP_KINDS,
     ENDED,
+    TEMPORARY_VOLUME_KINDS,
     TERMINATE,
     RunKind,
     RunState,
@@ -45,7 +47,7 @@ from .steps.filesystem import try_unmount
 from .steps.instance import ensure_terminated, instance_alive
 from .steps.profile import undo_init
 from .steps.snapshot import ensure_snapshot
-from .steps.volume import ensure_volume_deleted
+from .steps.volume import adopt_unrecorded_volume, ensure_volume_deleted
 
 # Force-clean bounds: how long to try SSH for the unmount, and to wait before forcing a detach.
 CLEAN_SSH_SECONDS = 30.0
@@ -161,18 +163,23 @@ def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
         if run.instance_id:  # the unmount needs SSH
             _quietly(ctx, ensure_ssh_access)
         notes = [try_unmount(ctx, CLEAN_SSH_SECONDS)]
-        if run.volume_id:
+        adopt_unrecorded_volume(ctx)
+        volume_there = run.volume_id is not None and ctx.ec2.get_volume(run.volume_id) is not None
+        if volume_there:
             notes.append(ensure_detached(ctx, force_after=CLEAN_DETACH_SECONDS))
+        elif run.volume_id:
+            notes.append(f"volume {run.volume_id} is gone")
         notes.append(ensure_terminated(ctx))
-        if run.kind == RunKind.RESTORE:
-            notes.append(ensure_volume_deleted(ctx))
         if run.kind == RunKind.INIT:
             notes += undo_init(ctx)
         synced = any(e.to_state == RunState.SYNCED for e in run.events)
-        if run.kind == RunKind.BACKUP and run.volume_id and (synced or snapshot):
+        if run.kind in BACKUP_KINDS and volume_there and (synced or snapshot):
+            # Before a temporary volume is deleted: its snapshot is the backup.
             notes.append(ensure_snapshot(ctx))
-        elif run.kind == RunKind.BACKUP:
+        elif run.kind in BACKUP_KINDS:
             notes.append("no snapshot (the sync did not finish)")
+        if run.kind in TEMPORARY_VOLUME_KINDS and volume_there:
+            notes.append(ensure_volume_deleted(ctx))
         fire(run, "abort", detail="; ".join(notes))
         log.info("run %s: aborted (%s)", run.id, "; ".join(notes))
         crash_point(ENDED)

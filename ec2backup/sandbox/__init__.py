@@ -70,11 +70,16 @@ GetConsoleOutput, boot, power-off, addresses), ``volumes.py`` (Create/Delete/Att
 DetachVolume, devices), ``snapshots.py`` (Create/Delete/DescribeSnapshots), ``tokens.py``
 (ClientToken), ``launch_checks.py`` (capacity and limits on RunInstances), ``faults.py`` (EC2
 call faults, re-reading the settings), ``reconcile.py`` (the periodic step), ``iam.py`` (IAM
-mode), ``seed.py`` (the AMI and SSM parameter).
+mode; ``iam_requests.py`` and ``iam_policy.py``: what it authorizes and how), ``seed.py``
+(the AMI and SSM parameter).
 
 * ``random_public_ip`` (where moto makes a network interface) returns a fresh 127.0.X.Y, so
-  the RunInstances response carries an address that is ours. moto's random public addresses
-  belong to real internet hosts and must never be connected to.
+  the RunInstances response carries an address that is ours. moto makes one only where the
+  subnet maps public addresses or the launch asks (``AssociatePublicIpAddress``), as EC2;
+  an instance without one, or in a subnet with no 0.0.0.0/0 route to an internet gateway,
+  runs its sshd on an address nobody is told: it cannot be reached. The default VPC gets
+  the internet gateway and route a new AWS account has (moto's has none). moto's random
+  public addresses belong to real internet hosts and must never be connected to.
 * RunInstances: honours ``ClientToken`` (same token -> same reservation, also after the
   instance terminated; same token, other parameters -> ``IdempotentParameterMismatch``), then
   boots an sshd per instance. CreateVolume honours ``ClientToken`` the same way.
@@ -87,6 +92,8 @@ mode), ``seed.py`` (the AMI and SSM parameter).
 * CreateVolume/DeleteVolume: create/remove a sparse image of the volume's size (a volume made
   from a snapshot starts as a copy of the snapshot's image).
 * AttachVolume: the zone/in-use/running checks EC2 makes, then loop device + device link.
+* DetachVolume of a root device is refused unless the instance is stopped
+  (``OperationNotPermitted``); the root volume goes with the instance (DeleteOnTermination).
 * DetachVolume: while a filesystem on the device is mounted in the instance, the attachment
   stays ``detaching`` (volume ``in-use``) as on AWS; the reconcile loop completes the detach
   once it is unmounted or the instance terminates. ``Force=True`` detaches at once.
@@ -94,10 +101,23 @@ mode), ``seed.py`` (the AMI and SSM parameter).
   keeps the metadata (tags from TagSpecifications).
 * DescribeSnapshots: honours ``OwnerIds`` (moto ignores it), so ``self`` lists the account's
   own snapshots only, not the one behind Canonical's AMI.
+* The EBS direct APIs ListSnapshotBlocks and ListChangedBlocks (``ebs.py``; the ``ebs``
+  service at the same endpoint): answered from the snapshot images, 512 KiB blocks, a lineage
+  that follows volumes made from snapshots, AWS's pagination (pages may be empty and still
+  carry a ``NextToken``) and errors; pending and archived snapshots cannot be read.
+* Snapshot tiers (``tiers.py``): ModifySnapshotTier only of a completed snapshot in the
+  standard tier, RestoreSnapshotTier only of an archived one, both taking ``tier_delay``
+  seconds (the ``*-in-progress`` statuses meanwhile); CreateVolume from an archived snapshot
+  that is not restored is refused; DescribeSnapshotTierStatus lists the account's own only.
 * Seeded at start, in an account that is otherwise empty like a new one (moto's ~200 default
-  AMIs are not loaded): an Ubuntu 24.04 AMI (owner Canonical) and the SSM public parameter
-  ``/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id``
-  naming it (``Sandbox.default_ami_id``).
+  AMIs are not loaded): Ubuntu 24.04 AMIs (owner Canonical) for x86_64 and arm64 and the SSM
+  public parameters ``/aws/service/canonical/ubuntu/server/24.04/stable/current/{amd64,arm64}/
+  hvm/ebs-gp3/ami-id`` naming them (``Sandbox.default_ami_id`` is the amd64 one,
+  ``Sandbox.ami_ids`` both). moto itself is set right where it departs from EC2 on calls
+  ec2backup makes (``moto_fixes.py``: a second TerminateInstances is harmless).
+* RunInstances refuses, as EC2 does (``launch_checks.py``, from moto's instance-type data): an
+  image whose architecture the type does not support (``InvalidParameterValue``) and a type
+  not offered in the zone (``Unsupported``, naming the zones that offer it).
 * Extension points: ``LocalCloud.before_action``/``after_action`` (every EC2 call; they apply
   the faults of ``faults.py``), ``LocalCloud.action_hooks`` (one more action: a method of the
   part it concerns) and ``Reconciler.reconcile`` (every 0.2 s, under the same lock as the
@@ -119,7 +139,16 @@ EC2 call)
   ``attach_delay`` (``attaching`` -> ``attached``; the device appears then),
   ``detach_delay`` (``detaching`` -> volume ``available``; still never while mounted unless
   forced), ``terminate_delay`` (``shutting-down`` -> ``terminated``; the machine is gone at
-  once, its volumes stay ``in-use`` until terminated; also ``stopping`` -> ``stopped``).
+  once, its volumes stay ``in-use`` until terminated; also ``stopping`` -> ``stopped``),
+  ``ssh_delay`` (``running`` -> cloud-final done: until then the console shows no host keys
+  and logins as ``ubuntu`` are refused), ``snapshot_delay`` (``pending`` -> ``completed``,
+  the progress rising; CreateVolume from a pending snapshot answers ``IncorrectState``).
+  ``timing="aws"`` gives every delay left at 0 AWS's typical value (``settings.AWS_DELAYS``:
+  boot 12 s, SSH 20 s, attach 5, detach 8, terminate 45, snapshot 600) times
+  ``timing_scale``.
+* Eventual consistency (``consistency_lag``, ``consistency.py``): for that long after a
+  create, calls naming the new instance, volume, security group or snapshot by id answer
+  NotFound as EC2 words it, and tag-filtered Describe calls leave it out.
 * Dead-man's switch: nothing is read from the user data by the server. A timer the
   instance's own commands armed (``systemd-run --on-active``, a scheduled ``shutdown``) runs its
   command inside the instance once due, one minute of its span lasting ``minute_seconds`` s
@@ -144,14 +173,23 @@ EC2 call)
 
 IAM mode (``--iam``, ``Sandbox.start(iam=True)``)
 -------------------------------------------------
-moto's own enforcement (``moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0``, as
-``set_initial_no_auth_action_count(0)`` does): every request must carry a SigV4 signature by
-a known IAM access key (else 401 ``AuthFailure``) and the user's policies must allow the action
-(moto checks actions and resources "*", not conditions). It is switched on after the seeding,
-which writes to moto's backends directly. An administrator (``sandbox-admin``, ``*:*``) is made
-then; its key is in ``state.json`` (mode 0600) and in ``Sandbox.env``.
-``Sandbox.create_iam_user(name, policy)`` makes users with it. EC2 denials are answered as EC2
-does: 403 ``UnauthorizedOperation`` (moto would say ``AccessDenied``).
+Every request must carry a SigV4 signature by a known IAM access key (moto's check: else 401
+``AuthFailure``), and every EC2 and SSM call is authorized as AWS authorizes it
+(``iam.py``): ``iam_requests.py`` lists each (action, resource ARN) pair the Service
+Authorization Reference (parliament's copy) says the call needs, with only the condition keys
+it lists for that resource type, their values taken from the request and the resources
+(``aws:RequestTag``, ``aws:ResourceTag``, ``aws:TagKeys``, ``ec2:CreateAction`` for tags
+given at creation, ``ec2:InstanceType``, ``ec2:MetadataHttpTokens``...);
+``iam_policy.py`` evaluates the user's policies for each pair (explicit Deny over Allow, a
+missing key makes a condition false, ``...IfExists``, ``ForAllValues``/``ForAnyValue``).
+One pair denied refuses the call, worded as AWS does: EC2 403 ``UnauthorizedOperation``
+("... is not authorized to perform: ec2:RunInstances on resource: arn:...:volume/* because no
+identity-based policy allows ...", with an encoded message), SSM ``AccessDeniedException``.
+RunInstances with ``DryRun`` is authorized the same way and answers ``DryRunOperation``.
+``sts:GetCallerIdentity`` needs no permission; IAM calls keep moto's check (actions only).
+IAM is switched on after the seeding, which writes to moto's backends directly. An
+administrator (``sandbox-admin``, ``*:*``) is made then; its key is in ``state.json`` (mode
+0600) and in ``Sandbox.env``. ``Sandbox.create_iam_user(name, policy)`` makes users with it.
 
 Files in the directory D
 ------------------------

@@ -79,6 +79,8 @@ class Sandbox:
     access_key_id: str = ACCESS_KEY
     """The key ``env`` holds: in IAM mode, that of an administrator made at start."""
     secret_access_key: str = field(default=ACCESS_KEY, repr=False)
+    ami_ids: dict[str, str] = field(default_factory=dict, compare=False)
+    """The seeded Ubuntu AMIs by architecture (``x86_64`` is ``default_ami_id``, ``arm64``)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -184,6 +186,7 @@ class Sandbox:
             iam=bool(state.get("iam", False)),
             access_key_id=str(state.get("access_key_id", ACCESS_KEY)),
             secret_access_key=str(state.get("secret_access_key", ACCESS_KEY)),
+            ami_ids={str(k): str(v) for k, v in dict(state.get("ami_ids") or {}).items()},
         )
 
     # --- faults and timing -------------------------------------------------------------------
@@ -246,7 +249,7 @@ class Sandbox:
         """Create IAM user ``name`` holding ``policy_document`` (an inline policy) with the
         sandbox's administrator key; return its ``AWS_ACCESS_KEY_ID`` and
         ``AWS_SECRET_ACCESS_KEY`` (use with ``{**sandbox.env, **keys}``). Only an IAM sandbox
-        (``iam=True``) enforces the policy; moto checks actions, not conditions."""
+        (``iam=True``) enforces the policy (per resource, with conditions: ``iam.py``)."""
         import boto3  # here, not at the top: the CLI's --help must not import it
 
         iam = boto3.client(

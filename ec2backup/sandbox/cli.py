@@ -40,9 +40,9 @@ def start(
     iam: bool = typer.Option(
         False,
         "--iam",
-        help="Enforce IAM: requests must be signed by an IAM user's key and are checked"
-        " against its policies (actions, not conditions). The printed keys are an"
-        " administrator's.",
+        help="Enforce IAM: requests must be signed by an IAM user's key; EC2 and SSM calls are"
+        " checked against its policies as AWS does (each resource, with conditions). The"
+        " printed keys are an administrator's.",
     ),
     throttle_rate: float = typer.Option(
         0.0,
@@ -79,10 +79,26 @@ def start(
         help="Limit faults and latency to this EC2 action (e.g. RunInstances); repeatable.",
         rich_help_panel=FAULTS,
     ),
+    timing: str = typer.Option(
+        "instant",
+        help="instant, or aws: every delay left at 0 takes AWS's typical value (boot 12 s,"
+        " SSH ready 20 s later, attach 5, detach 8, terminate 45, snapshot 600), times"
+        " --timing-scale.",
+        rich_help_panel=DELAYS,
+    ),
+    timing_scale: float = typer.Option(
+        1.0, min=0.001, help="Multiplies the aws delays (same order).", rich_help_panel=DELAYS
+    ),
     boot_delay: float = typer.Option(
         0.0,
         min=0.0,
         help="pending -> running; sshd starts once running.",
+        rich_help_panel=DELAYS,
+    ),
+    ssh_delay: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="running -> cloud-final done: host keys on the console, logins accepted.",
         rich_help_panel=DELAYS,
     ),
     attach_delay: float = typer.Option(
@@ -98,6 +114,19 @@ def start(
         0.0,
         min=0.0,
         help="shutting-down -> terminated (and stopping -> stopped).",
+        rich_help_panel=DELAYS,
+    ),
+    snapshot_delay: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Snapshot pending -> completed (no volume can be made from it before).",
+        rich_help_panel=DELAYS,
+    ),
+    consistency_lag: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Eventual consistency: a new resource answers NotFound by id, and is missing from"
+        " tag-filtered Describe calls, for this long.",
         rich_help_panel=DELAYS,
     ),
     minute_seconds: float = typer.Option(
@@ -149,10 +178,15 @@ def start(
         "latency": latency,
         "fault_seed": fault_seed,
         "fault_actions": tuple(fault_action),
+        "timing": timing,
+        "timing_scale": timing_scale,
         "boot_delay": boot_delay,
+        "ssh_delay": ssh_delay,
         "attach_delay": attach_delay,
         "detach_delay": detach_delay,
         "terminate_delay": terminate_delay,
+        "snapshot_delay": snapshot_delay,
+        "consistency_lag": consistency_lag,
         "minute_seconds": minute_seconds,
         "cut_ssh_after": cut_ssh_after,
         "cut_ssh_on": cut_ssh_on,

@@ -14,11 +14,13 @@ the one ``CloudState`` they share (``state.py``), and installs them into moto's 
   ``instances.py``, ``volumes.py``, ``snapshots.py``, with ``tokens.py`` (ClientToken) and
   ``launch_checks.py`` (capacity);
 * ``before_action`` sees every EC2 call first and ``after_action`` its answer: the faults of
-  ``faults.py`` (latency, throttling, 5xx errors, lost responses, seeded);
+  ``faults.py`` (latency, throttling, 5xx errors, lost responses, seeded) and the eventual
+  consistency of ``consistency.py`` (NotFound by id right after a create);
 * ``reconcile`` (``reconcile.py``) runs every ``RECONCILE_INTERVAL`` seconds and finishes what
   takes time on AWS;
-* in IAM mode (``enable_iam``, ``iam.py``), moto's own IAM enforcement is switched on after the
-  seeding (``seed.py``), and EC2's denials are answered as EC2 answers them (403
+* in IAM mode (``enable_iam``, ``iam.py``), IAM is enforced after the seeding (``seed.py``):
+  moto checks the signatures, and EC2 and SSM calls are authorized per resource and condition
+  as AWS does (``iam_requests.py``, ``iam_policy.py``), denials worded as AWS words them (403
   ``UnauthorizedOperation``);
 * ``GET /_sandbox/checkip`` answers the client's address (``client_address``), as
   checkip.amazonaws.com does on AWS; the instances' port 22 admits that address only if their
@@ -38,16 +40,19 @@ from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.responses import EC2Response
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
+from . import iam, moto_fixes
+from .consistency import Consistency
+from .ebs import EbsDirect
 from .faults import CloudFault, Faults
 from .host import release_loops_under
-from .iam import enable_iam, install_ec2_denials
 from .instances import Instances
 from .layout import CHECKIP_PATH, Layout
 from .reconcile import Reconciler
 from .seed import seed
 from .settings import CloudSettings
 from .snapshots import Snapshots
-from .state import CloudState, Hook
+from .state import CloudState, Hook, Original
+from .tiers import Tiers
 from .tokens import ClientTokens
 from .volumes import Volumes
 
@@ -57,11 +62,16 @@ class LocalCloud:
         self.state = CloudState(layout, region)
         self.faults = Faults(self.state)
         self.tokens = ClientTokens()
-        self.volumes = Volumes(self.state, self.tokens)
-        self.instances = Instances(self.state, self.tokens, self.volumes)
-        self.snapshots = Snapshots(self.state)
-        self.reconciler = Reconciler(self.state, self.faults, self.instances, self.volumes)
-        self.default_ami_id = ""
+        self.consistency = Consistency(self.state)
+        self.volumes = Volumes(self.state, self.tokens, self.consistency)
+        self.instances = Instances(self.state, self.tokens, self.volumes, self.consistency)
+        self.tiers = Tiers(self.state)
+        self.ebs = EbsDirect(self.state, self.tiers)
+        self.snapshots = Snapshots(self.state, self.consistency, self.ebs, self.tiers)
+        self.reconciler = Reconciler(
+            self.state, self.faults, self.instances, self.volumes, self.snapshots
+        )
+        self.ami_ids: dict[str, str] = {}
 
     # --- installation ------------------------------------------------------------------------
 
@@ -73,16 +83,27 @@ class LocalCloud:
             "stop_instances": self.instances.stop_instances,
             "start_instances": self.instances.start_instances,
             "get_console_output": self.instances.get_console_output,
-            "create_volume": self.volumes.create_volume,
+            "create_volume": self._create_volume,
             "delete_volume": self.volumes.delete_volume,
             "attach_volume": self.volumes.attach_volume,
             "detach_volume": self.volumes.detach_volume,
             "create_snapshot": self.snapshots.create_snapshot,
             "delete_snapshot": self.snapshots.delete_snapshot,
             "describe_snapshots": self.snapshots.describe_snapshots,
+            "describe_instances": self.consistency.describe_instances,
+            "describe_volumes": self.consistency.describe_volumes,
+            "create_security_group": self.create_security_group,
+            "modify_snapshot_tier": self.tiers.modify_snapshot_tier,
+            "restore_snapshot_tier": self.tiers.restore_snapshot_tier,
+            "describe_snapshot_tier_status": self.tiers.describe_snapshot_tier_status,
         }
 
+    def _create_volume(self, response: EC2Response, original: Original) -> ActionResult:
+        self.tiers.check_source(response)  # no volume from an archived snapshot
+        return self.volumes.create_volume(response, original)
+
     def install(self) -> None:
+        moto_fixes.install()
         moto_enis.random_public_ip = self.instances.allocate_address
         for action, hook in self.action_hooks().items():
             self._wrap(action, hook)
@@ -101,7 +122,8 @@ class LocalCloud:
 
         setattr(EC2Response, "call_action", call_action)  # noqa: B010 (mypy rejects assigning to a method)
 
-        install_ec2_denials()
+        iam.install()
+        self.ebs.install()
         self._install_checkip()
 
     def _install_checkip(self) -> None:
@@ -135,7 +157,15 @@ class LocalCloud:
     def before_action(self, response: EC2Response) -> Any:
         """Return a response (``(status, headers, body)``) to answer an EC2 call without
         running it, or None to run it."""
-        return self.faults.before_action(response)
+        early = self.faults.before_action(response)
+        if early is None:
+            self.consistency.check(response)  # raises CloudFault: NotFound while young
+        return early
+
+    def create_security_group(self, response: EC2Response, original: Any) -> ActionResult:
+        result = original()
+        self.consistency.note([result.result["GroupId"]])
+        return result
 
     def after_action(self, response: EC2Response, answer: Any) -> Any:
         """The answer to an EC2 call that ran, or the one that replaces it."""
@@ -148,12 +178,13 @@ class LocalCloud:
     def enable_iam(self) -> tuple[str, str]:
         """Switch on moto's IAM enforcement and return an administrator's access key. Call
         after ``seed``: the seeding goes to the backends directly, never through the checks."""
-        return enable_iam(self.state.region)
+        return iam.enable_iam(self.state.region)
 
-    def seed(self) -> str:
-        """Register the Ubuntu AMI and the SSM public parameter that names it."""
-        self.default_ami_id = seed(self.state.region)
-        return self.default_ami_id
+    def seed(self) -> dict[str, str]:
+        """Register the Ubuntu AMIs and the SSM public parameters that name them; return the
+        AMI ids by architecture."""
+        self.ami_ids = seed(self.state.region)
+        return self.ami_ids
 
     # --- background --------------------------------------------------------------------------
 
@@ -175,4 +206,6 @@ class LocalCloud:
             self.state.pending_attaches.clear()
             self.state.pending_boots.clear()
             self.state.power_offs.clear()
+            self.state.pending_snapshots.clear()
+            self.state.pending_cloud_final.clear()
             return release_loops_under(self.state.layout.root)

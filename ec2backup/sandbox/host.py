@@ -211,6 +211,18 @@ class Machine:
             ]
         )
 
+    def install_authorized_keys(self, keys: Sequence[str]) -> None:
+        """What cloud-init does at the end of its run: ``ubuntu``'s authorized keys in place
+        (until then, logins as ubuntu are refused)."""
+        keys_file = self.directory / "authorized_keys"
+        keys_file.write_text("".join(k.strip() + "\n" for k in keys))
+        target = "/home/ubuntu/.ssh/authorized_keys"
+        script = (
+            f"cp {shlex.quote(str(keys_file))} {target} && chown {UBUNTU_UID}:{UBUNTU_UID} "
+            f"{target} && chmod 600 {target}"
+        )
+        run(["nsenter", "-t", str(self.sshd_pid), "-m", "--", "sh", "-c", script])
+
     def unlink_device(self, name: str) -> None:
         if self.alive():
             run(

@@ -21,10 +21,12 @@ from moto.ec2.models.instances import StateReason
 from moto.ec2.responses import EC2Response
 
 from . import cloudinit, console, firewall, services
+from .consistency import Consistency
 from .host import Machine, boot_machine, make_host_key
-from .launch_checks import check_capacity
+from .launch_checks import check_capacity, check_image_and_type
 from .layout import NEXT_INSTANCE
-from .state import CloudState, Original, PowerOff, Scheduled
+from .moto_fixes import groups_from_interface
+from .state import CloudFinal, CloudState, Original, PowerOff, Scheduled
 from .tokens import ClientTokens
 from .volumes import Volumes
 
@@ -41,10 +43,13 @@ STATE_CODES = {
 
 
 class Instances:
-    def __init__(self, state: CloudState, tokens: ClientTokens, volumes: Volumes) -> None:
+    def __init__(
+        self, state: CloudState, tokens: ClientTokens, volumes: Volumes, consistency: Consistency
+    ) -> None:
         self.state = state
         self.tokens = tokens
         self.volumes = volumes
+        self.consistency = consistency
 
     def allocate_address(self) -> str:
         with self.state.lock:
@@ -52,6 +57,8 @@ class Instances:
 
     def run_instances(self, response: EC2Response, original: Original) -> ActionResult:
         backend = response.ec2_backend
+        if response._get_bool_param("DryRun", False):
+            return original()  # authorized already: moto answers DryRunOperation
         known = self.tokens.check(response, "RunInstances")
         if known is not None:
             # A replay shows the instances as they are now; moto would always say "pending".
@@ -59,13 +66,15 @@ class Instances:
             transformers.pop("RunInstances.Reservation.Instances.Instance.State", None)
             response.RESPONSE_KEY_PATH_TO_TRANSFORMER = transformers
             return ActionResult(backend.reservations[known])
+        check_image_and_type(response)
         check_capacity(self.state.settings, response)
         result = original()
         reservation: Any = result.result
         self.tokens.remember(response, "RunInstances", reservation.id)
-        delay = self.state.settings.boot_delay
+        self.consistency.note(i.id for i in reservation.instances)
+        delay = self.state.settings.delay("boot_delay")
         for instance in reservation.instances:
-            self._give_address(instance)
+            groups_from_interface(instance)
             if delay > 0:
                 set_state(instance, "pending")
                 self.state.pending_boots[instance.id] = Scheduled(
@@ -75,17 +84,20 @@ class Instances:
                 self.boot(backend, instance)
         return result
 
-    def _give_address(self, instance: Any) -> None:
+    def _machine_address(self, backend: Any, instance: Any) -> str:
+        """Where the instance's sshd listens: its public address, if it has one (moto gives
+        one where the subnet maps them or the launch asks: ``allocate_address``) and its subnet
+        routes to an internet gateway; else an address nobody is told, as an instance the
+        backup host cannot reach."""
         address = instance.public_ip
-        if not address or not address.startswith("127."):
-            # Launched without a public address: give it one anyway, it is our only way in.
-            instance.nics[0].public_ip = self.allocate_address()
+        if address and address.startswith("127.") and routes_to_internet(backend, instance):
+            return str(address)
+        return self.allocate_address()
 
     def boot(self, backend: Any, instance: Any) -> None:
         """The instance's machine, booted as cloud-init boots Ubuntu (``cloudinit.py``): host
         and authorized keys and ``bootcmd`` before the sshd, the final stage after it."""
-        self._give_address(instance)
-        address = instance.public_ip
+        address = self._machine_address(backend, instance)
         user_data = cloudinit.parse(user_data_text(instance.user_data))
         keys = list(user_data.authorized_keys)
         if instance.key_name and instance.key_name in backend.key_pairs:
@@ -94,18 +106,24 @@ class Instances:
         directory = self.state.layout.instance_dir(instance.id)
         cloudinit.write_standins(directory / "sbin", directory / "systemd")
         log.info("booting %s on %s:22", instance.id, address)
+        ssh_delay = self.state.settings.delay("ssh_delay")
+        # sshd answers at once; cloud-init installs the key (and prints the host keys) later.
         machine = boot_machine(
             directory,
             instance.id,
             address,
             hostname,
-            keys,
+            [] if ssh_delay else keys,
             host_keys=[(k.type, k.private, k.public) for k in user_data.host_keys],
             bootcmd=cloudinit.stage_script(user_data.bootcmd),
         )
         self.state.machines[instance.id] = machine
         self.state.booted[instance.id] = Scheduled(backend, instance, time.monotonic())
         self.guard_ssh(instance.id)  # before anyone can connect
+        if ssh_delay > 0:
+            self.state.pending_cloud_final[instance.id] = CloudFinal(
+                backend, instance, time.monotonic() + ssh_delay, tuple(keys)
+            )
         next_override = self.state.layout.console_overrides / NEXT_INSTANCE
         if next_override.exists():
             next_override.rename(self.state.layout.console_overrides / instance.id)
@@ -135,7 +153,7 @@ class Instances:
         log.info("%s: port 22 %s %s", instance_id, "admits" if admitted else "drops", client)
 
     def terminate_instances(self, response: EC2Response, original: Original) -> ActionResult:
-        delay = self.state.settings.terminate_delay
+        delay = self.state.settings.delay("terminate_delay")
         if delay <= 0:
             result = original()
             for item in result.result["TerminatingInstances"]:  # type: ignore[index]
@@ -215,6 +233,15 @@ class Instances:
             instance._reason = ""
         log.info("%s is %s", instance.id, power_off.final)
 
+    def finish_cloud_init(self, final: CloudFinal) -> None:
+        instance_id = final.instance.id
+        self.state.pending_cloud_final.pop(instance_id, None)
+        machine = self.state.machines.get(instance_id)
+        if machine is not None and machine.alive():
+            machine.install_authorized_keys(final.keys)
+            self.state.record_change("ssh", instance_id, final.due)
+            log.info("%s: cloud-final done (key installed, host keys printed)", instance_id)
+
     def shut_down(self, instance_id: str) -> None:
         """The instance's machine stops: kill its sshd (and every process and mount in it),
         release its loop devices, finish detaches that waited for it; forget its timers."""
@@ -222,6 +249,7 @@ class Instances:
         self.state.booted.pop(instance_id, None)
         self.state.ssh_admitted.pop(instance_id, None)
         final = self.state.final_stages.pop(instance_id, None)
+        self.state.pending_cloud_final.pop(instance_id, None)
         self.state.ssh_watch.pop(instance_id, None)
         self.volumes.end_pending_attaches(instance_id)
         machine = self.state.machines.pop(instance_id, None)
@@ -249,8 +277,10 @@ class Instances:
                 host_key = impostor.with_suffix(".pub").read_text().strip()
             else:
                 host_key = make_host_key(impostor, host_key.split()[-1])
-        # cloud-init prints the host keys at the end of the final stage, not before.
-        shown = [host_key] if services.boot_finished(directory) else []
+        # cloud-init prints the host keys at the end of the final stage, not before (and the
+        # keys it installs late with ssh_delay are part of that stage).
+        finished = services.boot_finished(directory)
+        shown = [host_key] if finished and instance.id not in self.state.pending_cloud_final else []
         text = console.boot_log(instance.private_ip, instance.launch_time, shown)
         return ActionResult(
             {
@@ -259,6 +289,26 @@ class Instances:
                 "Output": Base64EncodedString.from_raw_string(text),
             }
         )
+
+
+def routes_to_internet(backend: Any, instance: Any) -> bool:
+    """Whether the instance's subnet has a 0.0.0.0/0 route to an internet gateway (its own
+    route table's, else its VPC's main one)."""
+    subnet_id = instance.subnet_id
+    try:
+        vpc_id = backend.get_subnet(subnet_id).vpc_id
+    except EC2ClientError:
+        return False
+    tables = list(backend.route_tables.values())
+    own = [t for t in tables if subnet_id in t._associations.values()]
+    main = [t for t in tables if t.vpc_id == vpc_id and t.main_association_id]
+    for table in own or main:
+        for route in table.routes:
+            gateway = getattr(route, "gateway", None)
+            to_igw = gateway is not None and str(gateway.id).startswith("igw-")
+            if route.destination_cidr_block == "0.0.0.0/0" and to_igw:
+                return True
+    return False
 
 
 def set_state(instance: Any, name: str) -> None:

@@ -1,5 +1,8 @@
-"""What RunInstances refuses before anything is made: the capacity and instance limit faults of
-the settings (``no_capacity``, ``instance_limit``), answered with EC2's codes and messages.
+"""What RunInstances refuses before anything is made, answered with EC2's codes and messages:
+an image whose architecture the instance type does not support (``InvalidParameterValue``), a
+type not offered in the zone (``Unsupported``), both from moto's instance-type data (AWS's
+DescribeInstanceTypes and DescribeInstanceTypeOfferings, which moto also serves); then the
+capacity and instance limit faults of the settings (``no_capacity``, ``instance_limit``).
 Called after the ClientToken check, so a replay of an earlier launch still answers."""
 
 from __future__ import annotations
@@ -7,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS, INSTANCE_TYPES
 from moto.ec2.responses import EC2Response
 
 from .faults import CloudFault
@@ -16,15 +20,57 @@ from .settings import CloudSettings
 LIVE_STATES = ("pending", "running", "stopping", "shutting-down")
 
 
+def _zone_of(response: EC2Response) -> str | None:
+    zone = response._get_param("Placement.AvailabilityZone")
+    nics = response._get_param("NetworkInterfaces") or [{}]
+    subnet_id = response._get_param("SubnetId") or nics[0].get("SubnetId")
+    if not zone and subnet_id:
+        with contextlib.suppress(EC2ClientError):  # moto answers an unknown subnet itself
+            zone = response.ec2_backend.get_subnet(subnet_id).availability_zone
+    return str(zone) if zone else None
+
+
+def architectures(instance_type: str) -> list[str]:
+    info = INSTANCE_TYPES.get(instance_type) or {}
+    return list(info.get("ProcessorInfo", {}).get("SupportedArchitectures", []))
+
+
+def zones_offering(region: str, instance_type: str) -> list[str]:
+    offerings = INSTANCE_TYPE_OFFERINGS["availability-zone"].get(region, [])
+    return sorted(o["Location"] for o in offerings if o["InstanceType"] == instance_type)
+
+
+def check_image_and_type(response: EC2Response) -> None:
+    """Refuse an image the type cannot run, and a type the zone does not offer."""
+    backend = response.ec2_backend
+    instance_type = response._get_param("InstanceType") or "m1.small"
+    image = backend.amis.get(response._get_param("ImageId"))
+    supported = architectures(instance_type)
+    if image is not None and supported and image.architecture not in supported:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"The architecture '{supported[0]}' of the specified instance type does not match"
+            f" the architecture '{image.architecture}' of the specified AMI. Specify an"
+            " instance type and an AMI that have matching architectures, and try again. You"
+            " can use 'describe-instance-types' or 'describe-images' to discover the"
+            " architecture of the instance type or AMI.",
+        )
+    zone = _zone_of(response) or f"{backend.region_name}a"
+    offered = zones_offering(backend.region_name, instance_type)
+    if supported and zone not in offered:
+        raise EC2ClientError(
+            "Unsupported",
+            f"Your requested instance type ({instance_type}) is not supported in your"
+            f" requested Availability Zone ({zone}). Please retry your request by not"
+            f" specifying an Availability Zone or choosing {', '.join(offered)}.",
+        )
+
+
 def check_capacity(settings: CloudSettings, response: EC2Response) -> None:
     """Refuse a launch that ``no_capacity`` or ``instance_limit`` forbid, as EC2 words it."""
     backend = response.ec2_backend
     instance_type = response._get_param("InstanceType") or "m1.small"
-    zone = response._get_param("Placement.AvailabilityZone")
-    subnet_id = response._get_param("SubnetId")
-    if not zone and subnet_id:
-        with contextlib.suppress(EC2ClientError):  # gone meanwhile
-            zone = backend.get_subnet(subnet_id).availability_zone
+    zone = _zone_of(response)
     if zone and settings.no_capacity_for(instance_type, zone):
         others = [
             z.name

@@ -58,8 +58,9 @@ class Layout:
     @property
     def state_changes(self) -> Path:
         """One JSON line per delayed state change the server applied (``CloudState.record_change``):
-        ``{"kind": "boot|attach|detach|terminate|stop", "id", "at", "due"}``, wall-clock ISO
-        times in UTC; ``due`` is when the delay ended, ``at`` when the change was applied."""
+        ``{"kind": "boot|ssh|attach|detach|terminate|stop|snapshot", "id", "at", "due"}``,
+        wall-clock ISO times in UTC; ``due`` is when the delay ended, ``at`` when it was
+        applied."""
         return self.root / "state-changes.jsonl"
 
     def volume_image(self, volume_id: str) -> Path:

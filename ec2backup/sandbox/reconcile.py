@@ -1,7 +1,8 @@
 """The periodic step (every ``RECONCILE_INTERVAL`` s, under ``CloudState.lock``) that finishes
 what takes time on AWS: pending -> running (then the sshd boots), attaching -> attached,
 detaching -> available (never while mounted unless forced), shutting-down -> terminated,
-stopping -> stopped. It ends cloud-init's final stage, fires the timers the instances' own
+stopping -> stopped, snapshot pending -> completed. It ends cloud-init's final stage (and
+installs the keys it installs late, ``ssh_delay``), fires the timers the instances' own
 commands armed and powers off an instance that asked for it (``services.py``: the dead-man's
 switch), and cuts SSH connections when ``cut_ssh_after`` says so. The hooks schedule these
 changes in the ``CloudState``; the parts that own the resources apply them."""
@@ -18,6 +19,7 @@ from .faults import Faults
 from .host import HostError
 from .instances import Instances, set_state
 from .settings import CloudSettings
+from .snapshots import Snapshots
 from .state import CloudState
 from .volumes import Volumes, set_attachment_status
 
@@ -32,12 +34,18 @@ INSTANCE_SHUTDOWN = StateReason(
 
 class Reconciler:
     def __init__(
-        self, state: CloudState, faults: Faults, instances: Instances, volumes: Volumes
+        self,
+        state: CloudState,
+        faults: Faults,
+        instances: Instances,
+        volumes: Volumes,
+        snapshots: Snapshots,
     ) -> None:
         self.state = state
         self.faults = faults  # its refresh_settings: the step sees settings changed meanwhile
         self.instances = instances
         self.volumes = volumes
+        self.snapshots = snapshots
 
     def reconcile(self) -> None:
         """Finish what real EC2 finishes later. Called periodically by the server."""
@@ -57,6 +65,13 @@ class Reconciler:
                     self.instances.boot(boot.backend, boot.instance)
                 except HostError:
                     log.exception("%s: boot failed", instance_id)
+
+            for cloud_final in list(self.state.pending_cloud_final.values()):
+                if now >= cloud_final.due:
+                    try:
+                        self.instances.finish_cloud_init(cloud_final)
+                    except HostError:
+                        log.exception("%s: installing the key failed", cloud_final.instance.id)
 
             for volume_id, attach in list(self.state.pending_attaches.items()):
                 if now < attach.due:
@@ -92,6 +107,8 @@ class Reconciler:
             for _instance_id, power_off in list(self.state.power_offs.items()):
                 if now >= power_off.due:
                     self.instances.finish_power_off(power_off)
+
+            self.snapshots.advance(now)
 
             if settings.cut_ssh_after is not None:
                 self._cut_ssh_when_due(settings, now)

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        ami_id = cloud.seed()
+        ami_ids = cloud.seed()
+        ami_id = ami_ids["x86_64"]
         state: dict[str, object] = {"iam": False}
         if args.iam:
             # After the seeding, which goes to moto's backends directly, never through IAM.
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                     "endpoint_url": f"http://{host}:{port}",
                     "region": args.region,
                     "default_ami_id": ami_id,
+                    "ami_ids": ami_ids,
                 },
             )
         finally:

@@ -16,6 +16,20 @@ from typing import Any
 
 from .layout import read_json, write_json
 
+# ``timing="aws"``: the typical delays of AWS (docs/performance.md's critical-path table) for
+# each delay left at 0, times ``timing_scale``. Boot: RunInstances -> running; ssh: running ->
+# cloud-final done (host keys printed, the authorized key installed); snapshot: pending ->
+# completed for a small incremental snapshot.
+AWS_DELAYS = {
+    "boot_delay": 12.0,
+    "ssh_delay": 20.0,
+    "attach_delay": 5.0,
+    "detach_delay": 8.0,
+    "terminate_delay": 45.0,
+    "snapshot_delay": 600.0,
+}
+TIMINGS = ("instant", "aws")
+
 
 @dataclass(frozen=True)
 class CloudSettings:
@@ -36,8 +50,16 @@ class CloudSettings:
     """EC2 action names (``DescribeInstances``) the faults and latency apply to; empty: all."""
 
     # --- state changes that take time on AWS (seconds) ---------------------------------------
+    timing: str = "instant"
+    """``instant`` (every delay as set, 0 by default) or ``aws``: each delay left at 0 takes
+    AWS's typical value (``AWS_DELAYS``) times ``timing_scale``."""
+    timing_scale: float = 1.0
+    """Multiplies the ``aws`` delays (0.1: ten times faster, in the same order)."""
     boot_delay: float = 0.0
     """pending -> running; the instance's sshd starts only once it is running."""
+    ssh_delay: float = 0.0
+    """running -> cloud-final done: until then the console shows no host keys and logins as
+    ``ubuntu`` are refused (its authorized key is not installed yet)."""
     attach_delay: float = 0.0
     """attachment attaching -> attached; the device appears in the instance when attached."""
     detach_delay: float = 0.0
@@ -45,6 +67,15 @@ class CloudSettings:
     unless forced)."""
     terminate_delay: float = 0.0
     """shutting-down -> terminated (also stopping -> stopped after a shutdown from inside)."""
+    consistency_lag: float = 0.0
+    """For this long after a create, calls naming the new instance, volume, security group or
+    snapshot by id answer NotFound, and tag-filtered Describe calls leave it out."""
+    snapshot_delay: float = 0.0
+    """A new snapshot stays ``pending`` (its progress rising) this long before ``completed``; a
+    volume cannot be created from it meanwhile (``IncorrectState``), as on AWS."""
+    tier_delay: float = 0.0
+    """How long a snapshot's archival (ModifySnapshotTier) and a restore from the archive
+    (RestoreSnapshotTier) take; AWS: hours, up to 72 for a restore."""
 
     # --- dead-man's switch -------------------------------------------------------------------
     minute_seconds: float = 60.0
@@ -82,12 +113,20 @@ class CloudSettings:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
         if self.throttle_rate + self.error_rate > 1.0:
             raise ValueError("throttle_rate + error_rate must not exceed 1")
+        if self.timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, not {self.timing!r}")
+        if not (self.timing_scale > 0 and math.isfinite(self.timing_scale)):
+            raise ValueError(f"timing_scale must be > 0, not {self.timing_scale}")
         for name in (
             "latency",
             "boot_delay",
+            "ssh_delay",
             "attach_delay",
             "detach_delay",
             "terminate_delay",
+            "snapshot_delay",
+            "consistency_lag",
+            "tier_delay",
         ):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):
@@ -110,6 +149,14 @@ class CloudSettings:
         # Lists from JSON or from callers become tuples, so settings compare and hash as values.
         object.__setattr__(self, "fault_actions", tuple(self.fault_actions))
         object.__setattr__(self, "no_capacity", tuple(self.no_capacity))
+
+    def delay(self, name: str) -> float:
+        """The delay in force for ``name`` (``boot_delay``...): as set, else AWS's under
+        ``timing="aws"``."""
+        value = float(getattr(self, name))
+        if value > 0 or self.timing != "aws":
+            return value
+        return AWS_DELAYS.get(name, 0.0) * self.timing_scale
 
     def replace(self, **changes: Any) -> CloudSettings:
         """A copy with ``changes``; unknown names raise TypeError."""

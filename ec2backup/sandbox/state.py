@@ -56,12 +56,24 @@ class PendingAttach:
 
 
 @dataclass(frozen=True)
+class PendingSnapshot:
+    snapshot: Any
+    started: float  # time.monotonic()
+    due: float
+
+
+@dataclass(frozen=True)
 class Scheduled:
     """Something due to happen to an instance at ``due`` (time.monotonic())."""
 
     backend: Any
     instance: Any
     due: float
+
+
+@dataclass(frozen=True)
+class CloudFinal(Scheduled):
+    keys: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -92,8 +104,14 @@ class CloudState:
         self.final_stages: dict[str, subprocess.Popen[bytes]] = {}
         self.jobs: list[subprocess.Popen[bytes]] = []
         self.ssh_admitted: dict[str, bool] = {}  # whether the client may reach port 22 (by id)
+        # Instances whose cloud-init has not finished (ssh_delay): keys to install, and when.
+        self.pending_cloud_final: dict[str, CloudFinal] = {}
+        self.pending_snapshots: dict[str, PendingSnapshot] = {}  # by snapshot id
         self.ssh_watch: dict[str, float] = {}  # since when cut_ssh_on's condition holds
         self.ssh_cut: set[str] = set()  # instances cut by cut_ssh_after (once each)
+        # A volume made from a snapshot -> the volume that snapshot was taken of: the
+        # snapshots' lineage (EBS direct APIs), kept when the snapshot is deleted.
+        self.volume_origins: dict[str, str] = {}
 
     def record_change(self, kind: str, resource_id: str, due: float) -> None:
         """Append a state change just applied to ``D/state-changes.jsonl`` (what the detection

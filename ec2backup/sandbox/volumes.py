@@ -1,6 +1,7 @@
 """The volume hooks: an image per volume, a loop device and a Nitro device link per attachment,
 and the EC2 semantics moto lacks (ClientToken on CreateVolume, AttachVolume's checks, a
-DetachVolume that waits while the filesystem is mounted). ``reconcile`` finishes the attaches
+DetachVolume that waits while the filesystem is mounted and refuses a root volume of an
+instance that is not stopped, ``OperationNotPermitted``). ``reconcile`` finishes the attaches
 and detaches that are delayed."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError, VolumeInUseError
 from moto.ec2.responses import EC2Response
 
+from .consistency import Consistency
 from .host import HostError, attach_loop, copy_sparse, detach_loop, make_sparse, nitro_device_name
 from .state import CloudState, Device, Original, PendingAttach, PendingDetach
 from .tokens import ClientTokens
@@ -22,22 +24,31 @@ log = logging.getLogger("ec2backup.sandbox")
 
 
 class Volumes:
-    def __init__(self, state: CloudState, tokens: ClientTokens) -> None:
+    def __init__(self, state: CloudState, tokens: ClientTokens, consistency: Consistency) -> None:
         self.state = state
         self.tokens = tokens
+        self.consistency = consistency
 
     def create_volume(self, response: EC2Response, original: Original) -> ActionResult:
         backend = response.ec2_backend
         known = self.tokens.check(response, "CreateVolume")
         if known is not None:
             return ActionResult(backend.get_volume(known))
+        snapshot_id = response._get_param("SnapshotId")
+        if snapshot_id and snapshot_id in self.state.pending_snapshots:
+            raise EC2ClientError("IncorrectState", "Snapshot is in invalid state - pending")
         result = original()
         volume: Any = result.result
         self.tokens.remember(response, "CreateVolume", volume.id)
+        self.consistency.note([volume.id])
         image = self.state.layout.volume_image(volume.id)
         snapshot_image = self.state.layout.snapshot_image(volume.snapshot_id or "none")
         if volume.snapshot_id and snapshot_image.exists():
             copy_sparse(snapshot_image, image)  # a volume restored from a snapshot
+        if volume.snapshot_id:
+            origin = backend.snapshots.get(volume.snapshot_id)
+            if origin is not None:
+                self.state.volume_origins[volume.id] = origin.volume.id
         make_sparse(image, int(volume.size))
         return result
 
@@ -64,7 +75,7 @@ class Volumes:
                 f" '{instance_id}'",
             )
         result = original()
-        delay = self.state.settings.attach_delay
+        delay = self.state.settings.delay("attach_delay")
         if delay > 0:
             set_attachment_status(backend, volume_id, instance_id, "attaching")  # see reconcile()
             self.state.pending_attaches[volume_id] = PendingAttach(
@@ -103,6 +114,13 @@ class Volumes:
         )
         if attachment is None or instance_id != attachment.instance.id:
             return original()  # moto answers the error cases itself
+        instance = attachment.instance
+        if attachment.device == instance.root_device_name and instance.state != "stopped":
+            # As on AWS: a root volume leaves only a stopped instance (Force or not).
+            raise EC2ClientError(
+                "OperationNotPermitted",
+                f"Unable to detach root volume '{volume_id}' from instance '{instance_id}'",
+            )
         answer = ActionResult(
             {
                 "VolumeId": volume_id,
@@ -118,7 +136,7 @@ class Volumes:
         device = self.state.devices.get(volume_id)
         machine = self.state.machines.get(instance_id)
         mounted = bool(device and machine and machine.has_mounted(device.loop))
-        delay = self.state.settings.detach_delay
+        delay = self.state.settings.delay("detach_delay")
         if (mounted and not force) or delay > 0:
             # As on AWS: the detach takes a while, and waits while the filesystem is mounted;
             # reconcile() ends it.

@@ -341,22 +341,26 @@ def test_unmount_reports_busy_and_ending_the_rsync_frees_it(
 def test_end_rsync_fails_when_an_rsync_stays(
     instance: SshServer, host: SshInstanceHost, tmp_path: Path
 ) -> None:
-    rsync = fake_rsync(tmp_path, "sleep")
-    # A loop that starts a new "rsync" as soon as the last one is killed.
-    looper = instance.spawn_inside("sh", "-c", f"echo $$; while :; do {rsync} 600; done")
-    assert looper.stdout is not None
-    pid = looper.stdout.readline().strip()
+    # An "rsync" no kill can end: a zombie, its parent (exec'd into sleep) never reaping it.
+    # pgrep still lists it, as it would a process stuck in the kernel.
+    rsync = fake_rsync(tmp_path, "true")
+    holder = instance.spawn_inside("sh", "-c", f"echo $$; {rsync} & exec sleep 600")
+    assert holder.stdout is not None
+    pid = holder.stdout.readline().strip()
     try:
         wait_until(
             lambda: instance.inside("pgrep", "-x", "rsync", check=False).returncode == 0,
-            "the looping rsync",
+            "the rsync that stays",
         )
         with pytest.raises(RemoteCommandError, match="an earlier rsync on the instance did not"):
             host.end_rsync(timeout=0.5)
     finally:
-        instance.inside("kill", pid, check=False)
-        instance.inside("pkill", "-x", "rsync", check=False)
-    looper.wait(10)
+        instance.inside("kill", pid, check=False)  # its zombie goes with it
+    holder.wait(10)
+    wait_until(
+        lambda: instance.inside("pgrep", "-x", "rsync", check=False).returncode != 0,
+        "the zombie reaped",
+    )
     host.end_rsync(timeout=10)  # none left now
 
 
@@ -396,6 +400,29 @@ def test_prepare_sync_measures_makes_the_destinations_and_ends_a_leftover_rsync(
     assert 12345 < space.used <= 12345 + 4096
     assert space.free == int(blocks) * int(size)  # measured before the new directory
     assert host.is_directory(f"{MP}/new dir") and host.is_directory(f"{MP}/home")
+
+
+def test_prepare_sync_lists_the_hard_linked_files_and_remove_files_removes_names(
+    instance: SshServer, host: SshInstanceHost, loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.make_filesystem(loop.device, "ec2backup")
+    host.mount(loop.device, MP, read_only=False)
+    instance.inside(
+        "sh",
+        "-c",
+        f"mkdir -p '{MP}/home/sub dir' {MP}/other && echo a > {MP}/home/a && "
+        f"ln {MP}/home/a '{MP}/home/sub dir/a 2' && echo b > {MP}/home/b && "
+        f"echo c > {MP}/other/c && ln {MP}/other/c {MP}/home/c",
+    )
+    sent = sent_commands(host, monkeypatch)
+    space = host.prepare_sync(MP, ["home"], rsync_timeout=5)
+    assert len(sent) == 1
+    # Only names inside the destinations, and only inodes with two of them or more there.
+    assert space.hard_links == ((f"{MP}/home/a", f"{MP}/home/sub dir/a 2"),)
+
+    host.remove_files([f"{MP}/home/sub dir/a 2", f"{MP}/home/gone"])
+    assert instance.inside("test", "-e", f"{MP}/home/sub dir/a 2", check=False).returncode == 1
+    assert instance.inside("cat", f"{MP}/home/a").stdout == "a\n"
 
 
 def test_is_directory_looks_as_root(instance: SshServer, host: SshInstanceHost) -> None:

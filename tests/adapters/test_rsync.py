@@ -64,6 +64,7 @@ def test_build_rsync_command_exact_arguments() -> None:
         "rsync",
         "-a",
         "--delete",
+        "--inplace",
         "--stats",
         "--info=progress2",
         "--exclude=*.tmp",
@@ -87,6 +88,7 @@ def test_build_rsync_command_minimal_and_relative_source(
         "rsync",
         "-a",
         "--delete",
+        "--inplace",
         "--stats",
         "--info=progress2",
         "-e",
@@ -95,6 +97,14 @@ def test_build_rsync_command_minimal_and_relative_source(
         "ubuntu@203.0.113.9:/mnt/b/",
     ]
     assert "StrictHostKeyChecking=no" not in " ".join(argv)
+
+
+def test_a_backup_writes_in_place_and_a_restore_does_not() -> None:
+    push = build_rsync_command(Path("/src"), TARGET, "/mnt/ec2backup/src")
+    pull = build_rsync_command(Path("/restored"), TARGET, "/mnt/ec2backup/src", pull=True)
+    assert "--inplace" in push and "--delete" in push
+    # A local file is replaced only once its new copy is whole; nothing local is deleted.
+    assert "--inplace" not in pull and "--delete" not in pull
 
 
 def test_build_rsync_command_ipv6_and_default_port() -> None:
@@ -343,6 +353,26 @@ def test_second_run_transfers_only_the_change_and_mirrors_deletions(
     assert stats.total_size == tree_totals(src)[1]
     assert snapshot(dst) == snapshot(src)
     assert not (dst / "only-remote.txt").exists()
+
+
+@needs_sshd
+def test_a_changed_file_is_written_in_place(target: SshTarget, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "disk.img").write_bytes(os.urandom(4 * 2**20))
+    syncer = RsyncSyncer()
+    syncer.sync(src, target, str(dst))
+    inode = (dst / "disk.img").stat().st_ino
+
+    with (src / "disk.img").open("r+b") as f:
+        f.seek(2 * 2**20)
+        f.write(os.urandom(4096))
+    stats = syncer.sync(src, target, str(dst))
+
+    # The same file, updated where it changed: no new copy was written and renamed over it.
+    assert (dst / "disk.img").stat().st_ino == inode
+    assert (dst / "disk.img").read_bytes() == (src / "disk.img").read_bytes()
+    assert stats.files_transferred == 1 and stats.bytes_sent < 2**20
 
 
 @needs_sshd

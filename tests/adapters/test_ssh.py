@@ -13,7 +13,7 @@ import pytest
 
 from ec2backup.adapters.hostkeys import known_hosts_lines
 from ec2backup.adapters.keys import generate_run_key
-from ec2backup.adapters.ssh import AsyncsshConnector, AsyncsshShell, _AckingClient
+from ec2backup.adapters.ssh import AsyncsshConnector, AsyncsshShell
 from ec2backup.errors import HostKeyError, RemoteCommandError, RemoteError, SshConnectError
 from ec2backup.ports import SshTarget
 
@@ -92,21 +92,6 @@ def test_check_raises_remote_command_error(pinned: SshTarget) -> None:
         assert info.value.message.endswith("status 32: mount: /mnt: wrong fs type")
         assert "32" in info.value.message
         assert info.value.resources == {"host": pinned.host}
-
-
-@needs_sshd
-def test_the_servers_host_key_report_is_acknowledged_at_once(pinned: SshTarget) -> None:
-    # sshd reports its host keys right after login; the client reacts to that report by
-    # sending its TCP ACK at once (see _AckingClient: the first command is 45 ms faster). The
-    # figure is in the benchmarks; this checks the report reaches the client's handler.
-    with connect(pinned) as shell:
-        assert isinstance(shell, AsyncsshShell)
-        owner = shell._conn.get_owner() if shell._conn is not None else None
-        assert isinstance(owner, _AckingClient)
-        deadline = time.monotonic() + 10
-        while owner.host_key_reports == 0 and time.monotonic() < deadline:
-            shell.run("true")  # the report is handled while the connection's loop runs
-        assert owner.host_key_reports == 1
 
 
 @needs_sshd

@@ -110,16 +110,23 @@ def launch(ec2: FakeEc2, token: str, tags: dict[str, str]) -> Instance:
 
 
 def test_a_sweep_ends_orphans_only_and_marks_abandoned_runs(store: Store) -> None:
+    from ec2backup.core.tags import TAG_ROLE
+
     ec2 = FakeEc2()
     decoy = launch(ec2, "decoy", {"Name": "not ours"})
     decoy_with_run_tag = launch(ec2, "decoy2", {TAG_RUN_ID: "abandoned"})  # no managed tag
     live = launch(ec2, "live", {TAG_MANAGED: "true", TAG_RUN_ID: "live"})
     abandoned = launch(ec2, "abandoned", {TAG_MANAGED: "true", TAG_RUN_ID: "abandoned"})
     stranger = launch(ec2, "stranger", {TAG_MANAGED: "true", TAG_RUN_ID: "from-another-db"})
-    ours = ec2.add_volume(tags={TAG_MANAGED: "true"})
+    ours = ec2.add_volume(tags={TAG_MANAGED: "true", TAG_ROLE: "data"})
     theirs = ec2.add_volume()
     ec2.volumes[ours.id] = replace(
         ours, state="in-use", attachments=(Attachment(abandoned.id, "/dev/sdf", "attached"),)
+    )
+    # The orphan's root volume, tagged by the launch: terminating the instance ends it.
+    root = ec2.add_volume(tags={TAG_MANAGED: "true", TAG_RUN_ID: "abandoned"})
+    ec2.volumes[root.id] = replace(
+        root, state="in-use", attachments=(Attachment(abandoned.id, "/dev/sda1", "attached"),)
     )
     ec2.volumes[theirs.id] = replace(
         theirs, state="in-use", attachments=(Attachment(decoy.id, "/dev/sdf", "attached"),)
@@ -213,8 +220,28 @@ def test_abandoned_restore_volumes_are_deleted_and_the_backup_volume_never(store
         busy, state="in-use", attachments=(Attachment("i-1", "/dev/sdf", "attached"),)
     )
     foreign = ec2.add_volume(tags={TAG_ROLE: "restore", TAG_RUN_ID: "r-old"})  # not managed
+    # A backup's own volume in snapshots-only storage, of a run this database never saw.
+    work = ec2.add_volume(tags={TAG_MANAGED: "true", TAG_ROLE: "work", TAG_RUN_ID: "r-lost"})
 
     dry = {v.volume_id: v.action for v in reap_restore_volumes(store, ec2, act=False)}
-    assert dry == {orphan.id: "would delete", busy.id: "left alone"}
+    assert dry == {orphan.id: "would delete", busy.id: "left alone", work.id: "would delete"}
     reap_restore_volumes(store, ec2, act=True)
     assert set(ec2.volumes) == {backup.id, busy.id, foreign.id}
+
+
+def test_an_orphans_root_volume_is_never_detached(store: Store) -> None:
+    """The launch tags the root volume too; detaching it from a running instance is refused
+    (OperationNotPermitted), and terminating the instance deletes it."""
+    ec2 = FakeEc2()
+    orphan = launch(ec2, "o", {TAG_MANAGED: "true", TAG_RUN_ID: "r-lost"})
+    ec2.instances[orphan.id] = replace(ec2.instances[orphan.id], root_device="/dev/sda1")
+    root = ec2.add_volume(tags={TAG_MANAGED: "true", TAG_RUN_ID: "r-lost"})
+    data = ec2.add_volume(tags={TAG_MANAGED: "true"})
+    for volume, device in ((root, "/dev/sda1"), (data, "/dev/sdf")):
+        ec2.volumes[volume.id] = replace(
+            volume, state="in-use", attachments=(Attachment(orphan.id, device, "attached"),)
+        )
+    (verdict,) = reap_region(store, ec2, act=True)
+    assert verdict.volumes == [data.id]
+    assert ec2.calls.count("detach_volume") == 1  # the data volume's; the root goes with it
+    assert ec2.instances[orphan.id].state == "terminated"

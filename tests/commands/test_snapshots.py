@@ -123,6 +123,8 @@ def test_list_shows_only_the_profiles_managed_snapshots_newest_first(
         "started_at": (NOW - timedelta(days=1)).isoformat(),
         "size_gib": 8,
         "state": "pending",
+        "tier": "standard",
+        "restored_until": None,
         "volume_id": "vol-1",
     }
 
@@ -372,3 +374,53 @@ def test_cli_argument_errors_are_one_line(
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ec2backup: error: ") and words in lines[0]
+
+
+# --- the archive tier ------------------------------------------------------------------------
+
+
+def test_prune_archives_the_kept_old_ones_and_states_the_archives_terms(
+    app: App, ec2: SnapshotEc2
+) -> None:
+    for sid, days in (("d0", 0), ("d40", 40), ("d100", 100), ("d200", 200)):
+        ec2.add(sid, days)
+    policy = Policy(keep_last=3)
+    measured: list[str] = []
+
+    dry = snaps.prune_profile(ec2, "p", policy, now=NOW, archive_after_days=30)
+    actions = {r["id"]: r["action"] for r in dry["snapshots"]}
+    assert actions == {"d0": "keep", "d40": "archive", "d100": "archive", "d200": "remove"}
+    assert "archive_snapshot" not in ec2.calls  # a dry run
+    terms = dry["archive"]
+    assert (terms["after_days"], terms["minimum_days"], terms["restore_hours"]) == (30, 90, 72)
+    assert "90 days" in terms["note"] and "72 hours" in terms["note"]
+
+    done = snaps.prune_profile(
+        ec2,
+        "p",
+        policy,
+        yes=True,
+        now=NOW,
+        archive_after_days=30,
+        before_archive=lambda s: measured.append(s.id),
+    )
+    assert {r["id"]: r["action"] for r in done["snapshots"]}["d40"] == "archived"
+    assert measured == ["d40", "d100"]  # measured while it can still be read
+    assert {s.id: s.storage_tier for s in ec2.snapshots.values()} == {
+        "d0": "standard",
+        "d40": "archive",
+        "d100": "archive",
+    }
+
+
+def test_deleting_an_archived_snapshot_early_says_what_it_bills(app: App, ec2: SnapshotEc2) -> None:
+    from dataclasses import replace
+
+    ec2.add("new", 0)
+    old = ec2.add("old", 50)
+    ec2.snapshots["old"] = replace(old, storage_tier="archive")
+    ec2.tier_operations["old"] = ("archival-completed", NOW - timedelta(days=20))
+    result = snaps.prune_profile(ec2, "p", Policy(keep_last=1), now=NOW)
+    (row,) = [r for r in result["snapshots"] if r["id"] == "old"]
+    assert row["action"] == "remove" and row["tier"] == "archive"
+    assert "remaining 70 of the archive's 90 minimum days" in "; ".join(row["reasons"])

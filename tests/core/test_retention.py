@@ -170,3 +170,31 @@ def test_negative_counts_are_refused() -> None:
 
 def test_describe() -> None:
     assert Policy(keep_last=3, keep_monthly=6).describe() == "keep-last 3, keep-monthly 6"
+
+
+# --- the archive tier ------------------------------------------------------------------------
+
+
+def test_kept_snapshots_old_enough_are_archived_but_never_the_newest() -> None:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from ec2backup.core.retention import to_archive
+
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+
+    def snap(sid: str, days: int, **kw: str) -> Snapshot:
+        return Snapshot(sid, kw.get("state", "completed"), "vol-1", now - timedelta(days=days))
+
+    snapshots = [
+        snap("young", 3),
+        snap("old", 40),
+        snap("older", 100),
+        replace(snap("archived", 200), storage_tier="archive"),
+        snap("pending", 300, state="pending"),
+        snap("dropped", 400),
+    ]
+    kept = {"young", "old", "older", "archived", "pending"}
+    assert [s.id for s in to_archive(snapshots, kept, 30, now)] == ["old", "older"]
+    # However old, the newest completed one stays in the standard tier.
+    assert [s.id for s in to_archive(snapshots[1:], kept, 30, now)] == ["older"]

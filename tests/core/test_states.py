@@ -21,6 +21,7 @@ from ec2backup.core.states import (
     needs_instance,
     next_step,
     path,
+    recorded,
     transition_table,
 )
 
@@ -184,15 +185,24 @@ def test_table_uses_plain_state_values() -> None:
 def test_a_backup_crashes_before_and_after_each_step_and_after_its_launch_and_snapshot() -> None:
     steps = [step.name for step in STEPS[RunKind.BACKUP]]
     points = crash_points(RunKind.BACKUP)
-    assert [p for p in points if not p.startswith("called:")] == [
+    inside = ("called:", "recorded:")
+    assert [p for p in points if not p.startswith(inside)] == [
         *(f"{when}:{step}" for step in steps for when in ("before", "after")),
         "ended",  # once the last event is committed, before what follows it
     ]
+    assert [p for p in points if p.startswith("recorded:")] == ["recorded:instance_id"]
     assert [p for p in points if p.startswith("called:")] == [
         "called:run_instance",
         "called:create_snapshot",
     ]
     assert points.index("called:run_instance") == points.index("before:launch") + 1
+    assert points.index("recorded:instance_id") == points.index("called:run_instance") + 1
+
+
+def test_only_a_declared_recorded_result_has_a_crash_point() -> None:
+    assert recorded("instance_id") == "recorded:instance_id"
+    with pytest.raises(ValueError, match="volume_id"):
+        recorded("volume_id")
 
 
 def test_only_a_declared_cloud_call_has_a_crash_point() -> None:

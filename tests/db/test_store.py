@@ -444,6 +444,7 @@ def test_the_fleet_grants_in_the_docs_are_enough(
         # An out-of-date schema: the day-to-day role may not migrate it, the owner may.
         owner = create_engine(role_url("ec2backup_owner"))
         with owner.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE runs DROP COLUMN snapshot_stats")
             conn.exec_driver_sql("DROP INDEX ix_runs_host_created_at")
             conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0002_leases'")
         owner.dispose()

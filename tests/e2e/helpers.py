@@ -117,3 +117,20 @@ def assert_clean_after(ec2: Any, run_id: str, volume_id: str) -> None:
     assert {i["State"]["Name"] for i in instances} == {"terminated"}
     (volume,) = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
     assert volume["State"] == "available" and volume["Attachments"] == []
+
+
+EBS_BLOCK = 512 * 1024
+
+
+def changed_blocks(earlier: Path, later: Path) -> int:
+    """512 KiB blocks of ``later`` whose bytes differ from ``earlier``'s and are not all zero:
+    what an EBS snapshot of ``later`` adds after one of ``earlier``, counted independently of
+    the local cloud, by reading both images whole."""
+    count = 0
+    with earlier.open("rb") as a, later.open("rb") as b:
+        while True:
+            one, two = a.read(EBS_BLOCK), b.read(EBS_BLOCK)
+            if not one and not two:
+                return count
+            if one != two and two.count(0) != len(two):
+                count += 1

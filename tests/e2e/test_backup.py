@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from tests.e2e.helpers import (
+    EBS_BLOCK,
     Cli,
     assert_clean_after,
+    changed_blocks,
     ec2_client,
     make_sample_tree,
     mounted_read_only,
@@ -61,6 +63,10 @@ def test_init_then_backup_then_incremental(cli: Cli, sandbox: Any, tmp_path: Pat
     assert stats["total_size"] == total
     assert stats["files_transferred"] == 5  # every regular file, the first time
     assert stats["bytes_sent"] >= total
+    # A first snapshot is full: every block the volume holds (EBS direct APIs).
+    first_added = stats["snapshot_added"]
+    assert first_added["method"] == "ListSnapshotBlocks" and first_added["compared_with"] is None
+    assert stats["snapshot_added_bytes"] >= total
 
     # Change a few bytes of the big file: rsync's delta transfer sends about that much.
     big = source / "photos" / "big.bin"
@@ -74,6 +80,15 @@ def test_init_then_backup_then_incremental(cli: Cli, sandbox: Any, tmp_path: Pat
     assert shown2["state"] == "done"
     assert shown2["stats"]["files_transferred"] == 1
     assert shown2["stats"]["bytes_sent"] < 200_000, shown2["stats"]  # of a 3 MiB file
+    # Written in place: the snapshot adds the changed blocks, not a new copy of the file, and
+    # AWS's count is the one the two snapshot images give.
+    added = shown2["stats"]["snapshot_added"]
+    assert added["compared_with"] == shown["snapshot_id"], added
+    assert added["block_size"] == EBS_BLOCK
+    assert added["blocks"] == changed_blocks(
+        sandbox.snapshot_image(shown["snapshot_id"]), sandbox.snapshot_image(shown2["snapshot_id"])
+    )
+    assert shown2["stats"]["snapshot_added_bytes"] < 3 * 2**20, added
     with mounted_read_only(sandbox.volume_image(volume_id)) as mnt:
         assert tree_digest(mnt / "home") == tree_digest(source)  # the deletion is mirrored
     assert_clean_after(ec2, second, volume_id)
@@ -84,6 +99,7 @@ def test_init_then_backup_then_incremental(cli: Cli, sandbox: Any, tmp_path: Pat
     assert second in table and "done" in table
     timeline = cli("show", second).stdout
     assert "snapshotting" in timeline and "timeline" in timeline
+    assert "(ListChangedBlocks)" in timeline
 
 
 def test_bad_input_creates_nothing(cli: Cli, sandbox: Any, tmp_path: Path) -> None:

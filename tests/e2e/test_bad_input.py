@@ -112,6 +112,15 @@ def _launch_foreign(w: World, d: Path, env: dict[str, str]) -> None:
     (d / "config.toml").write_text(w.profile(volume_id=volume))
 
 
+def _subnet_without_internet(w: World, d: Path, env: dict[str, str]) -> None:
+    """A VPC of its own with no internet gateway: its subnet routes nowhere outside."""
+    vpc = w.ec2.create_vpc(CidrBlock="10.251.0.0/16")["Vpc"]["VpcId"]
+    subnet = w.ec2.create_subnet(
+        VpcId=vpc, CidrBlock="10.251.1.0/24", AvailabilityZone="us-east-1a"
+    )
+    (d / "config.toml").write_text(w.profile(subnet_id=subnet["Subnet"]["SubnetId"]))
+
+
 def _volume_elsewhere(w: World, d: Path, env: dict[str, str]) -> None:
     volume = w.ec2.create_volume(AvailabilityZone="us-east-1b", Size=1)["VolumeId"]
     (d / "config.toml").write_text(w.profile(volume_id=volume))
@@ -339,6 +348,37 @@ CASES = [
         "ami-0000000000000dead",
         "check the AMI id and the region",
         config=lambda w: w.profile(ami="ami-0000000000000dead"),
+    ),
+    Case(
+        "instance-type-unknown",
+        ["run", "--profile", "p"],
+        2,
+        "instance type 't3.mega' does not exist in us-east-1",
+        "describe-instance-types",
+        config=lambda w: w.profile(instance_type="t3.mega"),
+    ),
+    Case(
+        "ami-architecture",
+        ["run", "--profile", "p"],
+        2,
+        "is x86_64, but instance type t4g.micro runs arm64",
+        "choose an AMI and instance types of one architecture",
+        config=lambda w: w.profile(ami=w.sandbox.default_ami_id, instance_type="t4g.micro"),
+    ),
+    Case(
+        "subnet-no-internet-route",
+        ["run", "--profile", "p"],
+        2,
+        "has no route to the internet",
+        "add a 0.0.0.0/0 route to an internet gateway",
+        setup=_subnet_without_internet,
+    ),
+    Case(
+        "init-type-not-offered",
+        ["init", "--profile", "q", "--az", "us-east-1e", "--size", "1", "--source", "/tmp"],
+        2,
+        "t3.micro is not offered in us-east-1e; offered there: t2.nano",
+        "describe-instance-type-offerings",
     ),
     Case(
         "no-credentials",

@@ -105,3 +105,23 @@ def test_restore_bad_input(cli: Cli, sandbox: Any, tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert cli.json("runs") == []
+
+
+def test_restore_right_after_a_backup_waits_for_the_pending_snapshot(
+    cli: Cli, sandbox_faults: Any, tmp_path: Path
+) -> None:
+    """On AWS a snapshot stays pending for minutes and EC2 refuses it as a volume's source
+    (IncorrectState) meanwhile: the restore waits, showing its progress, then proceeds."""
+    source = tmp_path / "home"
+    source.mkdir()
+    (source / "a.txt").write_text("restored after the snapshot completed\n")
+    cli("init", "--profile", "s", "--az", "us-east-1a", "--size", "1", "--source", str(source))
+    sandbox_faults.configure_faults(snapshot_delay=4.0)
+    backup = cli("run", "--profile", "s").stdout.strip()
+    (snapshot,) = ec2_client(sandbox_faults).describe_snapshots(
+        Filters=[{"Name": "tag:ec2backup:run-id", "Values": [backup]}]
+    )["Snapshots"]
+    assert snapshot["State"] == "pending"  # the backup did not wait for it
+    result = cli("restore", "--run", backup, "--to", str(tmp_path / "back"))
+    assert f"snapshot {snapshot['SnapshotId']} is pending" in result.stderr
+    assert tree_digest(tmp_path / "back" / "home") == tree_digest(source)

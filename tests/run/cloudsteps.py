@@ -14,7 +14,7 @@ from ec2backup.adapters.keys import generate_host_key, generate_run_key
 from ec2backup.commands.app import Adapters, App
 from ec2backup.commands.runner import _create_run, new_run_id
 from ec2backup.config import Profile
-from ec2backup.core.states import RunKind, RunState
+from ec2backup.core.states import TEMPORARY_VOLUME_KINDS, RunKind, RunState
 from ec2backup.db.recorder import RunRecorder
 from ec2backup.db.store import Store, open_store
 from ec2backup.run import engine
@@ -64,6 +64,8 @@ class Bench:
         )
 
     def profile(self, kind: RunKind) -> Profile:
+        if kind in TEMPORARY_VOLUME_KINDS - {RunKind.RESTORE}:
+            return Profile(name="p", region="us-east-1", availability_zone=AZ, storage="snapshots")
         return Profile(
             name="p",
             region="us-east-1",
@@ -85,13 +87,17 @@ class Bench:
                 "snapshot_id": self.snapshot_id,
                 "size_gib": 1,
             }
+        if kind == RunKind.SNAPSHOT_BACKUP:
+            extra |= {"size_gib": 1, "base_snapshot_id": self.snapshot_id}
+        if kind == RunKind.SNAPSHOT_INIT:
+            extra |= {"size_gib": 1, "config_path": str(self.tmp / "config.toml")}
         run_id = new_run_id()
         _create_run(self.app, run_id, kind, self.profile(kind), extra)
         with self.store.session() as session:
             run = self.store.get_run(session, run_id)
             run.state = state
             made_volume = state not in (RunState.CREATED, RunState.CREATING_VOLUME)
-            if kind in (RunKind.INIT, RunKind.RESTORE) and made_volume:
+            if (kind == RunKind.INIT or kind in TEMPORARY_VOLUME_KINDS) and made_volume:
                 run.volume_id = self.volume_id  # any volume of the zone will do
             session.commit()
         return run_id

@@ -50,7 +50,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
     (tmp_path / "config.toml").write_text(
         f'[profiles.p]\nregion = "us-east-1"\navailability_zone = "{made.ec2.az}"\n'
         f'volume_id = "{made.volume_id}"\ninstance_type = "t3.micro"\n'
-        'fallback_instance_types = ["t3a.micro"]\n'
+        'fallback_instance_types = ["t3.small"]\n'
         f'sources = [{{ path = "{source}", dest = "src" }}]\n'
     )
     yield made
@@ -83,7 +83,7 @@ def test_each_fallback_launch_commits_its_own_token_first(bench: Bench) -> None:
     assert isinstance(bench.ec2, WitnessEc2)
     bench.ec2.no_capacity = {"t3.micro"}
     (first, first_row), (second, second_row) = launches(bench)
-    assert (first.instance_type, second.instance_type) == ("t3.micro", "t3a.micro")
+    assert (first.instance_type, second.instance_type) == ("t3.micro", "t3.small")
     assert first.client_token != second.client_token
     assert_committed_before_the_call(first, first_row)
     assert_committed_before_the_call(second, second_row)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -333,6 +334,27 @@ def test_sync_prepares_the_instance_in_one_call(ctx: StepContext) -> None:
     before = len(connector.host.calls)
     ensure_synced(ctx)
     assert connector.host.calls[before:] == ["prepare_sync /mnt/ec2backup home"]
+
+
+def test_sync_unlinks_names_no_longer_one_file_at_the_source_before_rsync(
+    ctx: StepContext, tmp_path: Path
+) -> None:
+    connector, syncer = _mounted(ctx)
+    (tmp_path / "a").write_text("replaced")
+    (tmp_path / "b").write_text("kept")
+    connector.host.hard_links = (("/mnt/ec2backup/home/a", "/mnt/ec2backup/home/b"),)
+    removed_when_copying: list[list[str]] = []
+    real_sync = syncer.sync
+
+    def sync(*args: Any, **kw: Any) -> Any:
+        removed_when_copying.append(list(connector.host.removed))
+        return real_sync(*args, **kw)
+
+    syncer.sync = sync  # type: ignore[method-assign]
+    ensure_synced(ctx)
+    # Removed before the copy writes in place, in one more round trip.
+    assert removed_when_copying == [["/mnt/ec2backup/home/b"]]
+    assert connector.host.calls[-1] == "remove_files /mnt/ec2backup/home/b"
 
 
 def test_unmount_ends_a_leftover_rsync_holding_the_mount(ctx: StepContext) -> None:

@@ -186,12 +186,10 @@ def test_state_changes_take_time_and_show_as_on_aws(
     ssh_key: Path,
     tmp_path: Path,
 ) -> None:
+    # The attach delay outlasts the ssh call made while attaching (about a second when the
+    # machine is busy), so the sampling sees "attaching" first.
     sandbox_faults.configure_faults(
-        # The attach outlasts the ssh login made while it is under way (~0.5 s on a busy host).
-        boot_delay=1.0,
-        attach_delay=1.5,
-        detach_delay=0.4,
-        terminate_delay=0.4,
+        boot_delay=1.0, attach_delay=2.0, detach_delay=0.4, terminate_delay=0.4
     )
     instance = launch()
     instance_id, address = instance["InstanceId"], instance["PublicIpAddress"]
@@ -335,6 +333,13 @@ def test_the_idle_timer_is_rearmed_over_ssh_and_fires_once_the_rearming_stops(
 # --- SSH faults -------------------------------------------------------------------------------
 
 
+def _runs(sandbox: Sandbox, instance_id: str, name: str) -> bool:
+    from ec2backup.sandbox.host import Machine
+
+    machine = Machine.load(sandbox.layout.instance_dir(instance_id))
+    return machine is not None and any(n == name for _, _, n in machine.processes())
+
+
 def test_cut_ssh_drops_connections_and_the_instance_stays_up(
     sandbox: Sandbox, launch: Launch, ec2: Any, ssh_key: Path, tmp_path: Path
 ) -> None:
@@ -349,7 +354,12 @@ def test_cut_ssh_drops_connections_and_the_instance_stays_up(
         text=True,
     )
     try:
-        with_deadline(lambda: sandbox.ssh_connections(instance_id) == 1)
+        # The session's command runs: the connection of the first ssh has ended by then.
+        with_deadline(
+            lambda: (
+                _runs(sandbox, instance_id, "sleep") and sandbox.ssh_connections(instance_id) == 1
+            )
+        )
         assert sandbox.cut_ssh(instance_id) == 1
         _, stderr = session.communicate(timeout=10)
         assert session.returncode == 255, stderr
@@ -505,6 +515,7 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
     flags += " --attach-delay 1 --detach-delay 1 --terminate-delay 2 --fault-seed 9"
     flags += " --minute-seconds 1 --cut-ssh-after 4 --cut-ssh-on rsync"
     flags += " --no-capacity t3.micro --no-capacity t3.nano@us-east-1b --instance-limit 2 --iam"
+    flags += " --timing aws --timing-scale 0.5 --consistency-lag 1.5 --snapshot-delay 7"
     started = subprocess.run(
         [*cli, "start", "--dir", str(directory), *flags.split()],
         capture_output=True,
@@ -530,9 +541,23 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
             cut_ssh_on="rsync",
             no_capacity=("t3.micro", "t3.nano@us-east-1b"),
             instance_limit=2,
+            timing="aws",
+            timing_scale=0.5,
+            consistency_lag=1.5,
+            snapshot_delay=7,
         )
+        assert sandbox.settings.delay("ssh_delay") == 10.0  # AWS's 20 s, halved
+        assert sandbox.settings.delay("snapshot_delay") == 7.0  # as set
         changed = subprocess.run(
-            [*cli, "configure", "--dir", str(directory), "throttle_rate=0", "instance_limit=none"],
+            [
+                *cli,
+                "configure",
+                "--dir",
+                str(directory),
+                "throttle_rate=0",
+                "instance_limit=none",
+                "timing=instant",
+            ],
             capture_output=True,
             text=True,
         )
@@ -540,6 +565,7 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
         assert "instance_limit=none" in changed.stdout.splitlines()
         assert sandbox.settings.throttle_rate == 0
         assert sandbox.settings.boot_delay == 3
+        assert sandbox.settings.delay("ssh_delay") == 0.0  # instant again
         status = subprocess.run(
             [*cli, "status", "--dir", str(directory)], capture_output=True, text=True
         )
@@ -547,6 +573,154 @@ def test_cli_start_takes_the_fault_flags(tmp_path: Path) -> None:
         assert "boot_delay=3.0" in status.stdout
     finally:
         stop_sandbox(directory)
+
+
+def test_a_snapshot_stays_pending_and_no_volume_comes_from_it_meanwhile(
+    sandbox_faults: Sandbox,
+) -> None:
+    ec2 = client(sandbox_faults, "ec2")
+    source = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    sandbox_faults.configure_faults(snapshot_delay=2.0)
+    snapshot_id = ec2.create_snapshot(VolumeId=source)["SnapshotId"]
+    (pending,) = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert pending["State"] == "pending" and pending["Progress"] != "100%"
+    with pytest.raises(ClientError) as refused:
+        ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot_id)
+    assert refused.value.response["Error"] == {
+        "Code": "IncorrectState",
+        "Message": "Snapshot is in invalid state - pending",
+    }
+    with_deadline(
+        lambda: (
+            ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
+            == "completed"
+        ),
+        timeout=10,
+    )
+    (done,) = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert done["Progress"] == "100%"
+    restored = ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot_id)
+    ec2.delete_volume(VolumeId=restored["VolumeId"])
+    ec2.delete_snapshot(SnapshotId=snapshot_id)
+    ec2.delete_volume(VolumeId=source)
+
+
+def test_new_resources_are_not_found_by_id_nor_by_tag_for_the_consistency_lag(
+    sandbox_faults: Sandbox, launch: Launch
+) -> None:
+    ec2 = client(sandbox_faults, "ec2", config=no_retries())
+    sandbox_faults.configure_faults(consistency_lag=2.0)
+    tag = {"Key": "lag-test", "Value": str(time.monotonic_ns())}
+    volume_id = ec2.create_volume(
+        AvailabilityZone=AZ, Size=1, TagSpecifications=[{"ResourceType": "volume", "Tags": [tag]}]
+    )["VolumeId"]
+    instance_id = launch(TagSpecifications=[{"ResourceType": "instance", "Tags": [tag]}])[
+        "InstanceId"
+    ]
+    group_id = ec2.create_security_group(GroupName=tag["Value"], Description="lag")["GroupId"]
+    by_tag = [{"Name": f"tag:{tag['Key']}", "Values": [tag["Value"]]}]
+    for call, code, message in (
+        (
+            lambda: ec2.describe_volumes(VolumeIds=[volume_id]),
+            "InvalidVolume.NotFound",
+            f"The volume '{volume_id}' does not exist.",
+        ),
+        (
+            lambda: ec2.describe_instances(InstanceIds=[instance_id]),
+            "InvalidInstanceID.NotFound",
+            f"The instance ID '{instance_id}' does not exist",
+        ),
+        (
+            lambda: ec2.authorize_security_group_ingress(
+                GroupId=group_id, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="127.0.0.1/32"
+            ),
+            "InvalidGroup.NotFound",
+            f"The security group '{group_id}' does not exist",
+        ),
+    ):
+        with pytest.raises(ClientError) as missing:
+            call()
+        assert missing.value.response["Error"] == {"Code": code, "Message": message}
+    assert ec2.describe_volumes(Filters=by_tag)["Volumes"] == []
+    assert ec2.describe_instances(Filters=by_tag)["Reservations"] == []
+    # A launch into the new group, named on its network interface, is refused the same way.
+    with pytest.raises(ClientError) as young_group:
+        launch(
+            Placement={},
+            NetworkInterfaces=[{"DeviceIndex": 0, "Groups": [group_id]}],
+        )
+    assert young_group.value.response["Error"]["Code"] == "InvalidGroup.NotFound"
+    # Then it shows, by id and by tag.
+    with_deadline(lambda: ec2.describe_volumes(Filters=by_tag)["Volumes"], timeout=10)
+    assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+    assert ec2.describe_instances(Filters=by_tag)["Reservations"]
+    ec2.delete_volume(VolumeId=volume_id)
+    with_deadline(lambda: _shows(lambda: ec2.describe_security_groups(GroupIds=[group_id])))
+    ec2.delete_security_group(GroupId=group_id)
+
+
+def _shows(call: Any) -> bool:
+    try:
+        call()
+    except ClientError as e:
+        assert e.response["Error"]["Code"].endswith(".NotFound")
+        return False
+    return True
+
+
+def test_timing_aws_takes_awss_delays_scaled_in_the_same_order() -> None:
+    from ec2backup.sandbox.settings import AWS_DELAYS
+
+    aws = CloudSettings(timing="aws", timing_scale=0.1)
+    assert aws.delay("boot_delay") == pytest.approx(1.2)
+    assert aws.delay("terminate_delay") == pytest.approx(4.5)
+    order = sorted(AWS_DELAYS, key=aws.delay)
+    assert order == sorted(AWS_DELAYS, key=AWS_DELAYS.__getitem__)
+    assert aws.replace(boot_delay=0.5).delay("boot_delay") == 0.5  # set: as set
+    assert CloudSettings().delay("boot_delay") == 0.0  # instant
+    with pytest.raises(ValueError, match="timing must be one of instant, aws"):
+        CloudSettings(timing="slow")
+
+
+def test_until_cloud_final_the_console_shows_no_keys_and_logins_are_refused(
+    sandbox_faults: Sandbox, launch: Launch, ssh_key: Path, tmp_path: Path
+) -> None:
+    ec2 = client(sandbox_faults, "ec2")
+    sandbox_faults.configure_faults(ssh_delay=3.0)
+    instance = launch()
+    address = instance["PublicIpAddress"]
+    with_deadline(lambda: instance_state(ec2, instance["InstanceId"]) == "running")
+    with_deadline(lambda: _port_open(address))
+    output = ec2.get_console_output(InstanceId=instance["InstanceId"], Latest=True)["Output"]
+    assert "cloud-init" in output and "BEGIN SSH HOST KEY KEYS" not in output
+    # The machine's real host key, read on the host: the login itself is what is refused.
+    host_key = (
+        sandbox_faults.layout.instance_dir(instance["InstanceId"]) / "ssh_host_ed25519_key.pub"
+    ).read_text()
+    known = known_hosts(tmp_path / "host", address, [host_key])
+    refused = subprocess.run(
+        [*ssh_args(address, ssh_key, known), f"ubuntu@{address}", "true"],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused.stderr
+    keys = with_deadline(lambda: _console_keys(ec2, instance["InstanceId"]), timeout=15)
+    proc = ssh(address, ssh_key, known_hosts(tmp_path / "known", address, keys), "id -un")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "ubuntu"), proc.stderr
+
+
+def _port_open(address: str) -> bool:
+    try:
+        with socket.create_connection((address, 22), 1):
+            return True
+    except OSError:
+        return False
+
+
+def _console_keys(ec2: Any, instance_id: str) -> list[str]:
+    output = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output", "")
+    return console_host_keys(ec2, instance_id) if "BEGIN SSH HOST KEY KEYS" in output else []
 
 
 # --- the client's address -------------------------------------------------------------------------

@@ -62,12 +62,13 @@ def test_the_account_holds_only_what_the_sandbox_seeded(sandbox: Sandbox) -> Non
     # Like a new AWS account: no public AMIs of moto's own, and so no snapshots behind them
     # listed as the caller's (they made every DescribeSnapshots OwnerIds=self slow).
     ec2 = client(sandbox, "ec2")
-    assert [i["ImageId"] for i in ec2.describe_images()["Images"]] == [sandbox.default_ami_id]
-    # The AMI's snapshot is Canonical's, as on AWS: listed for its owner, not as the caller's.
-    (canonical,) = ec2.describe_snapshots(OwnerIds=["099720109477"])["Snapshots"]
-    assert sandbox.default_ami_id in canonical["Description"]
+    images = {i["ImageId"]: i["Architecture"] for i in ec2.describe_images()["Images"]}
+    assert images == {sandbox.default_ami_id: "x86_64", sandbox.ami_ids["arm64"]: "arm64"}
+    # The AMIs' snapshots are Canonical's, as on AWS: listed for their owner, not the caller's.
+    canonical = ec2.describe_snapshots(OwnerIds=["099720109477"])["Snapshots"]
+    assert {i for i in images for s in canonical if i in s["Description"]} == set(images)
     own = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
-    assert canonical["SnapshotId"] not in {s["SnapshotId"] for s in own}
+    assert not {s["SnapshotId"] for s in canonical} & {s["SnapshotId"] for s in own}
     assert all(s["OwnerId"] == own_account(ec2) for s in own)
 
 
@@ -451,3 +452,136 @@ def test_importing_the_cli_does_not_import_moto_or_boto3() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+ARM64_PARAMETER = UBUNTU_PARAMETER.replace("/amd64/", "/arm64/")
+
+
+def test_an_image_of_another_architecture_is_refused_as_ec2_words_it(
+    sandbox: Sandbox, launch: Launch, ec2: Any
+) -> None:
+    arm64 = client(sandbox, "ssm").get_parameter(Name=ARM64_PARAMETER)["Parameter"]["Value"]
+    assert arm64 == sandbox.ami_ids["arm64"] != sandbox.default_ami_id
+    with pytest.raises(ClientError) as refused:
+        launch(InstanceType="t4g.micro")  # the amd64 image
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert refused.value.response["Error"]["Message"].startswith(
+        "The architecture 'arm64' of the specified instance type does not match the"
+        " architecture 'x86_64' of the specified AMI."
+    )
+    with pytest.raises(ClientError) as backwards:
+        launch(InstanceType="t3.micro", ImageId=arm64)
+    assert (
+        "'x86_64' of the specified instance type does not match the architecture 'arm64'"
+        in (backwards.value.response["Error"]["Message"])
+    )
+    instance = launch(InstanceType="t4g.micro", ImageId=arm64)
+    assert instance["Architecture"] == "arm64" or instance["ImageId"] == arm64
+    (image,) = ec2.describe_images(ImageIds=[arm64])["Images"]
+    assert image["Architecture"] == "arm64"
+
+
+def test_a_type_not_offered_in_the_zone_is_unsupported(launch: Launch, ec2: Any) -> None:
+    offered = ec2.describe_instance_type_offerings(
+        LocationType="availability-zone",
+        Filters=[{"Name": "instance-type", "Values": ["t3.micro"]}],
+    )["InstanceTypeOfferings"]
+    zones = sorted(o["Location"] for o in offered)
+    assert "us-east-1e" not in zones and "us-east-1a" in zones
+    with pytest.raises(ClientError) as refused:
+        launch(Placement={"AvailabilityZone": "us-east-1e"})
+    error = refused.value.response["Error"]
+    assert error["Code"] == "Unsupported"
+    assert error["Message"] == (
+        "Your requested instance type (t3.micro) is not supported in your requested"
+        " Availability Zone (us-east-1e). Please retry your request by not specifying an"
+        f" Availability Zone or choosing {', '.join(zones)}."
+    )
+    # t2.nano is offered there.
+    launch(InstanceType="t2.nano", Placement={"AvailabilityZone": "us-east-1e"})
+
+
+def test_a_running_instances_root_volume_cannot_be_detached_and_goes_with_it(
+    launch: Launch, ec2: Any
+) -> None:
+    instance = launch()
+    instance_id = instance["InstanceId"]
+    (reservation,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    described = reservation["Instances"][0]
+    root_device = described["RootDeviceName"]
+    (root,) = [
+        m["Ebs"]["VolumeId"]
+        for m in described["BlockDeviceMappings"]
+        if m["DeviceName"] == root_device
+    ]
+    for force in (False, True):
+        with pytest.raises(ClientError) as refused:
+            ec2.detach_volume(VolumeId=root, InstanceId=instance_id, Force=force)
+        assert refused.value.response["Error"]["Code"] == "OperationNotPermitted"
+        assert refused.value.response["Error"]["Message"] == (
+            f"Unable to detach root volume '{root}' from instance '{instance_id}'"
+        )
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    gone = with_deadline(lambda: not _volume_exists(ec2, root), timeout=10)
+    assert gone  # DeleteOnTermination, as the Ubuntu AMI maps its root volume
+
+
+def _volume_exists(ec2: Any, volume_id: str) -> bool:
+    try:
+        ec2.describe_volumes(VolumeIds=[volume_id])
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidVolume.NotFound"
+        return False
+    return True
+
+
+def _instance(ec2: Any, instance_id: str) -> dict[str, Any]:
+    (reservation,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return reservation["Instances"][0]  # type: ignore[no-any-return]
+
+
+def test_a_public_address_only_where_the_subnet_maps_one_or_the_launch_asks(
+    sandbox: Sandbox, launch: Launch, ec2: Any
+) -> None:
+    # A new account's default VPC routes 0.0.0.0/0 to an internet gateway, as on AWS.
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    (table,) = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])[
+        "RouteTables"
+    ]
+    assert any(
+        r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("GatewayId", "").startswith("igw-")
+        for r in table["Routes"]
+    )
+    private = ec2.create_subnet(
+        VpcId=vpc["VpcId"], CidrBlock="172.31.240.0/24", AvailabilityZone=AZ
+    )["Subnet"]["SubnetId"]
+    # (The subnet stays: the launch fixture terminates its instances after the test.)
+    assert not ec2.describe_subnets(SubnetIds=[private])["Subnets"][0]["MapPublicIpOnLaunch"]
+    quiet = launch(SubnetId=private, Placement={})
+    assert "PublicIpAddress" not in _instance(ec2, quiet["InstanceId"])
+    asked = launch(
+        Placement={},
+        NetworkInterfaces=[
+            {"DeviceIndex": 0, "SubnetId": private, "AssociatePublicIpAddress": True}
+        ],
+    )
+    assert _instance(ec2, asked["InstanceId"])["PublicIpAddress"].startswith("127.")
+
+
+def test_an_instance_in_a_subnet_without_a_route_to_the_internet_cannot_be_reached(
+    launch: Launch, ec2: Any
+) -> None:
+    vpc_id = ec2.create_vpc(CidrBlock="10.250.0.0/16")["Vpc"]["VpcId"]
+    subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.250.1.0/24", AvailabilityZone=AZ)[
+        "Subnet"
+    ]["SubnetId"]
+    instance = launch(
+        Placement={},
+        NetworkInterfaces=[
+            {"DeviceIndex": 0, "SubnetId": subnet_id, "AssociatePublicIpAddress": True}
+        ],
+    )
+    address = _instance(ec2, instance["InstanceId"])["PublicIpAddress"]
+    assert address.startswith("127."), address  # never connect anywhere else
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((address, 22), 2):
+        pass

@@ -1,4 +1,4 @@
-"""botocore models of EC2 and SSM that hold only the operations ec2backup calls.
+"""botocore models of EC2, SSM and EBS that hold only the operations ec2backup calls.
 
 botocore's EC2 model describes ~830 operations and ~4,400 shapes. Parsing it took ~0.1 s of
 every command that makes an EC2 client, and building a client's methods for all of them
@@ -19,6 +19,8 @@ endpoint rules, paginators, waiters) is loaded, only to check the name it was as
 If the cache cannot be written, the session keeps botocore's full models: slower, same result.
 A call to an operation missing from ``OPERATIONS`` fails with AttributeError at once;
 ``tests/adapters/aws/test_botomodel.py`` checks the lists against every call in the adapter.
+``EC2BACKUP_NO_FASTPATHS`` (``fastpaths.BOTOCORE_MODELS``) turns all of it off: botocore's own
+session, loader and files, as boto3 makes them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import botocore
 import botocore.loaders
 import botocore.session
 
+from ...fastpaths import BOTOCORE_MODELS, enabled
 from ...paths import write_atomically
 
 log = logging.getLogger(__name__)
@@ -49,16 +52,22 @@ EC2_OPERATIONS = frozenset(
         "DeleteSnapshot",
         "DeleteVolume",
         "DescribeImages",
+        "DescribeInstanceTypeOfferings",
+        "DescribeInstanceTypes",
         "DescribeInstances",
         "DescribeRegions",
+        "DescribeRouteTables",
         "DescribeSecurityGroupRules",
         "DescribeSecurityGroups",
+        "DescribeSnapshotTierStatus",
         "DescribeSnapshots",
         "DescribeSubnets",
         "DescribeVolumes",
         "DescribeVpcs",
         "DetachVolume",
         "GetConsoleOutput",
+        "ModifySnapshotTier",
+        "RestoreSnapshotTier",
         "RevokeSecurityGroupIngress",
         "RunInstances",
         "TerminateInstances",
@@ -67,7 +76,14 @@ EC2_OPERATIONS = frozenset(
 
 SSM_OPERATIONS = frozenset({"GetParameter"})
 
-OPERATIONS: dict[str, frozenset[str]] = {"ec2": EC2_OPERATIONS, "ssm": SSM_OPERATIONS}
+# The EBS direct APIs that read snapshots (what each snapshot adds to the chain).
+EBS_OPERATIONS = frozenset({"ListChangedBlocks", "ListSnapshotBlocks"})
+
+OPERATIONS: dict[str, frozenset[str]] = {
+    "ec2": EC2_OPERATIONS,
+    "ssm": SSM_OPERATIONS,
+    "ebs": EBS_OPERATIONS,
+}
 
 # Every service the session makes clients for: the trimmed ones and STS (the credentials
 # probe), whose small model loads whole. A client of any other service raises
@@ -175,9 +191,12 @@ class KnownServicesLoader(botocore.loaders.Loader):
         return sorted(SERVICES)
 
 
-def session_with_trimmed_models(cache_dir: Path | None = None) -> botocore.session.Session:
-    """A botocore session for ``SERVICES`` whose EC2 and SSM clients load the trimmed models."""
+def botocore_session(cache_dir: Path | None = None) -> botocore.session.Session:
+    """The botocore session ec2backup makes its clients from: for ``SERVICES``, its EC2 and
+    SSM clients loading the trimmed models; botocore's own unless the speed trick is on."""
     session = botocore.session.get_session()
+    if not enabled(BOTOCORE_MODELS):
+        return session
     root = trimmed_models_dir(cache_dir or default_cache_dir())
     if root is not None:
         # data_path is botocore's documented search path (AWS_DATA_PATH); the user's stays

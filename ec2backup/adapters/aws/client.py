@@ -14,14 +14,13 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
 )
 from botocore.waiter import SingleWaiterConfig
@@ -32,7 +31,8 @@ from ...errors import (
     ResourceNotFoundError,
     TransientCloudError,
 )
-from ...ports import Instance, LaunchSpec, Snapshot, Volume
+from ...ports import IngressRule, Instance, LaunchSpec, Snapshot, Volume
+from . import groups, launch
 from .convert import (
     _batches,
     _describe_volumes,
@@ -44,13 +44,12 @@ from .convert import (
     _volume,
     _volumes_in,
 )
-from .errors import _NOT_FOUND_CODES, _error_code, _one_line, translated
-from .groups import SecurityGroupCalls
+from .errors import _error_code, translated
+from .tiers import SnapshotTierCalls
 from .waiters import _INSTANCE_GONE_STATES, _WAITERS, _attached_waiter, wait
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
-    from mypy_boto3_ec2.type_defs import FilterTypeDef
     from mypy_boto3_ssm.client import SSMClient
 
 
@@ -78,7 +77,50 @@ DESCRIBE_PAGE_SIZE = 1000
 _INSTANCE_ID = re.compile(r"\bi-[0-9a-zA-Z]+\b")
 
 
-class Boto3Ec2(SecurityGroupCalls):
+def _launch_params(spec: LaunchSpec) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "ImageId": spec.image_id,
+        "InstanceType": spec.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": spec.client_token,
+        "Placement": {"AvailabilityZone": spec.availability_zone},
+        # Tags in the launch call itself: a separate CreateTags could fail after the
+        # launch and leak an instance no reaper can find.
+        "TagSpecifications": _tag_specs(spec.tags, "instance", "volume", "network-interface"),
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpPutResponseHopLimit": 1,
+            "HttpEndpoint": "enabled",
+        },
+        "InstanceInitiatedShutdownBehavior": "terminate",
+    }
+    if spec.user_data:
+        params["UserData"] = spec.user_data  # botocore base64-encodes it
+    # A public address asked for, not left to the subnet's MapPublicIpOnLaunch: the backup
+    # host reaches the instance over the internet. Subnet and groups then go on the interface.
+    interface: dict[str, Any] = {
+        "DeviceIndex": 0,
+        "AssociatePublicIpAddress": True,
+        "DeleteOnTermination": True,
+    }
+    if spec.security_group_ids:
+        interface["Groups"] = list(spec.security_group_ids)
+    if spec.subnet_id:
+        interface["SubnetId"] = spec.subnet_id
+    params["NetworkInterfaces"] = [interface]
+    return params
+
+
+def _launch_resources(spec: LaunchSpec) -> dict[str, str]:
+    return {
+        "image": spec.image_id,
+        "instance_type": spec.instance_type,
+        "availability_zone": spec.availability_zone,
+    }
+
+
+class Boto3Ec2(SnapshotTierCalls):
     """``ports.Ec2`` on boto3. ``poll_interval`` is the delay between polls of every wait;
     ``run_id`` is put on every error raised."""
 
@@ -113,99 +155,52 @@ class Boto3Ec2(SecurityGroupCalls):
         """Translate botocore exceptions raised inside the block (and only those)."""
         return translated(action, resources, self.run_id)
 
+    # ---- what the modules it delegates to use (``clients.Ec2Clients``) ----------------
+
+    errors = _errors
+
+    @property
+    def client(self) -> EC2Client:
+        return self._client
+
+    @property
+    def client_once(self) -> EC2Client:
+        return self._client_once
+
+    def ssm_client(self) -> SSMClient:
+        if self._ssm_client is None:
+            self._ssm_client = self.session.client(
+                "ssm", region_name=self.region, config=_CLIENT_CONFIG
+            )
+        return self._ssm_client
+
     # ---- images ------------------------------------------------------------------------
 
     def resolve_image(self, ami: str) -> str:
-        """An ``ami-...`` id is checked to exist; ``/name`` or ``resolve:ssm:name`` is an SSM
-        parameter holding the id. Resolving here (not in RunInstances) lets the run record a
-        fixed AMI id, so a resumed launch with the same client token sends the same request."""
-        if ami.startswith("resolve:ssm:") or ami.startswith("/"):
-            name = ami.removeprefix("resolve:ssm:")
-            with self._errors("ssm:GetParameter", {"parameter": name}):
-                if self._ssm_client is None:
-                    self._ssm_client = self.session.client(
-                        "ssm", region_name=self.region, config=_CLIENT_CONFIG
-                    )
-                try:
-                    value = self._ssm_client.get_parameter(Name=name)["Parameter"]["Value"]
-                except ClientError as exc:
-                    if _error_code(exc) in _NOT_FOUND_CODES:
-                        raise ResourceNotFoundError(
-                            "SSM parameter for the AMI not found",
-                            run_id=self.run_id,
-                            resources={"parameter": name, "region": self.region},
-                            hint="check the parameter name and the region, e.g. "
-                            "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/"
-                            "hvm/ebs-gp3/ami-id",
-                        ) from exc
-                    raise
-            image_id = value.strip()
-            if not image_id.startswith("ami-"):
-                raise ResourceNotFoundError(
-                    f"SSM parameter holds {_one_line(image_id, 60)!r}, not an AMI id",
-                    run_id=self.run_id,
-                    resources={"parameter": name},
-                    hint="point the profile at a parameter whose value is an ami-... id",
-                )
-        else:
-            image_id = ami
-        self._check_image(image_id)
-        return image_id
+        return launch.resolve_image(self, ami)
 
-    def _check_image(self, image_id: str) -> None:
-        resources = {"image": image_id, "region": self.region}
-        with self._errors("ec2:DescribeImages", resources):
-            images = self._client.describe_images(ImageIds=[image_id]).get("Images", [])
-        if not images:
-            raise ResourceNotFoundError(
-                "AMI not found",
-                run_id=self.run_id,
-                resources=resources,
-                hint="check the AMI id and the region (AMI ids are regional)",
-            )
-        state = images[0].get("State", "available")
-        if state != "available":
-            raise InvalidResourceStateError(
-                f"AMI is {state}, not available",
-                run_id=self.run_id,
-                resources=resources,
-                hint="choose an available AMI",
-            )
+    def image_architecture(self, image_id: str) -> str:
+        return launch.image_architecture(self, image_id)
+
+    def instance_type_architectures(
+        self, instance_types: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        return launch.instance_type_architectures(self, instance_types)
+
+    def offered_instance_types(self, availability_zone: str) -> set[str]:
+        return launch.offered_instance_types(self, availability_zone)
+
+    def check_launch(self, spec: LaunchSpec) -> None:
+        """A dry run of ``run_instance(spec)``: raises what the launch would for IAM."""
+        params = {k: v for k, v in _launch_params(spec).items() if k != "ClientToken"}
+        launch.check_launch(self, params, _launch_resources(spec))
 
     # ---- instances ---------------------------------------------------------------------
 
     def run_instance(self, spec: LaunchSpec) -> Instance:
         """Launch one instance. The same ``client_token`` returns the same instance (even a
         terminated one, for a while): the caller checks the state it gets back."""
-        params: dict[str, Any] = {
-            "ImageId": spec.image_id,
-            "InstanceType": spec.instance_type,
-            "MinCount": 1,
-            "MaxCount": 1,
-            "ClientToken": spec.client_token,
-            "Placement": {"AvailabilityZone": spec.availability_zone},
-            # Tags in the launch call itself: a separate CreateTags could fail after the
-            # launch and leak an instance no reaper can find.
-            "TagSpecifications": _tag_specs(spec.tags, "instance", "volume", "network-interface"),
-            "MetadataOptions": {
-                "HttpTokens": "required",
-                "HttpPutResponseHopLimit": 1,
-                "HttpEndpoint": "enabled",
-            },
-            "InstanceInitiatedShutdownBehavior": "terminate",
-        }
-        if spec.user_data:
-            params["UserData"] = spec.user_data  # botocore base64-encodes it
-        if spec.security_group_ids:
-            params["SecurityGroupIds"] = list(spec.security_group_ids)
-        if spec.subnet_id:
-            params["SubnetId"] = spec.subnet_id
-        resources = {
-            "image": spec.image_id,
-            "instance_type": spec.instance_type,
-            "availability_zone": spec.availability_zone,
-        }
-        response = self._run_instances(params, resources)
+        response = self._run_instances(_launch_params(spec), _launch_resources(spec))
         return _instance(response["Instances"][0])
 
     def _run_instances(self, params: dict[str, Any], resources: Mapping[str, str]) -> Any:
@@ -412,6 +407,25 @@ class Boto3Ec2(SecurityGroupCalls):
             )
             return [_snapshot(s) for page in pages for s in page.get("Snapshots", ())]
 
+    def ensure_security_group(self, name: str, ssh_cidr: str, tags: Mapping[str, str]) -> str:
+        return groups.ensure_security_group(self, name, ssh_cidr, tags)
+
+    # SSH from where this host is now (run/steps/access.py): rules added per run, tagged.
+    def security_group_tags(self, group_id: str) -> Mapping[str, str] | None:
+        return groups.security_group_tags(self, group_id)
+
+    def ingress_rules(self, group_id: str) -> list[IngressRule]:
+        return groups.ingress_rules(self, group_id)
+
+    def find_ingress_rules(self, tags: Mapping[str, str]) -> list[IngressRule]:
+        return groups.find_ingress_rules(self, tags)
+
+    def authorize_ssh(self, group_id: str, cidr: str, tags: Mapping[str, str]) -> str:
+        return groups.authorize_ssh(self, group_id, cidr, tags)
+
+    def revoke_ingress_rules(self, group_id: str, rule_ids: Sequence[str]) -> None:
+        groups.revoke_ingress_rules(self, group_id, rule_ids)
+
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         """None when no snapshot with that id is visible to this account."""
         with self._errors("ec2:DescribeSnapshots", {"snapshot": snapshot_id}):
@@ -435,23 +449,18 @@ class Boto3Ec2(SecurityGroupCalls):
     # ---- read-only checks ------------------------------------------------------------
 
     def missing_security_groups(self, group_ids: Sequence[str]) -> list[str]:
-        """The ids in ``group_ids`` that name no security group in this region. A filter (not
-        GroupIds) so that unknown ids come back as absent rather than as an error."""
-        existing: set[str] = set()
-        for batch in _batches(group_ids, FILTER_VALUES_BATCH):
-            filters: list[FilterTypeDef] = [{"Name": "group-id", "Values": batch}]
-            with self._errors("ec2:DescribeSecurityGroups"):
-                pages = self._client.get_paginator("describe_security_groups").paginate(
-                    Filters=filters
-                )
-                existing |= {g["GroupId"] for page in pages for g in page["SecurityGroups"]}
-        return [g for g in dict.fromkeys(group_ids) if g not in existing]
+        return groups.missing_security_groups(self, group_ids)
+
+    def default_subnet(self, availability_zone: str) -> str | None:
+        return groups.default_subnet(self, availability_zone)
+
+    def subnet_routes_to_internet(self, subnet_id: str) -> bool:
+        return groups.subnet_routes_to_internet(self, subnet_id)
 
     # ---- waits -------------------------------------------------------------------------
 
     def wait_instance_running(self, instance_id: str, timeout: float) -> Instance:
-        """Wait until the instance is running and has its public IP. An instance in a subnet
-        that does not assign public IPs is returned once running (it will never get one)."""
+        """Wait until the instance is running and has its public IP (the launch asks for one)."""
         resources = {"instance": instance_id}
         deadline = time.monotonic() + timeout
 
@@ -471,7 +480,7 @@ class Boto3Ec2(SecurityGroupCalls):
             timeout_hint="the instance is slow to boot: raise the boot timeout and resume",
         )
         raw = next(i for r in response["Reservations"] for i in r["Instances"])
-        if raw.get("PublicIpAddress") or not self._subnet_assigns_public_ip(raw.get("SubnetId")):
+        if raw.get("PublicIpAddress"):
             return _instance(raw)
         # Running, but the public IP is not there yet: keep polling for it.
         response = self._wait(
@@ -486,20 +495,9 @@ class Boto3Ec2(SecurityGroupCalls):
         )
         return _instances_in(response)[0]
 
-    def _subnet_assigns_public_ip(self, subnet_id: str | None) -> bool:
-        if not subnet_id:
-            return True
-        try:
-            subnets = self._client.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
-        except (ClientError, BotoCoreError):
-            # Not allowed to look (IAM) or not found: assume the default, a public IP.
-            return True
-        return bool(subnets and subnets[0].get("MapPublicIpOnLaunch"))
-
     def wait_volume_available(self, volume_id: str, timeout: float) -> Volume:
         response = self._wait(
-            # botocore's own VolumeAvailable; the stubs type ``.config`` as a dict.
-            cast(SingleWaiterConfig, self._client.get_waiter("volume_available").config),
+            _WAITERS.get_waiter("VolumeAvailable"),
             {"VolumeIds": [volume_id]},
             timeout,
             action="volume available",
@@ -554,6 +552,32 @@ class Boto3Ec2(SecurityGroupCalls):
             timeout_hint="check the instance in the EC2 console and terminate it there if "
             "needed, then resume",
         )
+
+    def wait_snapshot_completed(
+        self,
+        snapshot_id: str,
+        timeout: float,
+        on_progress: Callable[[Snapshot], None] = lambda _s: None,
+    ) -> Snapshot:
+        def report(response: Mapping[str, Any]) -> None:
+            for raw in response.get("Snapshots", ()):
+                on_progress(_snapshot(raw))
+
+        response = self._wait(
+            # botocore's own SnapshotCompleted; the stubs type ``.config`` as a dict.
+            cast(SingleWaiterConfig, self._client.get_waiter("snapshot_completed").config),
+            {"SnapshotIds": [snapshot_id]},
+            timeout,
+            action="snapshot completed",
+            resources={"snapshot": snapshot_id},
+            observe=lambda r: ", ".join(
+                f"{s.state} {s.progress or ''}".strip()
+                for s in (_snapshot(x) for x in r.get("Snapshots", ()))
+            ),
+            timeout_hint="the snapshot is still being copied: try again later",
+            after_poll=report,
+        )
+        return _snapshot(response["Snapshots"][0])
 
     def _wait(
         self,

@@ -46,6 +46,7 @@ def _instance(raw: Mapping[str, Any]) -> Instance:
         private_ip=raw.get("PrivateIpAddress") or None,
         tags=_tags(raw.get("Tags")),
         launch_time=_when(raw.get("LaunchTime")),
+        root_device=raw.get("RootDeviceName") or None,
     )
 
 
@@ -73,6 +74,9 @@ def _snapshot(raw: Mapping[str, Any]) -> Snapshot:
         started_at=_when(raw.get("StartTime")),
         size_gib=int(size) if size is not None else None,
         tags=_tags(raw.get("Tags")),
+        progress=raw.get("Progress") or None,
+        storage_tier=raw.get("StorageTier") or "standard",
+        restore_expiry=_when(raw.get("RestoreExpiryTime")),
     )
 
 

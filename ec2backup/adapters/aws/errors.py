@@ -3,6 +3,7 @@ resource ids and a hint that says the fix."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 
 _MAX_AWS_MESSAGE = 240
+# "... is not authorized to perform: ec2:RunInstances on resource: arn:...:volume/* because ..."
+_REFUSED_RESOURCE = re.compile(r"on resource: (\S+)")
 
 _CREDENTIALS_HINT = (
     "refresh or configure AWS credentials (aws configure, aws sso login, AWS_PROFILE, or "
@@ -46,12 +49,16 @@ _CREDENTIAL_CODES = frozenset(
         "SignatureDoesNotMatch",
     }
 )
-_THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
+_THROTTLE_CODES = frozenset(
+    {"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottledException"}
+)
 _SERVER_CODES = frozenset({"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"})
 _STATE_CODES = frozenset(
     {"IncorrectState", "IncorrectInstanceState", "VolumeInUse", "InvalidVolume.ZoneMismatch"}
 )
-_NOT_FOUND_CODES = frozenset({"ParameterNotFound", "ParameterVersionNotFound"})
+_NOT_FOUND_CODES = frozenset(
+    {"ParameterNotFound", "ParameterVersionNotFound", "ResourceNotFoundException"}
+)
 
 # code -> (class, what went wrong, how to fix it)
 _KNOWN_CODES: dict[str, tuple[type[CloudError], str, str]] = {
@@ -161,10 +168,13 @@ def translate(
             CloudError, f"{action}: AWS rejected the credentials {detail}", _CREDENTIALS_HINT
         )
     if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
-        # The EC2 message carries a long encoded blob: keep it out of the one-line message.
+        # The EC2 message carries a long encoded blob: keep it out of the one-line message,
+        # but name the resource AWS refused (one call authorizes several).
+        refused = _REFUSED_RESOURCE.search(str(exc.response.get("Error", {}).get("Message", "")))
+        on = f" on {refused.group(1)}" if refused else ""
         return err(
             CloudError,
-            f"not authorized to call {action} ({code})",
+            f"not authorized to call {action}{on} ({code})",
             f"grant {action} to this IAM identity (details: aws sts "
             "decode-authorization-message --encoded-message ...)",
         )

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     pass
 
 
+# How long EC2 may answer NotFound for a resource it has just created (its API is eventually
+# consistent: usually seconds; the wait gives it a minute).
+EVENTUAL_CONSISTENCY_SECONDS = 60.0
+
 _INSTANCE_FAILED_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 _INSTANCE_GONE_STATES = ("shutting-down", "terminated")
 
@@ -64,6 +68,27 @@ _WAITERS = WaiterModel(
                         "matcher": "error",
                         "expected": "InvalidInstanceID.NotFound",
                     },
+                ],
+            },
+            # botocore's VolumeAvailable, plus: a new volume's id may be unknown briefly.
+            "VolumeAvailable": {
+                "operation": "DescribeVolumes",
+                "delay": 1,
+                "maxAttempts": 1,
+                "acceptors": [
+                    {
+                        "state": "success",
+                        "matcher": "pathAll",
+                        "argument": "Volumes[].State",
+                        "expected": "available",
+                    },
+                    {
+                        "state": "failure",
+                        "matcher": "pathAny",
+                        "argument": "Volumes[].State",
+                        "expected": "deleted",
+                    },
+                    {"state": "retry", "matcher": "error", "expected": "InvalidVolume.NotFound"},
                 ],
             },
             "InstanceGone": {
@@ -131,12 +156,38 @@ def _attached_waiter(instance_id: str) -> SingleWaiterConfig:
                             }
                             for state in ("deleting", "deleted", "error")
                         ),
+                        # A new volume's id may be unknown briefly (eventual consistency).
+                        {
+                            "state": "retry",
+                            "matcher": "error",
+                            "expected": "InvalidVolume.NotFound",
+                        },
                     ],
                 }
             },
         }
     )
     return model.get_waiter("VolumeAttachedTo")
+
+
+def while_not_found(
+    call: Callable[[], Any],
+    codes: tuple[str, ...],
+    poll_interval: float,
+    timeout: float = EVENTUAL_CONSISTENCY_SECONDS,
+) -> Any:
+    """``call()``, again while it answers one of the NotFound ``codes`` for a resource this
+    process has just created, up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in codes:
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(poll_interval)
 
 
 class _DeadlineReached(Exception):

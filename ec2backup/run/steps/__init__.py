@@ -23,7 +23,12 @@ from .instance import ensure_instance_running, ensure_terminated
 from .profile import ensure_profile_written
 from .snapshot import ensure_snapshot
 from .transfer import ensure_compared, ensure_pulled, ensure_synced
-from .volume import ensure_restore_volume, ensure_volume_created, ensure_volume_deleted
+from .volume import (
+    ensure_restore_volume,
+    ensure_volume_created,
+    ensure_volume_deleted,
+    ensure_work_volume,
+)
 
 StepFunction = Callable[[StepContext], str]
 
@@ -47,4 +52,6 @@ ENSURE: dict[Step, StepFunction] = {
     states.TERMINATE: ensure_terminated,
     states.SNAPSHOT: ensure_snapshot,
     states.DELETE_VOLUME: ensure_volume_deleted,
+    states.WORK_VOLUME: ensure_work_volume,
+    states.SNAPSHOT_WORK: ensure_snapshot,
 }

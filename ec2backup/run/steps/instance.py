@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from ...core.states import called
+from ...core.states import called, recorded
 from ...core.tags import TAG_EXPIRES_AT, TAG_RUN_ID
 from ...core.times import utcnow
 from ...errors import (
@@ -21,6 +21,7 @@ from ...ports import (
 from ..context import StepContext
 from ..userdata import user_data
 from .session import FROM_USER_DATA
+from .visibility import LAUNCHED_AT, note_create, until_visible
 from .volume import _volume, check_volume_usable
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,21 @@ _ENDING = ("shutting-down", "terminated")
 # --- instance ----------------------------------------------------------------------------
 
 
+def _run_instance(ctx: StepContext) -> Instance | None:
+    """The run's recorded instance; NotFound right after its launch is EC2 catching up."""
+    instance_id = ctx.run.instance_id
+    assert instance_id is not None
+    return until_visible(ctx, LAUNCHED_AT, lambda: ctx.ec2.get_instance(instance_id))
+
+
 def _live_run_instance(ctx: StepContext) -> Instance | None:
     if ctx.run.instance_id:
-        instance = ctx.ec2.get_instance(ctx.run.instance_id)
+        instance = _run_instance(ctx)
         if instance is not None and instance.state in _USABLE_INSTANCE:
             return instance
         return None
-    # The process may have died between RunInstances and recording its result.
+    # The process may have died between RunInstances and recording its result. (A launch
+    # retried under the same client token returns that instance even while tags lag.)
     found = ctx.ec2.find_instances({TAG_RUN_ID: ctx.run.id}, _USABLE_INSTANCE)
     return found[0] if found else None
 
@@ -57,15 +66,28 @@ def _new_launch_attempt(ctx: StepContext, instance_type: str) -> None:
         "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "instance_type": instance_type,
     }
+    note_create(ctx, LAUNCHED_AT)
     ctx.recorder.save()
+
+
+def _instance_types(ctx: StepContext) -> list[str]:
+    """The types to try, in order: as checked when the run was created (offered in the zone),
+    else the profile's."""
+    recorded = ctx.run.config.get("instance_types")
+    if recorded:
+        return list(recorded)
+    return [ctx.profile.instance_type, *ctx.profile.fallback_instance_types]
 
 
 def _launch_spec(ctx: StepContext) -> LaunchSpec:
     run = ctx.run
     assert ctx.host_key is not None, "the run's host key is made before its launch"
+    instance_type = run.config["instance_type"]
+    # Each type its own architecture's image (a fallback may be arm64 where the first is not).
+    image_id = dict(run.config.get("images") or {}).get(instance_type, run.config["image_id"])
     return LaunchSpec(
-        image_id=run.config["image_id"],
-        instance_type=run.config["instance_type"],
+        image_id=image_id,
+        instance_type=instance_type,
         availability_zone=ctx.profile.availability_zone,
         client_token=run.launch_token or "",
         tags={
@@ -80,7 +102,7 @@ def _launch_spec(ctx: StepContext) -> LaunchSpec:
             ctx.profile.instance_lifetime_minutes,
         ),
         security_group_ids=ctx.profile.security_group_ids,
-        subnet_id=ctx.profile.subnet_id,
+        subnet_id=run.config.get("subnet_id") or ctx.profile.subnet_id,
     )
 
 
@@ -88,7 +110,7 @@ def _launch(ctx: StepContext) -> Instance:
     """RunInstances, falling back to the profile's other instance types while AWS has no
     capacity for one in the volume's zone (the zone itself is fixed by the volume)."""
     run = ctx.run
-    types = [ctx.profile.instance_type, *ctx.profile.fallback_instance_types]
+    types = _instance_types(ctx)
     while True:
         try:
             return ctx.ec2.run_instance(_launch_spec(ctx))
@@ -124,7 +146,7 @@ def ensure_instance_running(ctx: StepContext) -> str:
         # The instance gets the run's host key in its user data: pinned from there.
         run.host_key_source = FROM_USER_DATA
         if gone or run.launch_token is None:
-            _new_launch_attempt(ctx, ctx.profile.instance_type)
+            _new_launch_attempt(ctx, _instance_types(ctx)[0])
         if "image_id" not in run.config:
             run.config = {**run.config, "image_id": ctx.ec2.resolve_image(ctx.profile.ami)}
             ctx.recorder.save()
@@ -133,11 +155,16 @@ def ensure_instance_running(ctx: StepContext) -> str:
     if run.instance_id != instance.id:
         run.instance_id = instance.id
         ctx.recorder.save()
+        crash_point(recorded("instance_id"))  # before EC2 need show the new id
     instance = ctx.ec2.wait_instance_running(instance.id, ctx.profile.boot_timeout)
-    address = instance.public_ip or instance.private_ip
+    # Never the private address: this host is not in the VPC.
+    address = instance.public_ip
     if not address:
         raise InvalidResourceStateError(
-            f"instance {instance.id} has no IP address", run_id=run.id, resources=ctx.resources()
+            f"instance {instance.id} has no public IPv4 address",
+            run_id=run.id,
+            resources=ctx.resources(),
+            hint="use a subnet (subnet_id) with a route to an internet gateway",
         )
     run.ssh_address = address
     ctx.recorder.save()
@@ -147,7 +174,7 @@ def ensure_instance_running(ctx: StepContext) -> str:
 def instance_alive(ctx: StepContext) -> bool:
     if ctx.run.instance_id is None:
         return False
-    instance = ctx.ec2.get_instance(ctx.run.instance_id)
+    instance = _run_instance(ctx)
     return instance is not None and instance.state in _USABLE_INSTANCE
 
 
@@ -157,9 +184,18 @@ def instance_alive(ctx: StepContext) -> bool:
 def ensure_terminated(ctx: StepContext) -> str:
     run = ctx.run
     ctx.close_host()
-    ids = {i.id for i in ctx.ec2.find_instances({TAG_RUN_ID: run.id})}
+
+    def tagged() -> set[str] | None:
+        return {i.id for i in ctx.ec2.find_instances({TAG_RUN_ID: run.id})} or None
+
     if run.instance_id:
-        ids.add(run.instance_id)
+        _run_instance(ctx)  # terminating an id EC2 does not show yet would do nothing
+        ids = (tagged() or set()) | {run.instance_id}
+    elif run.launch_token:
+        # Launched (maybe) and not recorded: tags lag too, so look until the launch is old.
+        ids = until_visible(ctx, LAUNCHED_AT, tagged) or set()
+    else:
+        ids = tagged() or set()
     states = {instance_id: ctx.ec2.terminate_instance(instance_id) for instance_id in sorted(ids)}
     for instance_id, state in states.items():
         # Billing stops at shutting-down and our volume is detached already: waiting for

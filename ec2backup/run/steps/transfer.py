@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 
+from ...config import Source
 from ...errors import (
     InsufficientSpaceError,
     RemoteCommandError,
@@ -104,6 +107,45 @@ def check_free_space(ctx: StepContext, used: int, free: int) -> None:
         )
 
 
+def names_to_unlink(
+    mount_point: str, sources: Sequence[Source], groups: Sequence[Sequence[str]]
+) -> list[str]:
+    """The names on the volume to remove before rsync writes in place.
+
+    rsync ``--inplace`` writes into the file a name points at, so it writes through every
+    other name of that inode too. When the names of one inode on the volume are no longer one
+    file at the source (an editor replaced one of them, a link was broken), each would be
+    written in turn with the other's data, and one of them would end wrong. For each such
+    group, the names of the largest set that still share one file at the source are kept;
+    the others are removed, and rsync writes them anew as the files they now are. Names whose
+    source is gone or no longer a regular file are left to rsync (it deletes or replaces
+    them; neither writes through the link)."""
+    unlink: list[str] = []
+    for group in groups:
+        by_file: dict[tuple[int, int], list[str]] = {}
+        for name in group:
+            local = _source_path(mount_point, sources, name)
+            try:
+                st = os.lstat(local) if local is not None else None
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISREG(st.st_mode):
+                by_file.setdefault((st.st_dev, st.st_ino), []).append(name)
+        if len(by_file) < 2:
+            continue
+        sets = sorted(by_file.values(), key=lambda names: (-len(names), sorted(names)))
+        unlink += [name for names in sets[1:] for name in names]
+    return sorted(unlink)
+
+
+def _source_path(mount_point: str, sources: Sequence[Source], name: str) -> Path | None:
+    for source in sources:
+        prefix = f"{mount_point}/{source.dest}/"
+        if name.startswith(prefix):
+            return source.path / name[len(prefix) :]
+    return None
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -119,6 +161,11 @@ def ensure_synced(ctx: StepContext) -> str:
             profile.mount_point, [s.dest for s in profile.sources], LEFTOVER_RSYNC_SECONDS
         )
     check_free_space(ctx, space.used, space.free)
+    stale = names_to_unlink(profile.mount_point, profile.sources, space.hard_links)
+    if stale:
+        log.info("run %s: unlinking %d names no longer linked at the source", run.id, len(stale))
+        with attributed(ctx):
+            host.remove_files(stale)
     totals = {"files": 0, "sent": 0, "size": 0}
     for source in profile.sources:
         remote_dir = f"{profile.mount_point}/{source.dest}"

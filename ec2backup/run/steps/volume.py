@@ -16,13 +16,27 @@ from ...ports import (
     Volume,
 )
 from ..context import StepContext
+from .visibility import VOLUME_CREATED_AT, note_create, until_visible
+
+# The roles (``ec2backup:role``) of volumes a run makes for itself and deletes at its end:
+# restore's copy of a snapshot, and the volume of a run in snapshots-only storage.
+RESTORE_ROLE = "restore"
+WORK_ROLE = "work"
+TEMPORARY_ROLES = (RESTORE_ROLE, WORK_ROLE)
 
 # --- volume ------------------------------------------------------------------------------
 
 
+def _get_run_volume(ctx: StepContext) -> Volume | None:
+    """The run's volume; NotFound right after the run created it is EC2 catching up."""
+    volume_id = ctx.run.volume_id
+    assert volume_id is not None
+    return until_visible(ctx, VOLUME_CREATED_AT, lambda: ctx.ec2.get_volume(volume_id))
+
+
 def _volume(ctx: StepContext) -> Volume:
     assert ctx.run.volume_id is not None
-    volume = ctx.ec2.get_volume(ctx.run.volume_id)
+    volume = _get_run_volume(ctx)
     if volume is None:
         raise ResourceNotFoundError(
             f"volume {ctx.run.volume_id} does not exist in {ctx.profile.region}",
@@ -83,6 +97,8 @@ def _ensure_tagged_volume(ctx: StepContext, role: str, snapshot_id: str | None =
         if found:
             run.volume_id = found[0].id
         else:
+            note_create(ctx, VOLUME_CREATED_AT)
+            ctx.recorder.save()
             volume = ctx.ec2.create_volume(
                 ctx.profile.availability_zone,
                 int(run.config["size_gib"]),
@@ -116,19 +132,41 @@ def ensure_restore_volume(ctx: StepContext) -> str:
     )
 
 
+def ensure_work_volume(ctx: StepContext) -> str:
+    """Snapshots-only storage: the run's own volume, encrypted and tagged with the run, made
+    from the profile's latest snapshot as the run recorded it (empty for the first one)."""
+    base = ctx.run.config.get("base_snapshot_id")
+    volume_id = _ensure_tagged_volume(ctx, WORK_ROLE, base)
+    return f"volume {volume_id} " + (f"from snapshot {base}" if base else "(empty)")
+
+
+def adopt_unrecorded_volume(ctx: StepContext) -> None:
+    """A run killed between CreateVolume and recording the id: its volume is the one its tags
+    name (a force-clean must find it to delete it)."""
+    run = ctx.run
+    if run.volume_id is not None or run.config.get("live"):
+        return
+    roles = ("data", *TEMPORARY_ROLES)
+    found = [
+        v
+        for v in ctx.ec2.find_volumes({TAG_RUN_ID: run.id})
+        if v.tags.get(TAG_ROLE) in roles and v.state not in ("deleting", "deleted")
+    ]
+    if found:
+        run.volume_id = found[0].id
+        ctx.recorder.save()
+
+
 def ensure_volume_deleted(ctx: StepContext) -> str:
     run = ctx.run
     if run.config.get("live"):
         return "no temporary volume"
-    if run.volume_id is None:  # killed between CreateVolume and recording its id: its tags
-        found = ctx.ec2.find_volumes({TAG_RUN_ID: run.id, TAG_ROLE: "restore"})
-        if not found:
-            return "no temporary volume"
-        run.volume_id = found[0].id
-        ctx.recorder.save()
-    volume = ctx.ec2.get_volume(run.volume_id)
+    volume = _get_run_volume(ctx)
     if volume is not None and volume.state not in ("deleting", "deleted"):
-        if volume.tags.get(TAG_ROLE) != "restore" or volume.tags.get(TAG_RUN_ID) != run.id:
+        if (
+            volume.tags.get(TAG_ROLE) not in TEMPORARY_ROLES
+            or volume.tags.get(TAG_RUN_ID) != run.id
+        ):
             raise InvalidResourceStateError(
                 f"volume {volume.id} is not this run's temporary volume; not deleting it",
                 run_id=run.id,

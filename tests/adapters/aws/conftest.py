@@ -9,7 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from ec2backup.adapters.aws.botomodel import session_with_trimmed_models
+from ec2backup.adapters.aws.botomodel import botocore_session
 from ec2backup.adapters.aws.client import Boto3Ec2
 
 REGION = "us-east-1"
@@ -27,6 +27,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def moto_aws(aws_env: None) -> Iterator[None]:
+    from ec2backup.sandbox import moto_fixes
+
+    moto_fixes.install()  # as the local cloud runs moto: a second terminate is harmless
     with mock_aws():
         yield
 
@@ -38,8 +41,9 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def ec2(moto_aws: None, model_cache: Path) -> Boto3Ec2:
-    # The trimmed model, as make_ec2 uses: every test here also proves it sufficient.
+    # The session make_ec2 uses (the trimmed models, or botocore's own with
+    # EC2BACKUP_NO_FASTPATHS): every test here also proves it sufficient.
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(model_cache), region_name=REGION
+        botocore_session=botocore_session(model_cache), region_name=REGION
     )
     return Boto3Ec2(REGION, session=session, poll_interval=0.001, run_id=RUN)

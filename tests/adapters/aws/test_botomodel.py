@@ -1,4 +1,4 @@
-"""The trimmed EC2 and SSM models: they hold every operation aws.py calls and nothing else,
+"""The trimmed EC2, SSM and EBS models: they hold every operation aws.py calls and nothing else,
 their shapes are complete, they are written once, and without a writable cache the full
 models are used. The trimmed endpoints resolve as the full ones do, and the session's loader
 does not list botocore's data directory."""
@@ -24,11 +24,19 @@ from ec2backup.adapters.aws.botomodel import (
     OPERATIONS,
     SERVICES,
     SSM_OPERATIONS,
-    session_with_trimmed_models,
+    botocore_session,
     trim_endpoints,
     trim_service_model,
     trimmed_models_dir,
 )
+from ec2backup.fastpaths import ENV
+
+
+@pytest.fixture(autouse=True)
+def trick_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These test the trick itself, also when the suite runs with every trick off."""
+    monkeypatch.delenv(ENV, raising=False)
+
 
 # The adapter's modules: every call it makes is in one of them.
 AWS_PY = sorted(Path(ec2backup.adapters.aws.__file__).parent.glob("*.py"))
@@ -46,6 +54,9 @@ def operations_called_in_aws_py(full_model: dict[str, Any]) -> dict[str, set[str
     ssm_model = botocore.loaders.Loader().load_service_model("ssm", "service-2")
     ssm_by_method = {xform_name(name): name for name in ssm_model["operations"]}
     ssm: set[str] = set()
+    ebs_model = botocore.loaders.Loader().load_service_model("ebs", "service-2")
+    ebs_by_method = {xform_name(name): name for name in ebs_model["operations"]}
+    ebs: set[str] = set()
     waiters = botocore.loaders.Loader().load_service_model("ec2", "waiters-2")["waiters"]
     waiter_by_method = {xform_name(name): w["operation"] for name, w in waiters.items()}
     found: set[str] = set()
@@ -66,12 +77,14 @@ def operations_called_in_aws_py(full_model: dict[str, Any]) -> dict[str, set[str
             continue
         if "ssm" in owner:
             ssm.add(ssm_by_method[method])
+        elif "ebs" in owner:
+            ebs.add(ebs_by_method[method])
         elif method in ("get_paginator", "get_waiter") and isinstance(node.args[0], ast.Constant):
             name = str(node.args[0].value)
             found.add(by_method[name] if method == "get_paginator" else waiter_by_method[name])
         elif method in by_method:
             found.add(by_method[method])
-    return {"ec2": found, "ssm": ssm}
+    return {"ec2": found, "ssm": ssm, "ebs": ebs}
 
 
 def test_the_lists_are_exactly_what_aws_py_calls(full_model: dict[str, Any]) -> None:
@@ -134,7 +147,7 @@ def test_clients_load_without_listing_botocore_data(
 
     monkeypatch.setattr(os, "listdir", listdir)
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(tmp_path), region_name="us-east-1"
+        botocore_session=botocore_session(tmp_path), region_name="us-east-1"
     )
     ec2 = session.client("ec2")
     ec2.get_paginator("describe_instances")
@@ -174,7 +187,7 @@ def test_written_once_and_used_by_clients(tmp_path: Path) -> None:
     assert trimmed_models_dir(tmp_path) == root and model.stat().st_mtime_ns == written
 
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(tmp_path), region_name="us-east-1"
+        botocore_session=botocore_session(tmp_path), region_name="us-east-1"
     )
     client = session.client("ec2")
     assert client.meta.service_model.operation_names == sorted(EC2_OPERATIONS)
@@ -188,7 +201,7 @@ def test_trimmed_client_talks_to_ec2(tmp_path: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     session = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(tmp_path), region_name="us-east-1"
+        botocore_session=botocore_session(tmp_path), region_name="us-east-1"
     )
     with mock_aws():
         client = session.client("ec2")
@@ -202,7 +215,7 @@ def test_unwritable_cache_falls_back_to_the_full_model(tmp_path: Path) -> None:
     locked.write_text("")
     assert trimmed_models_dir(locked) is None
     client = boto3.session.Session(
-        botocore_session=session_with_trimmed_models(locked), region_name="us-east-1"
+        botocore_session=botocore_session(locked), region_name="us-east-1"
     ).client("ec2")
     assert hasattr(client, "describe_key_pairs")
 

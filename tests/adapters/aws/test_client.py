@@ -427,23 +427,15 @@ def test_wait_running_waits_for_public_ip(stubbed: tuple[Boto3Ec2, Stubber]) -> 
     assert (inst.state, inst.public_ip) == ("running", "203.0.113.7")
 
 
-@pytest.mark.parametrize("maps_public_ip", [False, True])
-def test_wait_running_in_a_subnet(stubbed: tuple[Boto3Ec2, Stubber], maps_public_ip: bool) -> None:
-    """A subnet without public IPs: running is enough (no IP will come). With public IPs:
-    keep polling until the IP shows up."""
+def test_wait_running_keeps_polling_until_the_public_ip_shows(
+    stubbed: tuple[Boto3Ec2, Stubber],
+) -> None:
+    """The launch asks for a public address: running without one yet is not enough."""
     ec2, stub = stubbed
-    subnet = "subnet-0123456789abcdef0"
-    stub.add_response("describe_instances", instances_response("running", subnet_id=subnet))
-    stub.add_response(
-        "describe_subnets",
-        {"Subnets": [{"SubnetId": subnet, "MapPublicIpOnLaunch": maps_public_ip}]},
-        {"SubnetIds": [subnet]},
-    )
-    if maps_public_ip:
-        stub.add_response("describe_instances", instances_response("running", "203.0.113.9"))
+    stub.add_response("describe_instances", instances_response("running"))
+    stub.add_response("describe_instances", instances_response("running", "203.0.113.9"))
     inst = ec2.wait_instance_running(INST, timeout=10)
-    assert inst.private_ip == "10.0.0.5"
-    assert inst.public_ip == ("203.0.113.9" if maps_public_ip else None)
+    assert (inst.private_ip, inst.public_ip) == ("10.0.0.5", "203.0.113.9")
 
 
 def test_wait_running_times_out_without_public_ip(stubbed: tuple[Boto3Ec2, Stubber]) -> None:
