@@ -209,7 +209,9 @@ def test_every_call_the_commands_send_is_in_the_policy(iam_sandbox: Any, tmp_pat
     assert calls.exists(), "the recorder did not load"
     first = cli("run", "--profile", "rec").stdout.strip()
     (source / "docs" / "later.txt").write_text("a second backup\n")
-    cli("run", "--profile", "rec")
+    # From another address than init's: the run adds its SSH rule (tagged) and revokes it.
+    with iam_sandbox.configured(client_address="198.51.100.20"):
+        cli("run", "--profile", "rec")
     cli("verify", "--profile", "rec")
     cli("restore", "--run", first, "--to", str(tmp_path / "restored"))
     cli("restore", "--live", "--profile", "rec", "--to", str(tmp_path / "live"))
