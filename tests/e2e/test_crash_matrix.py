@@ -203,7 +203,15 @@ def test_crash_then_recover(bench: Bench, point: str, recovery: str) -> None:
     started = time.monotonic()
     outcome, seconds = "fail", None
     try:
-        if recovery == "resume":
+        if crashed_in == "done" and recovery != "reap":
+            # Killed after its last event: nothing is left to do, and resume says so.
+            assert run_id is not None
+            args = ["resume", run_id, *(["--clean"] if recovery == "clean" else [])]
+            refused = bench.cli(*args, check=False)
+            assert refused.returncode != 0 and "nothing to" in refused.stderr, refused.stderr
+            assert "Traceback" not in refused.stderr
+            assert bench.cli.json("show", run_id)["state"] == "done"
+        elif recovery == "resume":
             assert run_id is not None, "a crashed backup always leaves its run recorded"
             bench.cli("resume", run_id)
             assert bench.cli.json("show", run_id)["state"] == "done"
@@ -228,9 +236,9 @@ def test_crash_then_recover(bench: Bench, point: str, recovery: str) -> None:
         if run_id is not None:
             snapshots = _snapshots_of(bench.ec2, run_id)
             assert len(snapshots) <= 1, snapshots
-            if recovery == "resume":
+            if recovery == "resume" or (crashed_in == "done" and recovery == "clean"):
                 assert len(snapshots) == 1
-        if recovery == "resume":
+        if recovery == "resume" or (crashed_in == "done" and recovery == "clean"):
             with mounted_read_only(bench.sandbox.volume_image(bench.volume_id)) as mnt:
                 assert tree_digest(mnt / "source") == tree_digest(bench.source)
         outcome = "pass"
