@@ -24,14 +24,17 @@ $(SYSTEM_VENV)/.installed: pyproject.toml
 	$(SYSTEM_VENV)/bin/pip install --quiet -e .
 	touch $@
 
-# The local cloud runs real sshd, rsync, mkfs and loop devices (Debian packages; needs root).
+# The local cloud runs real sshd, rsync, mkfs and loop devices (Debian packages; needs root);
+# the fidelity tests set ACLs, extended attributes and file capabilities (acl, attr, libcap2-bin).
 system-deps:
-	@missing=""; for c in rsync sshd ssh ssh-keygen mkfs.ext4 losetup unshare nsenter sudo; do \
+	@missing=""; for c in rsync sshd ssh ssh-keygen mkfs.ext4 losetup unshare nsenter sudo \
+	  setfacl setfattr setcap; do \
 	  command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    rsync openssh-server openssh-client e2fsprogs util-linux mount sudo >/dev/null; \
+	    rsync openssh-server openssh-client e2fsprogs util-linux mount sudo \
+	    acl attr libcap2-bin >/dev/null; \
 	fi
 
 demo: venv system-deps

@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "memory": ("benchmarks.memory", "7. Memory"),
     "fastpaths": ("benchmarks.fastpaths", "8. Speed tricks, with and without"),
     "growth": ("benchmarks.growth", "9. Snapshot growth"),
+    "fidelity": ("benchmarks.fidelity", "10. Fidelity"),
 }
 # The timing-sensitive small ones first; the two that write GiBs (memory, datapath) last, so
 # their write-back never lands in another benchmark's timings.
@@ -52,6 +53,7 @@ DEFAULT_ORDER = [
     "reap",
     "growth",
     "memory",
+    "fidelity",
     "datapath",
 ]
 

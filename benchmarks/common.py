@@ -291,3 +291,17 @@ def byte_compile_package() -> None:
     compiles ec2backup's modules from source in every process: ~50 ms of each ``run`` that an
     installed ec2backup never pays."""
     compileall.compile_dir(ROOT / "ec2backup", quiet=1)
+
+
+def cli_env(
+    root: Path, cloud_env: dict[str, str], base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of an ec2backup command on a local cloud: its config, database and data
+    directory under ``root``."""
+    return {
+        **(os.environ if base is None else base),
+        **cloud_env,
+        "EC2BACKUP_CONFIG": str(root / "config.toml"),
+        "EC2BACKUP_DB": f"sqlite:///{root / 'ec2backup.db'}",
+        "EC2BACKUP_DATA_DIR": str(root / "data"),
+    }

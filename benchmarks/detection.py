@@ -27,7 +27,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .common import Figure, Section, make_tree
+from .common import Figure, Section, cli_env, make_tree
 
 TARGET = 0.5
 DELAYS = {"boot": 3.0, "attach": 1.0, "detach": 1.0, "terminate": 2.0}
@@ -102,13 +102,7 @@ def run(quick: bool = False) -> Section:
             terminate_delay=DELAYS["terminate"],
         )
         try:
-            env = {
-                **os.environ,
-                **sandbox.env,
-                "EC2BACKUP_CONFIG": str(root / "config.toml"),
-                "EC2BACKUP_DB": f"sqlite:///{root / 'ec2backup.db'}",
-                "EC2BACKUP_DATA_DIR": str(root / "data"),
-            }
+            env = cli_env(root, sandbox.env)
 
             def cli(*args: str) -> str:
                 return subprocess.run(

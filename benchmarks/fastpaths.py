@@ -46,7 +46,7 @@ from ec2backup.fastpaths import (
     SQLITE_RUNS,
 )
 
-from .common import Figure, Section, make_tree
+from .common import Figure, Section, cli_env, make_tree
 from .sshhost import ssh_host, unavailable
 
 SUBJECT_ENV = "EC2BACKUP_BENCH_PYTHON"
@@ -553,13 +553,7 @@ def run(quick: bool = False) -> Section:
         make_tree(src, 50, 2 << 20, per_dir=10)
         sandbox = Sandbox.start(root / "cloud")
         try:
-            env = {
-                **base,
-                **sandbox.env,
-                "EC2BACKUP_CONFIG": str(root / "config.toml"),
-                "EC2BACKUP_DB": f"sqlite:///{root / 'ec2backup.db'}",
-                "EC2BACKUP_DATA_DIR": str(root / "data"),
-            }
+            env = cli_env(root, sandbox.env, base)
             measure(
                 [
                     *cli,

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import Figure, Section, fmt
+from .common import Figure, Section, cli_env, fmt
 from .sshhost import unavailable
 
 BLOCK = 512 * 1024
@@ -127,13 +127,7 @@ def run(quick: bool = False) -> Section:
         root = Path(tmp)
         sandbox = Sandbox.start(root / "cloud")
         try:
-            env = {
-                **os.environ,
-                **sandbox.env,
-                "EC2BACKUP_CONFIG": str(root / "config.toml"),
-                "EC2BACKUP_DB": f"sqlite:///{root / 'ec2backup.db'}",
-                "EC2BACKUP_DATA_DIR": str(root / "data"),
-            }
+            env = cli_env(root, sandbox.env)
             in_place = _series(sandbox, root, env, "inplace", [])
             env["EC2BACKUP_CONFIG"] = str(root / "copy.toml")
             copies = [] if quick else _series(sandbox, root, env, "copy", ["--no-inplace"])

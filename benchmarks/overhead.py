@@ -21,7 +21,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .common import Figure, Section, Timing, make_tree
+from .common import Figure, Section, Timing, cli_env, make_tree
 from .sshhost import ssh_host, unavailable
 
 TARGET = 1.0
@@ -75,13 +75,7 @@ def run(quick: bool = False) -> Section:
         written = make_tree(src, 50, 2 << 20, per_dir=10)
         sandbox = Sandbox.start(root / "cloud")
         try:
-            env = {
-                **os.environ,
-                **sandbox.env,
-                "EC2BACKUP_CONFIG": str(root / "config.toml"),
-                "EC2BACKUP_DB": f"sqlite:///{root / 'ec2backup.db'}",
-                "EC2BACKUP_DATA_DIR": str(root / "data"),
-            }
+            env = cli_env(root, sandbox.env)
             start = time.perf_counter()
             _cli(env, "init", "--profile", "bench", "--az", f"{sandbox.region}a", "--size", "1",
                  "--source", str(src))  # fmt: skip

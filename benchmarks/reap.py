@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .common import Figure, Section
+from .common import Figure, Section, cli_env
 
 TARGET_CALLS = 10
 TARGET_SECONDS = 10.0
@@ -108,13 +108,7 @@ def run(quick: bool = False) -> Section:
         root = Path(tmp)
         sandbox = Sandbox.start(root / "cloud")
         try:
-            env = {
-                **os.environ,
-                **sandbox.env,
-                "EC2BACKUP_CONFIG": str(root / "config.toml"),
-                "EC2BACKUP_DB": f"sqlite:///{root / 'ec2backup.db'}",
-                "EC2BACKUP_DATA_DIR": str(root / "data"),
-            }
+            env = cli_env(root, sandbox.env)
             saved = dict(os.environ)
             os.environ.update(sandbox.env)
             try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import (
@@ -55,10 +55,12 @@ class Source(BaseModel):
     @field_validator("dest")
     @classmethod
     def _relative(cls, v: str) -> str:
-        parts = Path(v).parts
-        if Path(v).is_absolute() or ".." in parts:
+        path = PurePosixPath(v)
+        if path.is_absolute() or ".." in path.parts:
             raise ValueError("must be a relative path under the mount point, without '..'")
-        return v.strip("/")
+        if not path.parts:  # "." or "./": the whole volume, with lost+found and every copy
+            raise ValueError("must name a directory under the mount point, not the mount point")
+        return "/".join(path.parts)  # "docs//a/./b/" is "docs/a/b"
 
 
 class Retention(BaseModel):
@@ -106,6 +108,10 @@ class Profile(BaseModel):
     sources: tuple[Source, ...] = ()
     excludes: tuple[str, ...] = ()
     rsync_args: tuple[str, ...] = ()
+    # A backup refuses (unless run with --allow-deletions) to delete more than this share of
+    # the files in a source's copy: a source that was not there (an unmounted drive) must not
+    # be mirrored as "delete everything".
+    max_delete_percent: int = Field(default=50, ge=0, le=100)
     snapshot: bool = True
     tags: dict[str, str] = Field(default_factory=dict)
     security_group_ids: tuple[str, ...] = ()
@@ -204,6 +210,46 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def destination_clash(sources: tuple[Source, ...]) -> tuple[int, int, str] | None:
+    """The first two sources (indices) whose destinations are the same directory or one
+    inside the other, and which; None if every copy has a place of its own. Each copy is
+    mirrored with deletions, so a second copy in or over it would be deleted by the first."""
+    for j, later in enumerate(sources):
+        for i, earlier in enumerate(sources[:j]):
+            a, b = PurePosixPath(earlier.dest).parts, PurePosixPath(later.dest).parts
+            if a == b:
+                return i, j, "same"
+            if a == b[: len(a)] or b == a[: len(b)]:
+                return i, j, "nested"
+    return None
+
+
+def _check_destinations(profile: Profile, file: str) -> None:
+    clash = destination_clash(profile.sources)
+    if clash is None:
+        return
+    i, j, kind = clash
+    a, b = profile.sources[i], profile.sources[j]
+    if kind == "same":
+        message = (
+            f"sources {a.path} and {b.path} both copy to {a.dest!r} on the volume: each "
+            "run's mirror of one would delete the other's copy"
+        )
+    else:
+        outer, inner = (a, b) if len(a.dest) < len(b.dest) else (b, a)
+        message = (
+            f"source {inner.path} copies to {inner.dest!r}, inside {outer.dest!r} where "
+            f"{outer.path} is copied: the mirror of {outer.path} would delete it"
+        )
+    raise ConfigError(
+        message,
+        file=file,
+        profile=profile.name,
+        field=f"sources[{j}].dest",
+        hint="give each source a dest of its own, neither the same as another nor inside it",
+    )
+
+
 def parse_profile(name: str, data: dict[str, Any], file: str) -> Profile:
     try:
         profile = Profile.model_validate({**data, "name": name})
@@ -227,6 +273,7 @@ def parse_profile(name: str, data: dict[str, Any], file: str) -> Profile:
             hint=f"set availability_zone to a zone of {profile.region} "
             f"(e.g. {profile.region}a), or set region to {profile.availability_zone[:-1]}",
         )
+    _check_destinations(profile, file)
     return profile
 
 

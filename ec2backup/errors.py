@@ -4,6 +4,7 @@
     ├── UserInputError                  exit 2  bad input: fix the command or the config
     │   ├── ConfigError                         a config file, profile or field is wrong
     │   ├── InsufficientSpaceError              the data does not fit on the volume
+    │   ├── DeletionRefusedError                a sync would delete too much of a copy
     │   ├── UnknownRunError                     no run with that id in the database
     │   └── RunStateError                       the run cannot do that from its state
     ├── EnvironmentProblem              exit 3  the local machine lacks something
@@ -27,6 +28,8 @@
                                                 instance (recorded on the run, never raised)
 
     Interrupted (a BaseException)       exit 130  Ctrl-C or SIGTERM during a run
+    Terminated (a KeyboardInterrupt)              SIGTERM as its handler raises it; a run
+                                                records it as Interrupted
 
 Errors carry the run id and the ids of the resources involved, so a message can say which run
 and which resource, and the CLI can offer ``ec2backup resume RUN_ID``.
@@ -98,6 +101,14 @@ class ConfigError(UserInputError):
 
 class InsufficientSpaceError(UserInputError):
     # The volume must grow first; resuming the same run cannot make the data fit.
+    resumable = False
+
+
+class DeletionRefusedError(UserInputError):
+    """A source is empty while its copy is not, or mirroring it would delete more of the copy
+    than the profile allows: an unmounted drive looks just like "delete everything". Nothing
+    was copied or deleted; the run is cleaned up (no snapshot, so retention prunes nothing)."""
+
     resumable = False
 
 
@@ -176,9 +187,20 @@ class DeviceNotFoundError(RemoteError):
 class SyncError(Ec2BackupError):
     exit_code = 7
 
-    def __init__(self, message: str, *, rsync_exit: int | None = None, **kw: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        rsync_exit: int | None = None,
+        problems: list[str] | None = None,
+        problem_count: int = 0,
+        **kw: object,
+    ) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.rsync_exit = rsync_exit
+        # rsync's lines naming the files it could not copy (the first ones), and how many.
+        self.problems = list(problems or [])
+        self.problem_count = problem_count or len(self.problems)
 
 
 class LeaseHeldError(Ec2BackupError):
@@ -226,3 +248,13 @@ class Interrupted(BaseException):
         self.signal_name = signal_name
         self.run_id = run_id
         self.still_running: list[str] | None = None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as its handler raises it wherever the main thread is: also inside an event
+    loop callback (asyncssh reading its socket), and asyncio lets only SystemExit and
+    KeyboardInterrupt out of those (any other exception goes to the loop's exception handler
+    and the signal is lost). A run records it as ``Interrupted("SIGTERM")``."""
+
+    def __init__(self) -> None:
+        super().__init__("SIGTERM")

@@ -326,11 +326,25 @@ class Unmounted(StrEnum):
 
 @dataclass(frozen=True)
 class SyncSpace:
-    used: int  # bytes already in the destinations (apparent size; 0 for new ones)
+    used: int  # bytes already in the destinations (blocks in use; 0 for new ones)
     free: int  # bytes free on the mounted volume
+    # Per destination, the entries in it that are not directories (0 for a new one): what a
+    # mirror could delete.
+    files: Mapping[str, int] = field(default_factory=dict)
     # Regular files in the destinations that share an inode, as groups of their paths (each
     # group one inode, two names or more): what writing in place writes through.
     hard_links: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class TreeFacts:
+    """What a tree holds beyond what rsync compares (``treefacts.py`` reads it): paths are
+    relative to the tree's root (``str`` of the file system's bytes, ``surrogateescape``)."""
+
+    groups: tuple[tuple[str, ...], ...] = ()  # regular files that are one inode, each sorted
+    holes: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # path -> size, data
+    # For the paths asked about that are regular files: path -> (inode "dev:ino", data bytes).
+    facts: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 class InstanceHost(Protocol):
@@ -391,12 +405,18 @@ class InstanceHost(Protocol):
         ``mount_point`` must be a mount (else ``InvalidResourceStateError``: a copy would
         fill the instance's root disk; nothing is touched); a leftover rsync is ended as by
         ``end_rsync``; the bytes already in the destinations (directories under
-        ``mount_point``) and free on the volume are measured; the destinations are created;
-        their hard-linked files are listed (``SyncSpace.hard_links``)."""
+        ``mount_point``) and free on the volume are measured, and the files in each
+        destination counted; the destinations are created; their hard-linked files are listed
+        (``SyncSpace.hard_links``)."""
         ...
 
     def remove_files(self, paths: Sequence[str]) -> None:
         """Remove these names (regular files, as root); one already gone is success."""
+        ...
+
+    def tree_facts(self, root: str, paths: Sequence[str]) -> TreeFacts:
+        """The hard-link groups under ``root`` on the instance (seen as root), and the facts
+        of ``paths`` (relative to it). ``RemoteCommandError`` if the instance cannot say."""
         ...
 
     def is_directory(self, path: str) -> bool:
@@ -429,6 +449,21 @@ class SyncStats:
     bytes_sent: int
     total_size: int
     exit_code: int  # 0, or 24 (some source files vanished: recorded as a warning)
+    # What rsync said about single files ("file has vanished: ..."), in its words.
+    problems: tuple[str, ...] = ()
+    problem_count: int = 0  # all of them, when there were more than ``problems`` holds
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One path that is not the same in the source and in its copy, and how, in words
+    ("permissions differ", "missing on the volume", "hard link split")."""
+
+    path: str  # relative to the copy's root, as rsync shows names ("" for the root itself)
+    what: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.path or '.'}: {', '.join(self.what)}"
 
 
 class Syncer(Protocol):
@@ -448,9 +483,13 @@ class Syncer(Protocol):
         on_progress: Callable[[str], None] | None = None,
         pull: bool = False,
     ) -> SyncStats:
-        """Mirror ``source``'s contents into ``remote_dir`` (archive mode, deletions
-        mirrored); with ``pull``, copy ``remote_dir``'s contents into ``source`` (a restore:
-        nothing local is deleted). Raises ``SyncError`` for any exit but 0 and 24."""
+        """Mirror ``source``'s contents into ``remote_dir``, every file as it is (contents,
+        owners and groups by number, modes, times to the nanosecond, hard links, ACLs,
+        extended attributes, holes, devices, FIFOs; deletions mirrored); with ``pull``, copy
+        ``remote_dir``'s contents into ``source`` just as faithfully (a restore: nothing
+        local is deleted). ``extra_args`` (the profile's ``rsync_args``) are passed where
+        they apply. Raises ``SyncError`` for any exit but 0 and 24; its ``problems`` are
+        rsync's lines naming the files it could not copy."""
         ...
 
     def compare(
@@ -460,8 +499,27 @@ class Syncer(Protocol):
         remote_dir: str,
         *,
         excludes: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
         remote_sudo: bool = False,
-    ) -> list[str]:
-        """Differences between ``source`` and ``remote_dir`` by checksum (a dry run), as
-        rsync's itemized lines; [] when they match."""
+        checksum: bool = True,
+        only: Sequence[str] | None = None,
+    ) -> list[Difference]:
+        """What differs between ``source`` and ``remote_dir`` (a dry run: nothing changes):
+        contents (by checksum, unless ``checksum`` is off: then by size and time), owner,
+        group, mode, times, ACLs, extended attributes, hard links split on the copy, paths
+        missing on either side; [] when they match. ``only``: just these relative paths."""
+        ...
+
+    def count_deletions(
+        self,
+        source: Path,
+        target: SshTarget,
+        remote_dir: str,
+        *,
+        excludes: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        remote_sudo: bool = False,
+    ) -> int:
+        """How many non-directories a ``sync`` now would delete from ``remote_dir`` (a dry
+        run: nothing changes)."""
         ...

@@ -16,11 +16,13 @@ from ec2backup.errors import (
     InvalidResourceStateError,
     RemoteCommandError,
     RemoteError,
+    SyncError,
 )
 from ec2backup.ports import (
     Attachment,
     BlockCount,
     DeviceContents,
+    Difference,
     IngressRule,
     Instance,
     LaunchSpec,
@@ -29,6 +31,7 @@ from ec2backup.ports import (
     SyncSpace,
     SyncStats,
     TierStatus,
+    TreeFacts,
     Unmounted,
     Volume,
 )
@@ -366,6 +369,8 @@ class FakeInstanceHost:
     held_open: bool = False  # something else than rsync holds the mount busy
     used: int = 0  # bytes already in the backup's destinations
     free: int = 10 * 2**30  # bytes free on the mounted volume
+    files: dict[str, int] = field(default_factory=dict)  # destination -> files in it
+    facts: TreeFacts = field(default_factory=TreeFacts)  # what tree_facts answers
     space_unreadable: bool = False
     hard_links: tuple[tuple[str, ...], ...] = ()  # groups of names of one inode
     removed: list[str] = field(default_factory=list)  # names remove_files removed
@@ -445,11 +450,16 @@ class FakeInstanceHost:
         if self.space_unreadable:
             raise RemoteCommandError(f"could not read the free space of {mount_point}")
         self.directories.update(f"{mount_point}/{d}" for d in destinations)
-        return SyncSpace(used=self.used, free=self.free, hard_links=self.hard_links)
+        files = {d: self.files.get(d, 0) for d in destinations}
+        return SyncSpace(used=self.used, free=self.free, files=files, hard_links=self.hard_links)
 
     def remove_files(self, paths: Sequence[str]) -> None:
         self._call("remove_files", *paths)
         self.removed += paths
+
+    def tree_facts(self, root: str, paths: Sequence[str]) -> TreeFacts:
+        self._call("tree_facts", root)
+        return self.facts
 
     def is_directory(self, path: str) -> bool:
         self._call("is_directory", path)
@@ -479,21 +489,47 @@ class FakeConnector:
 class FakeSyncer:
     calls: list[tuple[Path, str]] = field(default_factory=list)
     remote_sudo: list[bool] = field(default_factory=list)  # what each call was told
+    kwargs: list[dict[str, object]] = field(default_factory=list)  # each call's keywords
     exit_code: int = 0
+    problems: tuple[str, ...] = ()  # rsync's lines about single files
+    differences: list[Difference] = field(default_factory=list)  # what compare finds
+    deletions: int = 0  # what a sync would delete now
+    counted: list[str] = field(default_factory=list)  # remote dirs count_deletions was asked
 
     def check_available(self) -> None:
         pass
 
-    def compare(self, source: Path, target: SshTarget, remote_dir: str, **kw: object) -> list[str]:
+    def compare(
+        self, source: Path, target: SshTarget, remote_dir: str, **kw: object
+    ) -> list[Difference]:
         self.calls.append((source, remote_dir))
         self.remote_sudo.append(bool(kw.get("remote_sudo")))
-        return []
+        self.kwargs.append(dict(kw))
+        return list(self.differences)
+
+    def count_deletions(
+        self, source: Path, target: SshTarget, remote_dir: str, **kw: object
+    ) -> int:
+        self.counted.append(remote_dir)
+        return self.deletions
 
     def sync(self, source: Path, target: SshTarget, remote_dir: str, **kw: object) -> SyncStats:
         self.calls.append((source, remote_dir))
         self.remote_sudo.append(bool(kw.get("remote_sudo")))
+        self.kwargs.append(dict(kw))
+        if self.exit_code == 23:
+            raise SyncError(
+                f"rsync could not copy everything (exit code 23): {self.problems[0]}",
+                rsync_exit=23,
+                problems=list(self.problems),
+            )
         return SyncStats(
-            files_transferred=2, bytes_sent=100, total_size=1000, exit_code=self.exit_code
+            files_transferred=2,
+            bytes_sent=100,
+            total_size=1000,
+            exit_code=self.exit_code,
+            problems=self.problems,
+            problem_count=len(self.problems),
         )
 
 

@@ -42,6 +42,9 @@ def test_loads_a_profile_with_defaults(tmp_path: Path) -> None:
         (GOOD + 'snapshot = "maybe"\n', "snapshot", "bool"),
         (GOOD.replace('owner = "me"', '"ec2backup:x" = "y"'), "tags", "reserved"),
         (GOOD + 'ami = "ubuntu"\n', "ami", "AMI id"),
+        (GOOD.replace('dest = "docs"', 'dest = "./"'), "sources[0].dest", "not the mount point"),
+        (GOOD + "max_delete_percent = 101\n", "max_delete_percent", "less than or equal to 100"),
+        (GOOD + "max_delete_percent = -1\n", "max_delete_percent", "greater than or equal"),
     ],
 )
 def test_bad_values_name_file_profile_and_field(
@@ -98,3 +101,55 @@ def test_write_profile_keeps_comments_and_other_profiles(tmp_path: Path) -> None
     again = load_profile(path, "server")
     assert again == new
     assert "instance_type" not in text  # defaults are not written out
+
+
+TWO = GOOD.replace(
+    'sources = [{ path = "/home/me/docs", dest = "docs" }]',
+    'sources = [{ path = "/home/a/docs", dest = "A" }, { path = "/home/b/docs", dest = "B" }]',
+)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "words"),
+    [
+        ("docs", "docs", "sources /home/a/docs and /home/b/docs both copy to 'docs'"),
+        ("docs", "docs/", "sources /home/a/docs and /home/b/docs both copy to 'docs'"),
+        ("x/./docs", "x//docs", "both copy to 'x/docs'"),
+        (
+            "home",
+            "home/docs",
+            "source /home/b/docs copies to 'home/docs', inside 'home' where /home/a/docs is copied",
+        ),
+        (
+            "home/docs",
+            "home",
+            "source /home/a/docs copies to 'home/docs', inside 'home' where /home/b/docs is copied",
+        ),
+    ],
+)
+def test_destinations_that_collide_or_nest_are_refused_naming_both_sources(
+    tmp_path: Path, a: str, b: str, words: str
+) -> None:
+    path = write(
+        tmp_path, TWO.replace('dest = "A"', f'dest = "{a}"').replace('dest = "B"', f'dest = "{b}"')
+    )
+    with pytest.raises(ConfigError) as info:
+        load_profile(path, "laptop")
+    message = info.value.one_line()
+    assert words in message, message
+    assert "field 'sources[1].dest'" in message and "dest of its own" in message
+
+
+@pytest.mark.parametrize(("a", "b"), [("docs", "docs2"), ("home/a", "home/b"), ("a", "b/a")])
+def test_neighbouring_destinations_are_fine(tmp_path: Path, a: str, b: str) -> None:
+    path = write(
+        tmp_path, TWO.replace('dest = "A"', f'dest = "{a}"').replace('dest = "B"', f'dest = "{b}"')
+    )
+    assert [s.dest for s in load_profile(path, "laptop").sources] == [a, b]
+
+
+def test_max_delete_percent_defaults_to_half() -> None:
+    assert (
+        Profile(name="p", region="us-east-1", availability_zone="us-east-1a").max_delete_percent
+        == 50
+    )

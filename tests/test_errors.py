@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from ec2backup import errors
+from ec2backup.errors import Terminated
 
 
 def drawn_tree() -> dict[str, str | None]:
@@ -31,6 +34,8 @@ def test_every_error_class_is_drawn_under_its_real_parent() -> None:
     }
     assert tree.pop("Interrupted") is None  # drawn apart: a BaseException, like Ctrl-C
     assert not issubclass(errors.Interrupted, Exception)
+    assert tree.pop("Terminated") is None  # drawn apart: what SIGTERM's handler raises
+    assert issubclass(errors.Terminated, KeyboardInterrupt)
     assert set(tree) == set(classes)
     for name, parent in tree.items():
         assert classes[name].__bases__ == ((classes[parent],) if parent else (Exception,)), name
@@ -47,3 +52,21 @@ def test_an_abandoned_run_error_names_the_run_and_the_reaped_instance() -> None:
     line = error.one_line()
     assert "i-0123" in line and "no process holds it" in line
     assert "ec2backup resume 20261128T000000Z-aaaaaa" in line
+
+
+def test_an_interrupt_raised_inside_an_event_loop_callback_leaves_the_loop() -> None:
+    # SIGTERM's handler raises Terminated wherever the main thread is, also inside one of
+    # asyncio's callbacks (asyncssh reading from its socket). asyncio lets only SystemExit and
+    # KeyboardInterrupt out of a callback; any other exception goes to the loop's exception
+    # handler, the run carries on and the signal is lost.
+    import asyncio
+
+    def interrupt() -> None:
+        raise Terminated()
+
+    async def wait() -> None:
+        asyncio.get_running_loop().call_soon(interrupt)
+        await asyncio.sleep(1)
+
+    with asyncio.Runner() as runner, pytest.raises(Terminated, match="SIGTERM"):
+        runner.run(wait())

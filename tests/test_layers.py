@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ec2backup"
 
-GROUND = {"errors", "paths", "faults", "fastpaths"}
+GROUND = {"errors", "paths", "faults", "fastpaths", "treefacts"}
 # floor -> the floors it may import (besides its own)
 MAY_USE: dict[str, set[str]] = {
     "ground": set(),

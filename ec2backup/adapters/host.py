@@ -13,9 +13,11 @@ password nobody will type), and rsync's server is started the same way.
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..core.deadman import arm_idle_script
 from ..errors import (
@@ -23,7 +25,7 @@ from ..errors import (
     InvalidResourceStateError,
     RemoteCommandError,
 )
-from ..ports import DeviceContents, SshTarget, SyncSpace, Unmounted
+from ..ports import DeviceContents, SshTarget, SyncSpace, TreeFacts, Unmounted
 from .ssh import AsyncsshConnector, AsyncsshShell, CommandResult
 
 NITRO_DEVICE = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume}"
@@ -36,6 +38,11 @@ _RSYNC_LEFT = 101
 _STILL_MOUNTED = 102
 _NO_DEVICE = 103
 _UNREADABLE = 104
+_NO_PYTHON = 105
+
+# The instance reads its side of verify's tree facts with the very code that reads the local
+# side (Ubuntu's cloud images have python3: cloud-init is written in it).
+TREEFACTS_SCRIPT = (Path(__file__).resolve().parent.parent / "treefacts.py").read_text()
 
 q = shlex.quote
 
@@ -92,9 +99,11 @@ class SshInstanceHost:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _run(self, script: str, *, privileged: bool = False) -> CommandResult:
+    def _run(
+        self, script: str, *, privileged: bool = False, input: str | None = None
+    ) -> CommandResult:
         command = privileged_command(script, self._target.user) if privileged else script
-        return self._shell.run(command, check=False)
+        return self._shell.run(command, check=False, input=input)
 
     def _error(self, what: str, result: CommandResult | None = None) -> RemoteCommandError:
         detail = ""
@@ -218,18 +227,25 @@ class SshInstanceHost:
     def prepare_sync(
         self, mount_point: str, destinations: Sequence[str], rsync_timeout: float
     ) -> SyncSpace:
-        # du exits non-zero for a destination that does not exist yet: 0 bytes there. The
-        # destinations are created next (empty directories: harmless if the space check then
-        # refuses the copy). Last, the hard-linked files, NUL-terminated "inode path" records
-        # after the two numbers: du has just walked the same trees, so this walk is cached.
+        # du counts the blocks in use (a copy keeps a file's holes: its data is what it
+        # takes); it exits non-zero for a destination that does not exist yet: 0 bytes there,
+        # and find counts nothing there. find prints a dot per entry that is not a directory,
+        # so a name holding a newline counts once. The destinations are created next (empty
+        # directories: harmless if the space check then refuses the copy). Last, the
+        # hard-linked files, NUL-terminated "inode path" records after the numbers: du has
+        # just walked the same trees, so this walk is cached.
         dests = " ".join(q(f"{mount_point}/{d}") for d in destinations)
+        counts = [
+            f"find {q(f'{mount_point}/{d}')} -mindepth 1 ! -type d -printf . 2>/dev/null | wc -c"
+            for d in destinations
+        ]
         script = "\n".join(
             [
                 f"{_is_mount(mount_point)} || exit {_NOT_MOUNTED}",
                 f"{_end_rsync_script(rsync_timeout)} || exit {_RSYNC_LEFT}",
-                f"du -s -B1 --apparent-size {dests} 2>/dev/null "
-                "| awk '{t += $1} END {print t + 0}'",
+                f"du -s -B1 {dests} 2>/dev/null | awk '{{t += $1}} END {{print t + 0}}'",
                 f"df -B1 --output=avail {q(mount_point)} | tail -n 1",
+                *counts,
                 f"mkdir -p {dests}",
                 f"find {dests} -xdev -type f -links +1 -printf '%i %p\\0'",
             ]
@@ -245,14 +261,19 @@ class SshInstanceHost:
             raise self._error("an earlier rsync on the instance did not end")
         if result.exit_status != 0:
             raise self._error(f"could not create the destinations {dests}", result)
-        used, free, links = [*result.stdout.split("\n", 2), "", ""][:3]
-        numbers = [used.strip(), free.strip()]
-        if not all(n.isdigit() for n in numbers):
+        head = 2 + len(destinations)  # used, free, then one count per destination
+        parts = result.stdout.split("\n", head)
+        numbers = [n.strip() for n in parts[:head]]
+        links = parts[head] if len(parts) > head else ""
+        if len(numbers) != head or not all(n.isdigit() for n in numbers):
             raise self._error(
                 f"could not read the free space of {mount_point} on the instance "
                 f"(got {' '.join(numbers)!r})"
             )
-        return SyncSpace(used=int(numbers[0]), free=int(numbers[1]), hard_links=_groups(links))
+        files = dict(zip(destinations, (int(n) for n in numbers[2:]), strict=True))
+        return SyncSpace(
+            used=int(numbers[0]), free=int(numbers[1]), files=files, hard_links=_groups(links)
+        )
 
     def remove_files(self, paths: Sequence[str]) -> None:
         for start in range(0, len(paths), REMOVE_BATCH):
@@ -260,6 +281,31 @@ class SshInstanceHost:
             result = self._run(f"rm -f -- {names}", privileged=True)
             if result.exit_status != 0:
                 raise self._error("could not remove files on the volume", result)
+
+    def tree_facts(self, root: str, paths: Sequence[str]) -> TreeFacts:
+        script = (
+            f"command -v python3 >/dev/null || exit {_NO_PYTHON}\n"
+            f"exec python3 -c {q(TREEFACTS_SCRIPT)} {q(root)}"
+        )
+        result = self._run(script, privileged=True, input=json.dumps(list(paths)))
+        if result.exit_status == _NO_PYTHON:
+            raise self._error(
+                "verify reads the copy's hard links and holes with python3, which the "
+                "instance does not have (choose an AMI with python3, such as Ubuntu's)"
+            )
+        if result.exit_status != 0:
+            raise self._error(f"could not read the tree {root} on the instance", result)
+        try:
+            found = json.loads(result.stdout)
+            return TreeFacts(
+                groups=tuple(tuple(group) for group in found["groups"]),
+                holes={path: (size, data) for path, (size, data) in found["holes"].items()},
+                facts={path: (inode, data) for path, (inode, data) in found["facts"].items()},
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._error(
+                f"could not read the facts of {root} from the instance: {exc}"
+            ) from exc
 
     def is_directory(self, path: str) -> bool:
         result = self._run(f"test -d {q(path)}", privileged=True)

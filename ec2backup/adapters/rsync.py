@@ -1,10 +1,12 @@
 """Mirror a directory to the instance with the system rsync over ssh (the ``Syncer`` port).
 
-rsync runs as a subprocess without a shell. Its ssh verifies the host against the run's
-pinned known_hosts file (``StrictHostKeyChecking=yes``, never ``no``) and uses only the
-run's key. Output is streamed: ``--info=progress2`` redraws one line with ``\\r`` and each
-redraw goes to ``on_progress``; the ``--stats`` lines are parsed as they pass; nothing else
-is kept, so a transfer of hundreds of thousands of files uses constant memory.
+Every copy is faithful (``FIDELITY``): the backup, the restore and verify's compare all run
+with the same options. rsync runs as a subprocess without a shell. Its ssh verifies the host
+against the run's pinned known_hosts file (``StrictHostKeyChecking=yes``, never ``no``) and
+uses only the run's key. Output is streamed: ``--info=progress2`` redraws one line with
+``\\r`` and each redraw goes to ``on_progress``; the ``--stats`` lines are parsed as they
+pass; of stderr, only the lines naming files (bounded) and the last few are kept, so a
+transfer of hundreds of thousands of files uses constant memory.
 """
 
 from __future__ import annotations
@@ -15,19 +17,29 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from ..errors import SyncError, ToolMissingError
 from ..fastpaths import PROGRESS_BATCHES, enabled
-from ..ports import SshTarget, SyncStats
-from .rsync_output import is_progress_line, parse_stats_line
+from ..ports import Difference, SshTarget, SyncStats
+from .rsync_output import (
+    deleted_non_directories,
+    is_problem_line,
+    is_progress_line,
+    itemized_difference,
+    parse_stats_line,
+)
 
-# Exit codes rsync documents; 24 means files vanished while being sent (a warning, kept).
+# Exit codes rsync documents; 24 means files vanished while being sent (a warning, kept), 23
+# that some files or attributes were not copied (an unreadable file: a failure).
 RSYNC_OK = 0
+RSYNC_PARTIAL = 23
 RSYNC_VANISHED = 24
 
 # AES-GCM is the fastest cipher on CPUs with AES-NI; chacha20 stays as a fallback for
@@ -38,9 +50,25 @@ SSH_SERVER_ALIVE_INTERVAL = 15
 SSH_SERVER_ALIVE_COUNT_MAX = 4
 SSH_CONNECT_TIMEOUT = 30
 
-MIN_RSYNC_VERSION = (3, 1)  # --info=progress2
+# What a faithful copy needs beyond -a (contents, symlinks, permissions, owners, groups,
+# modification times, devices and FIFOs): hard links (-H), ACLs, access and default (-A),
+# extended attributes (-X; as root that is every namespace but system.*, so trusted.* and
+# security.capability too), holes (-S), owners and groups by number, not matched by name
+# between this machine and the instance, whose users differ (--numeric-ids), and times
+# compared to the nanosecond (--modify-window=-1): with the default window of 0, rsync
+# compares whole seconds and leaves a directory, symlink or FIFO it creates with the time of
+# its creation when that falls in the same second as the source's. docs/performance.md has
+# the measurements behind each (what -H costs in memory, -S next to --inplace).
+FIDELITY = ("-H", "-A", "-X", "-S", "--numeric-ids", "--modify-window=-1")
 
-_VERSION_RE = re.compile(r"rsync\s+version\s+v?(\d+)\.(\d+)")
+# --info=progress2 needs 3.1; nanosecond times (--modify-window=-1) and --sparse together with
+# --inplace need 3.1.3 (January 2018).
+MIN_RSYNC_VERSION = (3, 1, 3)
+
+_VERSION_RE = re.compile(r"rsync\s+version\s+v?(\d+)\.(\d+)(?:\.(\d+))?")
+# `rsync --version` lists "ACLs, xattrs" among its capabilities, or "no ACLs", "no xattrs"
+# when built without them (and then refuses -A/-X).
+_MISSING_CAPABILITY_RE = re.compile(r"\bno (ACLs|xattrs)\b")
 _HOST_KEY_FAILURE = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED")
 
 
@@ -80,19 +108,41 @@ def _remote_spec(target: SshTarget, remote_dir: str) -> str:
     return f"{target.user}@{host}:{remote_dir.rstrip('/')}/"
 
 
-# An --itemize-changes line: "YXcstpoguax path" (Y: < > c h . *, X: f d L D S), or
-# "*deleting path". ".d..t...... dir/" lines report only a directory's time: not a difference
-# in content, and --checksum compares content.
-_ITEMIZED_RE = re.compile(r"^(?:\*deleting\s|[<>ch.*][fdLDS][ .+?a-zA-Z]{9,}\s)")
+# The profile's rsync_args are written for the backup. A restore and verify's compare take
+# them too (bandwidth limits, filters, --one-file-system: what shapes the copy shapes what is
+# compared and restored), except what would delete or skip something a restore must bring
+# back, and, for the compare, what changes the output it reads.
+_NEVER_WHEN_PULLING = ("--del", "--delete", "--remove-source-files", "--max-delete",
+                       "--prune-empty-dirs", "--dry-run")  # fmt: skip
+_NEVER_WHEN_COMPARING = (*_NEVER_WHEN_PULLING, "--verbose", "--quiet", "--progress",
+                         "--info", "--debug", "--out-format", "--log-file", "--itemize-changes",
+                         "--stats", "--human-readable", "--8-bit-output", "--inplace",
+                         "--partial", "--append")  # fmt: skip
+_SHORT_NEVER_WHEN_PULLING = "mn"
+_SHORT_NEVER_WHEN_COMPARING = "mnvqPih8"
 
 
-def _keep_itemized(line: str, into: list[str]) -> None:
-    line = line.rstrip()
-    if not _ITEMIZED_RE.match(line):
-        return
-    if line.startswith(".d") or line.split(" ", 1)[-1] == "./":
-        return
-    into.append(line)
+def applicable_args(args: Sequence[str], *, pull: bool = False, compare: bool = False) -> list[str]:
+    """Those of ``args`` (the profile's rsync_args) that apply to a restore (``pull``) or to
+    verify's compare (``compare``); all of them for a backup. Long options are matched by
+    name (``--delete-after`` is a ``--delete``), bundled short ones letter by letter."""
+    if not (pull or compare):
+        return list(args)
+    long_never = _NEVER_WHEN_COMPARING if compare else _NEVER_WHEN_PULLING
+    short_never = _SHORT_NEVER_WHEN_COMPARING if compare else _SHORT_NEVER_WHEN_PULLING
+    kept: list[str] = []
+    for arg in args:
+        if arg.startswith("--"):
+            name = arg.split("=", 1)[0]
+            if not any(name == n or name.startswith(n + "-") for n in long_never):
+                kept.append(arg)
+        elif re.fullmatch(r"-[A-Za-z0-9]+", arg):
+            letters = "".join(c for c in arg[1:] if c not in short_never)
+            if letters:
+                kept.append("-" + letters)
+        else:
+            kept.append(arg)
+    return kept
 
 
 def build_rsync_command(
@@ -106,10 +156,15 @@ def build_rsync_command(
     rsync_program: str = "rsync",
     ssh_program: str = "ssh",
     pull: bool = False,
+    delete: bool = True,
+    in_place: bool = True,
+    progress: bool = True,
 ) -> list[str]:
-    """The full rsync argv mirroring ``source``'s contents into ``remote_dir`` or, with
-    ``pull``, ``remote_dir``'s contents into the local directory ``source`` (a restore: it
-    adds and overwrites but never deletes local files).
+    """The full rsync argv mirroring ``source``'s contents into ``remote_dir`` (with
+    ``delete``, deletions too) or, with ``pull``, ``remote_dir``'s contents into the local
+    directory ``source`` (a restore: it adds and overwrites but never deletes local files).
+    Both ways with ``FIDELITY``; a mirror writes in place unless not ``in_place``;
+    ``extra_args`` are passed as given, after everything else.
 
     ``source`` is made absolute so a relative name starting with ``-`` is never an option;
     the trailing ``/`` on both sides means "the contents of", not "the directory itself".
@@ -119,14 +174,17 @@ def build_rsync_command(
     # A backup writes changed files in place: only the blocks that changed are written, so
     # the next snapshot holds only those (rsync's default, a new copy renamed over the old
     # one, rewrote every block of a changed file). The last snapshot stays the consistent
-    # version while a run is under way (docs/architecture.md, "Writing in place"). A restore
-    # keeps rsync's default: a local file is replaced only once its new copy is whole.
-    argv = [rsync_program, "-a", *([] if pull else ["--delete", "--inplace"])]
+    # version while a run is under way (docs/architecture.md, "Writing in place"). With -S,
+    # rsync 3.1.3+ punches holes where a file written in place now has zeros
+    # (docs/performance.md, "What fidelity costs"). A restore keeps rsync's default: a local
+    # file is replaced only once its new copy is whole; verify's dry run writes nothing.
+    mirror = [] if pull or not delete else ["--delete", *(["--inplace"] if in_place else [])]
+    argv = [rsync_program, "-a", *FIDELITY, *mirror]
     # Incremental recursion (rsync's default) stays on: with --no-inc-recursive, which makes
     # progress2's total exact from the start, the whole file list was built and held first,
     # and a sync of 1 GiB in 10,000 files took ~10% more time and CPU (docs/performance.md).
     # Until the list is complete, progress2 counts "ir-chk" and the display says so.
-    argv += ["--stats", "--info=progress2"]
+    argv += ["--stats", *(["--info=progress2"] if progress else [])]
     argv += [f"--exclude={pattern}" for pattern in excludes]
     argv += list(extra_args)
     if remote_sudo:
@@ -176,39 +234,82 @@ def _chunks(stream: IO[bytes], *, pause_after_progress: float = 0.0) -> Iterator
             time.sleep(pause_after_progress)
 
 
+# rsync names each file it could not copy on its own stderr line; at most this many are kept
+# (the error, `show`), and the rest counted.
+MAX_PROBLEMS = 100
+
+
+@dataclass
+class Problems:
+    """rsync's lines about single files, the first ``MAX_PROBLEMS`` kept, all counted."""
+
+    lines: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        if len(self.lines) < MAX_PROBLEMS:
+            self.lines.append(line.strip())
+
+
 def exit_to_result(
-    exit_code: int, stats: Mapping[str, int], stderr_tail: Sequence[str], host: str = ""
+    exit_code: int,
+    stats: Mapping[str, int],
+    stderr_tail: Sequence[str],
+    host: str = "",
+    problems: Problems | None = None,
 ) -> SyncStats:
     """Turn rsync's exit code and parsed stats into ``SyncStats`` or ``SyncError``.
 
     0 is success, 24 (source files vanished during the transfer) is success with
     ``exit_code=24`` for the caller to record as a warning. 23 (partial transfer, including
     an unreadable source) and every other code, or death by a signal, raise ``SyncError``.
+    Either way ``problems`` carries rsync's lines naming the files concerned.
     """
+    problems = problems or Problems()
     if exit_code in (RSYNC_OK, RSYNC_VANISHED):
         return SyncStats(
             files_transferred=stats.get("files_transferred", 0),
             bytes_sent=stats.get("bytes_sent", 0),
             total_size=stats.get("total_size", 0),
             exit_code=exit_code,
+            problems=tuple(problems.lines),
+            problem_count=problems.count,
         )
     lines = [ln for ln in stderr_tail if ln.strip()]
     last = lines[-1].strip() if lines else "(no error output)"
+    hint = None
     if exit_code < 0:
         message = f"rsync was killed by signal {-exit_code}"
+    elif exit_code == RSYNC_PARTIAL and problems.lines:
+        # The summary ("see previous errors") says nothing; the lines before it name the files.
+        shown = "; ".join(problems.lines[:3])
+        more = problems.count - min(3, len(problems.lines))
+        message = f"rsync could not copy everything (exit code 23): {shown}" + (
+            f"; and {more} more" if more else ""
+        )
+        hint = (
+            "make those files readable by this user (or run as root), or exclude them; "
+            "`ec2backup show` lists every one"
+        )
     else:
         message = f"rsync failed with exit code {exit_code}: {last}"
-    hint = None
     if any(marker in ln for ln in lines for marker in _HOST_KEY_FAILURE):
         message += " (ssh rejected the host key: it does not match the pinned one)"
         hint = "the instance's host key is not the one pinned for this run; do not override it"
     raise SyncError(
-        message, rsync_exit=exit_code, resources={"host": host} if host else None, hint=hint
+        message,
+        rsync_exit=exit_code,
+        resources={"host": host} if host else None,
+        hint=hint,
+        problems=problems.lines,
+        problem_count=problems.count,
     )
 
 
 class RsyncSyncer:
-    """``Syncer`` running the system rsync (3.1 or later, not openrsync) over ssh."""
+    """``Syncer`` running the system rsync (3.1.3 or later with ACLs and xattrs, not
+    openrsync) over ssh."""
 
     def __init__(self, rsync_program: str = "rsync", ssh_program: str = "ssh") -> None:
         self.rsync_program = rsync_program
@@ -253,12 +354,20 @@ class RsyncSyncer:
                 f"cannot tell the version of {rsync} from `rsync --version`",
                 hint="install rsync 3.x",
             )
-        version = (int(match.group(1)), int(match.group(2)))
+        version = (int(match.group(1)), int(match.group(2)), int(match.group(3) or 0))
         if version < MIN_RSYNC_VERSION:
+            need = ".".join(str(n) for n in MIN_RSYNC_VERSION)
             raise ToolMissingError(
-                f"{rsync} is version {version[0]}.{version[1]}; ec2backup needs rsync "
-                f"{MIN_RSYNC_VERSION[0]}.{MIN_RSYNC_VERSION[1]} or later (--info=progress2)",
+                f"{rsync} is version {'.'.join(str(n) for n in version)}; ec2backup needs "
+                f"rsync {need} or later (nanosecond times, --info=progress2)",
                 hint="install rsync 3.x, e.g. `apt install rsync` or `brew install rsync`",
+            )
+        missing = _MISSING_CAPABILITY_RE.findall(output)
+        if missing:
+            raise ToolMissingError(
+                f"{rsync} was built without {' and '.join(missing)}: a copy would lose them",
+                hint="install an rsync built with ACLs and xattrs (Debian's, Ubuntu's and "
+                "Homebrew's are)",
             )
 
     def sync(
@@ -275,17 +384,14 @@ class RsyncSyncer:
     ) -> SyncStats:
         if pull:
             Path(source).mkdir(parents=True, exist_ok=True)
-        elif not Path(source).is_dir():
-            raise SyncError(
-                f"source directory {source} does not exist or is not a directory",
-                resources={"source": str(source)},
-            )
+        else:
+            _require_directory(source)
         argv = build_rsync_command(
             source,
             target,
             remote_dir,
             excludes=excludes,
-            extra_args=extra_args,
+            extra_args=applicable_args(extra_args, pull=pull),
             remote_sudo=remote_sudo,
             rsync_program=self.rsync_program,
             ssh_program=self.ssh_program,
@@ -300,29 +406,80 @@ class RsyncSyncer:
         remote_dir: str,
         *,
         excludes: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
         remote_sudo: bool = False,
-    ) -> list[str]:
-        """The differences between ``source`` and ``remote_dir`` by checksum, as rsync's
-        itemized lines (``>fc.......... docs/a.txt``, ``*deleting old.txt``); [] if equal.
-        A dry run: nothing is changed on either side."""
-        if not Path(source).is_dir():
-            raise SyncError(
-                f"source directory {source} does not exist or is not a directory",
-                resources={"source": str(source)},
+        checksum: bool = True,
+        only: Sequence[str] | None = None,
+    ) -> list[Difference]:
+        """What differs between ``source`` and ``remote_dir``, from rsync's itemized lines
+        of a dry run (``>fc.......... docs/a.txt``, ``*deleting old.txt``) put in words;
+        [] if they match. Nothing is changed on either side."""
+        _require_directory(source)
+        flags = ["--dry-run", "--out-format=%i %n", *(["--checksum"] if checksum else [])]
+        with tempfile.TemporaryDirectory(prefix="ec2backup-compare-") as scratch:
+            if only is not None:
+                if not only:
+                    return []
+                # NUL-separated: a name may hold a newline. rsync implies --relative; without
+                # -r it compares just the names given (and cannot --delete).
+                listing = Path(scratch) / "paths"
+                listing.write_bytes(b"".join(os.fsencode(p) + b"\0" for p in only))
+                flags += ["--from0", f"--files-from={listing}"]
+            argv = build_rsync_command(
+                source,
+                target,
+                remote_dir,
+                excludes=excludes,
+                extra_args=[*flags, *applicable_args(extra_args, compare=True)],
+                remote_sudo=remote_sudo,
+                rsync_program=self.rsync_program,
+                ssh_program=self.ssh_program,
+                delete=only is None,
+                in_place=False,
+                progress=False,
             )
+            differences: list[Difference] = []
+
+            def keep(line: str) -> None:
+                found = itemized_difference(line.rstrip("\n"))
+                if found is not None:
+                    name, what = found
+                    differences.append(Difference("" if name == "./" else name, what))
+
+            self._run(argv, target.host, on_line=keep)
+        return differences
+
+    def count_deletions(
+        self,
+        source: Path,
+        target: SshTarget,
+        remote_dir: str,
+        *,
+        excludes: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        remote_sudo: bool = False,
+    ) -> int:
+        _require_directory(source)
         argv = build_rsync_command(
             source,
             target,
             remote_dir,
             excludes=excludes,
-            extra_args=["--checksum", "--dry-run", "--itemize-changes"],
+            extra_args=["--dry-run", *extra_args],
             remote_sudo=remote_sudo,
             rsync_program=self.rsync_program,
             ssh_program=self.ssh_program,
+            progress=False,
         )
-        differences: list[str] = []
-        self._run(argv, target.host, on_line=lambda line: _keep_itemized(line, differences))
-        return differences
+        deleted = [0]
+
+        def count(line: str) -> None:
+            found = deleted_non_directories(line)
+            if found is not None:
+                deleted[0] = found
+
+        self._run(argv, target.host, on_line=count)
+        return deleted[0]
 
     def _run(
         self,
@@ -344,14 +501,20 @@ class RsyncSyncer:
         except OSError as exc:
             raise SyncError(f"cannot run {argv[0]}: {exc}", resources=resources) from exc
 
-        # stderr is drained on a thread so a chatty rsync can never block on a full pipe;
-        # only its last lines are kept for the error message.
+        # stderr is drained on a thread so a chatty rsync can never block on a full pipe; its
+        # lines naming files are kept (bounded), and its last lines for the error message.
         stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        problems = Problems()
         assert proc.stderr is not None and proc.stdout is not None
         stderr = proc.stderr
-        reader = threading.Thread(
-            target=lambda: stderr_tail.extend(split_stream(_chunks(stderr))), daemon=True
-        )
+
+        def read_stderr() -> None:
+            for line in split_stream(_chunks(stderr)):
+                stderr_tail.append(line)
+                if is_problem_line(line):
+                    problems.add(line)
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
         reader.start()
         stats: dict[str, int] = {}
         try:
@@ -379,4 +542,12 @@ class RsyncSyncer:
             reader.join(timeout=10)
             proc.stdout.close()
             proc.stderr.close()
-        return exit_to_result(exit_code, stats, list(stderr_tail), host)
+        return exit_to_result(exit_code, stats, list(stderr_tail), host, problems)
+
+
+def _require_directory(source: Path) -> None:
+    if not Path(source).is_dir():
+        raise SyncError(
+            f"source directory {source} does not exist or is not a directory",
+            resources={"source": str(source)},
+        )

@@ -105,3 +105,80 @@ def parse_progress2(line: str) -> Progress2 | None:
         files_total=int(total) if total is not None else None,
         listing=m.group("chk") == "ir",
     )
+
+
+# --- itemized changes (--out-format="%i %n") ------------------------------------------------
+
+# "YXcstpoguax name": Y is what happens (< > sent/received, c created or changed here, h a hard
+# link, . nothing, * a message such as "*deleting"), X the kind (f d L D S), then one letter
+# per attribute that differs. "*deleting  " has the same width.
+_ITEM_RE = re.compile(r"^(?P<y>[<>ch.*])(?P<x>[fdLDS])(?P<attrs>[ .+?a-zA-Z]{9}) (?P<name>.*)$")
+_DELETING = "*deleting   "
+# The words for each attribute column (c and s are worded by kind below).
+_ATTRIBUTE_WORDS = {
+    2: "modification time differs",
+    3: "permissions differ",
+    4: "owner differs",
+    5: "group differs",
+    6: "access or creation time differs",
+    7: "ACL differs",
+    8: "extended attributes differ",
+}
+_CHANGED_WORDS = {
+    "f": "contents differ",
+    "L": "symlink target differs",
+    "D": "device differs",
+    "S": "special file differs",
+}
+
+
+def itemized_difference(line: str) -> tuple[str, tuple[str, ...]] | None:
+    """``(name, words)`` for one itemized line of a dry run from the source to its copy, or
+    None for anything else (a line with nothing to say, rsync's other output). ``name`` is
+    rsync's (non-printable bytes as ``\\#ooo``; a directory's ends with "/", the root is
+    "./")."""
+    if line.startswith(_DELETING):
+        return line[len(_DELETING) :], ("only on the volume (not in the source)",)
+    match = _ITEM_RE.match(line)
+    if match is None or match.group("y") == "*":
+        return None
+    kind, attrs, name = match.group("x"), match.group("attrs"), match.group("name")
+    if attrs.strip("+") == "":
+        return name, ("missing on the volume",)
+    words: list[str] = []
+    if match.group("y") == "h":
+        words.append("hard link split (one file in the source, separate on the volume)")
+    if attrs[0] == "c":
+        words.append(_CHANGED_WORDS.get(kind, "differs"))
+    elif attrs[1] == "s":
+        words.append("size differs")
+    words += [w for i, w in _ATTRIBUTE_WORDS.items() if attrs[i] not in " .?"]
+    return (name, tuple(words)) if words else None
+
+
+# --- rsync's messages about single files ---------------------------------------------------
+
+# On stderr: "rsync: [sender] send_files failed to open "/x": Permission denied (13)",
+# "file has vanished: "/x"", "rsync warning: ...". The last line, "rsync error: some
+# files/attrs were not transferred (see previous errors) (code 23) at main.c(1338)", only
+# sums them up.
+_PROBLEM_PREFIXES = ("rsync: ", "file has vanished: ", "rsync warning: ", "IO error encountered")
+
+
+def is_problem_line(line: str) -> bool:
+    """A line of rsync's stderr that names a file it could not copy (or that vanished)."""
+    return line.startswith(_PROBLEM_PREFIXES) and not line.startswith("rsync: connection ")
+
+
+_DELETED_RE = re.compile(r"^Number of deleted files: ([0-9,]+)(?: \((?P<kinds>[^)]*)\))?")
+
+
+def deleted_non_directories(line: str) -> int | None:
+    """From ``--stats``' "Number of deleted files: 5 (reg: 3, dir: 1, link: 1)": the entries
+    that are not directories (4), or None for another line."""
+    match = _DELETED_RE.match(line)
+    if match is None:
+        return None
+    total = int(number(match.group(1)))
+    dirs = re.search(r"\bdir: ([0-9,]+)", match.group("kinds") or "")
+    return total - (int(number(dirs.group(1))) if dirs else 0)

@@ -75,16 +75,21 @@ class AsyncsshShell:
         return {"host": self.target.host}
 
     def run(
-        self, command: str, *, check: bool = True, timeout: float | None = None
+        self,
+        command: str,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
     ) -> CommandResult:
-        """Run ``command`` through the remote user's shell. ``check`` raises
-        ``RemoteCommandError`` on a non-zero exit; a lost connection or ``timeout`` raises
-        ``RemoteError`` so the engine can retry the step.
+        """Run ``command`` through the remote user's shell, with ``input`` on its stdin (else
+        none). ``check`` raises ``RemoteCommandError`` on a non-zero exit; a lost connection
+        or ``timeout`` raises ``RemoteError`` so the engine can retry the step.
         """
         if self._conn is None:
             raise RemoteError("the SSH connection is closed", resources=self._resources)
         try:
-            done = self._runner.run(self._run(self._conn, command, timeout))
+            done = self._runner.run(self._run(self._conn, command, timeout, input))
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise RemoteError(
                 f"SSH connection to {self.target.host} failed while running {command!r}: "
@@ -123,9 +128,18 @@ class AsyncsshShell:
 
     @staticmethod
     async def _run(
-        conn: asyncssh.SSHClientConnection, command: str, timeout: float | None
+        conn: asyncssh.SSHClientConnection,
+        command: str,
+        timeout: float | None,
+        input: str | None = None,
     ) -> asyncssh.SSHCompletedProcess:
-        # stdin from /dev/null: a command that reads stdin gets EOF instead of hanging.
+        # Without input, stdin from /dev/null: a command that reads stdin gets EOF instead of
+        # hanging.
+        if input is not None:
+            return await conn.run(
+                command, check=False, input=input, encoding="utf-8", errors="replace",
+                timeout=timeout,
+            )  # fmt: skip
         return await conn.run(
             command,
             check=False,

@@ -129,12 +129,24 @@ def init(
 
 
 @app.command("run")
-def run_(ctx: typer.Context, profile: ProfileOpt, keep_instance: KeepOpt = False) -> None:
+def run_(
+    ctx: typer.Context,
+    profile: ProfileOpt,
+    allow_deletions: Annotated[
+        bool,
+        typer.Option(
+            "--allow-deletions",
+            help="Mirror a source even if that deletes more than max_delete_percent of its "
+            "copy, or all of it (an emptied source).",
+        ),
+    ] = False,
+    keep_instance: KeepOpt = False,
+) -> None:
     """Back up the profile's sources once. Prints the run id."""
     from ..commands.backup import start_backup
 
     with invocation(ctx).running(keep_instance=keep_instance) as app:
-        run = start_backup(app, profile)
+        run = start_backup(app, profile, allow_deletions=allow_deletions)
     typer.echo(run.id)
 
 
@@ -307,7 +319,8 @@ def prune(
 
 @app.command()
 def cost(ctx: typer.Context, profile: ProfileOpt, as_json: JsonOpt = False) -> None:
-    """Estimate the profile's monthly bill: volume, snapshots, instance time."""
+    """The profile's monthly bill by component (volume, snapshots in each tier, instance time,
+    requests) and the same data under both storage modes."""
     from ..commands.cost import estimate
 
     views.cost(estimate(invocation(ctx).app(), profile), as_json=as_json)

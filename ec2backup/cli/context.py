@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..errors import Interrupted
+from ..errors import Terminated
 
 if TYPE_CHECKING:
     from ..commands.app import App
@@ -119,4 +119,4 @@ def setup_logging(debug: bool, quiet: bool, console: Any = None) -> None:
 
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
-    raise Interrupted("SIGTERM")
+    raise Terminated()

@@ -3,6 +3,7 @@ through the one renderer (``render.py``). Results go to stdout; notes about them
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,7 +140,21 @@ def prune(result: dict[str, Any], *, as_json: bool) -> None:
 
 
 def _money(value: float | None, digits: int = 2) -> str | None:
-    return None if value is None else f"${value:.{digits}f}"
+    if value is None:
+        return None
+    if 0 < abs(value) < 10**-digits:
+        return f"${value:.2g}" if abs(value) < 1e-6 else f"${value:.{_digits(value)}f}"
+    return f"${value:.{digits}f}"
+
+
+def _digits(value: float) -> int:
+    """Decimals that show two significant digits of a small amount: 0.000123 -> 6."""
+    return max(0, 1 - math.floor(math.log10(abs(value))))
+
+
+def _quantity(value: float, unit: str) -> str:
+    """Two decimals, or three significant digits of a small quantity (0.00263 GiB-month)."""
+    return f"{value:.2f} {unit}" if value == 0 or abs(value) >= 0.1 else f"{value:.3g} {unit}"
 
 
 def cost(result: dict[str, Any], *, as_json: bool) -> None:
@@ -151,7 +166,7 @@ def cost(result: dict[str, Any], *, as_json: bool) -> None:
     rows = [
         {
             **i,
-            "quantity": None if i["quantity"] is None else f"{i['quantity']:.2f} {i['unit']}",
+            "quantity": None if i["quantity"] is None else _quantity(i["quantity"], i["unit"]),
             "price": _money(i["unit_price_usd"], 4),
             "monthly": _money(i["monthly_usd"]),
             "basis": escape(i["basis"]),
@@ -170,6 +185,29 @@ def cost(result: dict[str, Any], *, as_json: bool) -> None:
             ("basis", "BASIS"),
         ],
         title=escape(f"{result['profile']} ({result['region']})"),
+    )
+    modes = [
+        {
+            **m,
+            "storage": f"{m['storage']} (this profile)" if m["used"] else m["storage"],
+            "volume": _money(m["volume_usd"]),
+            "snapshots": _money(m["snapshots_usd"]),
+            "other": _money(m["instance_and_requests_usd"]),
+            "monthly": _money(m["monthly_usd"]),
+        }
+        for m in result["modes"]
+    ]
+    emit_table(
+        modes,
+        [
+            ("storage", "STORAGE"),
+            ("volume", "VOLUME"),
+            ("snapshots", "SNAPSHOTS"),
+            ("other", "INSTANCE + REQUESTS"),
+            ("monthly", "PER MONTH"),
+            ("basis", "BASIS"),
+        ],
+        title="the same data under each storage mode",
     )
     notes = [f"prices: {result['prices']}", *result["notes"]]
     emit_table([{"note": escape(n)} for n in notes], [("note", "NOTE")])

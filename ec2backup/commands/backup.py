@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from .checks import check_fits, check_fits_in, check_sources, check_volume, plan
 from .heal import heal
 from .runner import _create_run, _drive, new_run_id
 
+log = logging.getLogger(__name__)
 
-def start_backup(app: App, profile_name: str) -> Run:
+
+def start_backup(app: App, profile_name: str, *, allow_deletions: bool = False) -> Run:
     file = str(app.config_path)
     profile = load_profile(app.config_path, profile_name)
     require_backup_ready(profile, file)
@@ -40,7 +43,10 @@ def start_backup(app: App, profile_name: str) -> Run:
         # Now: a missing AMI, a type the zone does not offer or a launch IAM refuses is bad
         # input, found before anything is created.
         plan = plan_launch(profile, ec2, file)
-        _create_run(app, run_id, RunKind.BACKUP, profile, plan.config(), warnings=healed)
+        extra: dict[str, Any] = plan.config()
+        if allow_deletions:  # recorded: a resumed run keeps what the command said
+            extra["allow_deletions"] = True
+        _create_run(app, run_id, RunKind.BACKUP, profile, extra, warnings=healed)
         return _drive(app, run_id)
 
 
@@ -125,14 +131,16 @@ def start_init(
         raise UserInputError(
             f"--size {size_gib} is out of range", hint="give a size in GiB from 1 to 16384"
         )
+    paths = [p.expanduser().absolute() for p in sources]
+    dests, notes = destination_names(paths)
+    for note in notes:
+        log.warning("%s", note)
     data = {
         **(settings or {}),
         **({"storage": storage} if storage != "volume" else {}),
         "region": region,
         "availability_zone": availability_zone,
-        "sources": [
-            {"path": str(p.expanduser().absolute()), "dest": _dest_name(p)} for p in sources
-        ],
+        "sources": [{"path": str(p), "dest": d} for p, d in zip(paths, dests, strict=True)],
     }
     if allow_ssh_from:
         # Kept in the profile: every run admits SSH from there (else from where it runs).
@@ -241,6 +249,36 @@ def ssh_cidr(allow_ssh_from: str | None) -> str:
         ) from None
 
 
-def _dest_name(path: Path) -> str:
-    name = path.expanduser().absolute().name
-    return name or "root"
+def destination_names(paths: list[Path]) -> tuple[list[str], list[str]]:
+    """A destination for each source: its folder's name, or where two sources share one,
+    enough of their parents' names to tell them apart (``/home/a/docs`` and ``/home/b/docs``
+    become ``a-docs`` and ``b-docs``); and a note saying so when a name had to change."""
+
+    def name(path: Path, depth: int) -> str:
+        parts = [p for p in path.parts if p != path.anchor] or ["root"]
+        return "-".join(parts[-depth:])
+
+    depths = [1] * len(paths)
+    while True:
+        names = [name(p, d) for p, d in zip(paths, depths, strict=True)]
+        longer = [
+            i
+            for i, n in enumerate(names)
+            if names.count(n) > 1 and depths[i] < len(paths[i].parts) - 1
+        ]
+        if not longer:
+            break
+        for i in longer:
+            depths[i] += 1
+    # The same directory given twice, or names that cannot be told apart: number them.
+    for i, n in enumerate(list(names)):
+        if n in names[:i]:
+            names[i] = f"{n}-{names[:i].count(n) + 1}"
+    renamed = [i for i, p in enumerate(paths) if names[i] != name(p, 1)]
+    notes = []
+    if renamed:
+        notes.append(
+            "sources share a folder name, so their copies get distinct names on the volume: "
+            + ", ".join(f"{paths[i]} -> {names[i]!r}" for i in renamed)
+        )
+    return names, notes

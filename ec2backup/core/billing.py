@@ -1,5 +1,14 @@
-"""What instance time a run used and what it costs: per second with a 60 s minimum per launch,
-from the run's event log. Prices default to us-east-1 on-demand. No I/O."""
+"""What a profile's backups cost, as arithmetic on figures already gathered (no I/O):
+
+* instance time of a run: per second with a 60 s minimum per launch, from its event log;
+* snapshot storage per tier: the oldest standard snapshot at its full size plus what each later
+  one added to the chain (the EBS direct APIs' figures), and every archived snapshot at its full
+  size; the old estimate (the volume's size, rsync's bytes sent) only where no figure is known;
+* a run's temporary volume (snapshots-only storage): its size for as long as the run held it;
+* EBS direct API requests, per 1,000;
+* the monthly total under each storage mode, for the same data.
+
+Prices default to us-east-1 on-demand."""
 
 from __future__ import annotations
 
@@ -10,9 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .states import BILLED_FROM, BILLED_STATES, BILLING_ENDS, RunState
+from .states import BILLED_FROM, BILLED_STATES, BILLING_ENDS, FINAL_STATES, RunState
 
 MIN_BILLED_SECONDS = 60.0
+GIB = 1024**3
+# EBS prorates GB-month prices by the second over a 30-day month (AWS's pricing examples).
+SECONDS_PER_MONTH = 30 * 24 * 3600
+STANDARD, ARCHIVE = "standard", "archive"
 
 # us-east-1, Linux on-demand, USD per hour.
 _DEFAULT_INSTANCE_HOURLY = {
@@ -44,6 +57,10 @@ class Prices(BaseModel):
 
     volume_gb_month: float = Field(default=0.08, ge=0)  # gp3 storage
     snapshot_gb_month: float = Field(default=0.05, ge=0)  # standard snapshot storage
+    archive_gb_month: float = Field(default=0.0125, ge=0)  # archive tier snapshot storage
+    archive_restore_gb: float = Field(default=0.03, ge=0)  # per GB restored from the archive
+    # ListChangedBlocks and ListSnapshotBlocks (EBS direct APIs), per 1,000 requests.
+    ebs_list_requests_1000: float = Field(default=0.0006, ge=0)
     instance_hourly: dict[str, float] = Field(
         default_factory=lambda: dict(_DEFAULT_INSTANCE_HOURLY)
     )
@@ -127,3 +144,193 @@ def run_cost(
         hourly_usd=hourly,
         usd=None if hourly is None else billed / 3600 * hourly,
     )
+
+
+# --- snapshot storage per tier --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainSnapshot:
+    """One of a profile's snapshots, with what is known of its size."""
+
+    id: str
+    tier: str  # standard | archive
+    size_gib: int | None  # of the volume it was taken from (DescribeSnapshots)
+    # What it added to the chain (EBS direct APIs), against ``compared_with`` (None: all its
+    # blocks, a first snapshot).
+    added_bytes: int | None = None
+    compared_with: str | None = None
+    full_bytes: int | None = None  # all its blocks (ListSnapshotBlocks), if recorded
+    sent_bytes: int | None = None  # what its run's rsync sent: the old estimate
+
+    @property
+    def all_blocks(self) -> int | None:
+        if self.full_bytes is not None:
+            return self.full_bytes
+        if self.added_bytes is not None and self.compared_with is None:
+            return self.added_bytes
+        return None
+
+
+@dataclass(frozen=True)
+class Counted:
+    snapshot_id: str
+    tier: str
+    bytes: int
+    source: str  # where the figure comes from
+
+
+@dataclass(frozen=True)
+class TierStorage:
+    tier: str
+    counted: tuple[Counted, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self.counted)
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GIB
+
+    def fallbacks(self) -> int:
+        return sum(1 for c in self.counted if not c.source.startswith("EBS direct APIs"))
+
+    def basis(self) -> str:
+        if not self.counted:
+            return f"no snapshots in the {self.tier} tier"
+        how = (
+            "the oldest at its full size, each later one at what it added to the chain"
+            if self.tier == STANDARD
+            else "each at its full size"
+        )
+        by_source: dict[str, int] = {}
+        for c in self.counted:
+            by_source[c.source] = by_source.get(c.source, 0) + 1
+        sources = "; ".join(f"{n} from {source}" for source, n in by_source.items())
+        text = f"{len(self.counted)} snapshot(s), {how}: {sources}"
+        if self.fallbacks():
+            text += f"; {self.fallbacks()} not measured yet, estimated the old way"
+        return text
+
+
+FROM_ADDED = "EBS direct APIs (added to the chain)"
+FROM_FULL = "EBS direct APIs (all blocks)"
+FROM_ADDED_GAP = "EBS direct APIs (added since a snapshot deleted since: a lower bound)"
+FROM_VOLUME_SIZE = "estimate: the volume's full size"
+FROM_SENT = "estimate: rsync's bytes sent"
+FROM_NOTHING = "no figure (counted as 0)"
+
+
+def _full(s: ChainSnapshot) -> Counted:
+    blocks = s.all_blocks
+    if blocks is not None:
+        return Counted(s.id, s.tier, blocks, FROM_FULL)
+    return Counted(s.id, s.tier, (s.size_gib or 0) * GIB, FROM_VOLUME_SIZE)
+
+
+def _added(s: ChainSnapshot) -> Counted:
+    if s.added_bytes is not None:
+        return Counted(s.id, s.tier, s.added_bytes, FROM_ADDED)
+    if s.sent_bytes is not None:
+        return Counted(s.id, s.tier, s.sent_bytes, FROM_SENT)
+    return Counted(s.id, s.tier, 0, FROM_NOTHING)
+
+
+def snapshot_storage(chain: Iterable[ChainSnapshot]) -> dict[str, TierStorage]:
+    """What each tier stores of the profile's snapshots (``chain``: oldest first, failed ones
+    left out). The standard tier holds the oldest standard snapshot's blocks in full and, for
+    each later one, the blocks it added; an archived snapshot is stored (and billed) whole, on
+    its own. Where no measured figure is known: the volume's size for a full one, rsync's bytes
+    sent for an increment."""
+    standard = [s for s in chain if s.tier != ARCHIVE]
+    archive = [s for s in chain if s.tier == ARCHIVE]
+    counted = [_full(s) if i == 0 else _added(s) for i, s in enumerate(standard)]
+    for i, s in enumerate(standard[1:], start=1):
+        if s.compared_with not in (None, standard[i - 1].id) and s.added_bytes is not None:
+            # Counted against a snapshot since deleted: blocks that one held and this one
+            # still uses are stored but not in the figure.
+            counted[i] = Counted(s.id, s.tier, s.added_bytes, FROM_ADDED_GAP)
+    return {
+        STANDARD: TierStorage(STANDARD, tuple(counted)),
+        ARCHIVE: TierStorage(ARCHIVE, tuple(_full(s) for s in archive)),
+    }
+
+
+# --- a run's temporary volume ---------------------------------------------------------------
+
+
+def volume_seconds(events: Iterable[Any], now: datetime | None = None) -> float:
+    """How long a run would hold a volume of its own: from its first step (entering the first
+    state after ``created``) to its end (``done`` or ``aborted``), at least 60 s as EBS bills.
+    A run not ended yet counts up to ``now`` (0 if ``now`` is None)."""
+    start: datetime | None = None
+    end: datetime | None = None
+    for ev in events:
+        _source, to, at = _event(ev)
+        if start is None and to != RunState.CREATED:
+            start = at
+        if to in FINAL_STATES:
+            end = at
+            break
+    if start is None:
+        return 0.0
+    if end is None:
+        end = now
+    if end is None:
+        return 0.0
+    return max(MIN_BILLED_SECONDS, (end - start).total_seconds())
+
+
+def gib_months(gib: float, seconds: float) -> float:
+    return gib * seconds / SECONDS_PER_MONTH
+
+
+# --- the two storage modes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModeTotal:
+    storage: str  # volume | snapshots
+    volume_usd: float  # the standing volume, or the runs' temporary volumes
+    snapshots_usd: float
+    other_usd: float  # instance time and requests: the same in both modes
+    basis: str
+
+    @property
+    def monthly_usd(self) -> float:
+        return self.volume_usd + self.snapshots_usd + self.other_usd
+
+
+def compare_modes(
+    *,
+    standing_gib: float,
+    temporary_gib_months: float,
+    snapshots_usd: float,
+    other_usd: float,
+    prices: Prices,
+) -> list[ModeTotal]:
+    """The monthly total of the same data under ``storage = "volume"`` (a standing volume of
+    ``standing_gib`` plus the snapshots) and ``storage = "snapshots"`` (the snapshots plus
+    each run's temporary volume, ``temporary_gib_months`` in all)."""
+    return [
+        ModeTotal(
+            "volume",
+            standing_gib * prices.volume_gb_month,
+            snapshots_usd,
+            other_usd,
+            f"a standing {standing_gib:g} GiB volume all month + the snapshots",
+        ),
+        ModeTotal(
+            "snapshots",
+            temporary_gib_months * prices.volume_gb_month,
+            snapshots_usd,
+            other_usd,
+            f"the snapshots + each run's own volume while it runs "
+            f"({temporary_gib_months:.3g} GiB-month)",
+        ),
+    ]
+
+
+def requests_usd(requests: int, prices: Prices) -> float:
+    return requests / 1000 * prices.ebs_list_requests_1000

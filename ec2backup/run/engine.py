@@ -37,7 +37,7 @@ from ..core.states import (
 )
 from ..core.tags import TAG_RUN_ID
 from ..db.models import Run
-from ..errors import Ec2BackupError, Interrupted, is_transient
+from ..errors import Ec2BackupError, Interrupted, Terminated, is_transient
 from ..faults import crash_point
 from .context import StepContext
 from .steps import ENSURE
@@ -98,14 +98,17 @@ def drive(ctx: StepContext) -> Run:
             crash_point(step.after)
             fire(run, f"complete_{step.name}", detail=detail)
             log.info("run %s: %s (%s)", run.id, step.result, detail)
+    except Interrupted as exc:
+        exc.run_id = run.id
+        record_failure(ctx, exc)
+        exc.still_running = after_failure(ctx, exc)
+        raise
     except KeyboardInterrupt as exc:
-        interrupted = Interrupted("Ctrl-C", run.id)
+        interrupted = Interrupted("SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C", run.id)
         record_failure(ctx, interrupted)
         interrupted.still_running = after_failure(ctx, interrupted)
         raise interrupted from exc
-    except (Exception, Interrupted) as exc:
-        if isinstance(exc, Interrupted):
-            exc.run_id = run.id
+    except Exception as exc:
         record_failure(ctx, exc)
         if isinstance(exc, Ec2BackupError) and not exc.resumable and not ctx.keep_instance:
             # Resuming cannot fix this (a refused host key, data that does not fit): clean up
@@ -185,7 +188,7 @@ def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
         crash_point(ENDED)
         _quietly(ctx, release_ssh_access)
         return run
-    except (Exception, Interrupted) as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         record_failure(ctx, exc)
         raise
     finally:

@@ -174,7 +174,7 @@ EC2 call)
 IAM mode (``--iam``, ``Sandbox.start(iam=True)``)
 -------------------------------------------------
 Every request must carry a SigV4 signature by a known IAM access key (moto's check: else 401
-``AuthFailure``), and every EC2 and SSM call is authorized as AWS authorizes it
+``AuthFailure``), and every EC2, EBS direct API and SSM call is authorized as AWS authorizes it
 (``iam.py``): ``iam_requests.py`` lists each (action, resource ARN) pair the Service
 Authorization Reference (parliament's copy) says the call needs, with only the condition keys
 it lists for that resource type, their values taken from the request and the resources
@@ -184,7 +184,9 @@ given at creation, ``ec2:InstanceType``, ``ec2:MetadataHttpTokens``...);
 missing key makes a condition false, ``...IfExists``, ``ForAllValues``/``ForAnyValue``).
 One pair denied refuses the call, worded as AWS does: EC2 403 ``UnauthorizedOperation``
 ("... is not authorized to perform: ec2:RunInstances on resource: arn:...:volume/* because no
-identity-based policy allows ...", with an encoded message), SSM ``AccessDeniedException``.
+identity-based policy allows ...", with an encoded message), SSM ``AccessDeniedException``,
+the EBS direct APIs 403 ``AccessDeniedException`` ("... ebs:ListChangedBlocks on resource:
+arn:aws:ec2:us-east-1::snapshot/snap-..."; ListChangedBlocks authorizes both snapshots).
 RunInstances with ``DryRun`` is authorized the same way and answers ``DryRunOperation``.
 ``sts:GetCallerIdentity`` needs no permission; IAM calls keep moto's check (actions only).
 IAM is switched on after the seeding, which writes to moto's backends directly. An

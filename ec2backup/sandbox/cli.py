@@ -40,9 +40,9 @@ def start(
     iam: bool = typer.Option(
         False,
         "--iam",
-        help="Enforce IAM: requests must be signed by an IAM user's key; EC2 and SSM calls are"
-        " checked against its policies as AWS does (each resource, with conditions). The"
-        " printed keys are an administrator's.",
+        help="Enforce IAM: requests must be signed by an IAM user's key; EC2, EBS direct API"
+        " and SSM calls are checked against its policies as AWS does (each resource, with"
+        " conditions). The printed keys are an administrator's.",
     ),
     throttle_rate: float = typer.Option(
         0.0,

@@ -19,9 +19,10 @@ the one ``CloudState`` they share (``state.py``), and installs them into moto's 
 * ``reconcile`` (``reconcile.py``) runs every ``RECONCILE_INTERVAL`` seconds and finishes what
   takes time on AWS;
 * in IAM mode (``enable_iam``, ``iam.py``), IAM is enforced after the seeding (``seed.py``):
-  moto checks the signatures, and EC2 and SSM calls are authorized per resource and condition
-  as AWS does (``iam_requests.py``, ``iam_policy.py``), denials worded as AWS words them (403
-  ``UnauthorizedOperation``);
+  moto checks the signatures, and EC2, EBS direct API and SSM calls are authorized per
+  resource and condition as AWS does (``iam_requests.py``, ``iam_policy.py``), denials worded
+  as AWS words them (403 ``UnauthorizedOperation``; the EBS direct APIs' 403
+  ``AccessDeniedException``);
 * ``GET /_sandbox/checkip`` answers the client's address (``client_address``), as
   checkip.amazonaws.com does on AWS; the instances' port 22 admits that address only if their
   security groups do (``firewall.py``, applied by ``Instances.guard_ssh``).

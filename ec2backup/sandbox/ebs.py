@@ -17,7 +17,8 @@ moto's ebs backend knows only snapshots written through its own StartSnapshot/Pu
   it until there is none); tokens expire after 60 minutes; with ``NextToken``,
   ``StartingBlockIndex`` is ignored.
 * Errors as the service answers them (rest-json: the ``x-amzn-ErrorType`` header, ``message``
-  and ``Reason``); in IAM mode, a denial is 403 ``AccessDeniedException``.
+  and ``Reason``); in IAM mode, a denial is 403 ``AccessDeniedException``, each snapshot the
+  call reads authorized by its ARN and tags (``iam.py``).
 
 The comparisons are cached per pair of snapshots: a snapshot's image never changes.
 """
@@ -190,11 +191,10 @@ class EbsDirect:
             try:
                 return original_call_action(response)
             except _Denied as denied:
+                # The message as iam.py words it, AWS's: "User: ... is not authorized to
+                # perform: ebs:ListSnapshotBlocks on resource: arn:aws:ec2:...::snapshot/..."
                 return EbsError(
-                    403,
-                    "AccessDeniedException",
-                    f"User is not authorized to perform this action. {denied}",
-                    "UNAUTHORIZED_ACCOUNT",
+                    403, "AccessDeniedException", str(denied), "UNAUTHORIZED_ACCOUNT"
                 ).response()
 
         setattr(EBSResponse, "call_action", call_action)  # noqa: B010

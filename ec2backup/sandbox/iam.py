@@ -1,15 +1,19 @@
-"""IAM mode: every request signed by a known IAM key, and EC2 and SSM calls authorized as AWS
-authorizes them, resource by resource and with conditions.
+"""IAM mode: every request signed by a known IAM key, and EC2, EBS direct API and SSM calls
+authorized as AWS authorizes them, resource by resource and with conditions.
 
 moto checks the SigV4 signature (a known access key, else 401 ``AuthFailure``); what it would
-then check itself (actions against the resource "*", no conditions) is replaced for EC2 and SSM:
+then check itself (actions against the resource "*", no conditions) is replaced for EC2, EBS
+and SSM:
 ``iam_requests.authorizations`` lists every (action, resource ARN) pair AWS evaluates for the
 call, with the condition keys the Service Authorization Reference lists for each, and
 ``iam_policy.decide`` evaluates the user's policies for each pair. One pair denied refuses the
 whole call, worded as AWS words it: EC2 answers 403 ``UnauthorizedOperation`` ("You are not
 authorized to perform this operation. User: ... is not authorized to perform: ec2:RunInstances
 on resource: arn:...:volume/* because no identity-based policy allows the ec2:RunInstances
-action. Encoded authorization failure message: ..."), SSM ``AccessDeniedException``.
+action. Encoded authorization failure message: ..."), SSM ``AccessDeniedException`` (400) and
+the EBS direct APIs ``AccessDeniedException`` (403, "User: ... is not authorized to perform:
+ebs:ListSnapshotBlocks on resource: arn:aws:ec2:...::snapshot/snap-... because ...", answered
+by ``ebs.py``). EBS snapshots are EC2 snapshots: their tags are read from the EC2 backend.
 ``sts:GetCallerIdentity`` needs no permission (as on AWS); IAM calls keep moto's own check.
 """
 
@@ -24,6 +28,7 @@ from moto import settings as moto_settings
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.authorization import ActionAuthenticatorMixin
 from moto.core.exceptions import AccessDeniedError
+from moto.ec2.models import ec2_backends
 from moto.iam.access_control import IAMPolicy, IAMRequest
 from moto.iam.models import iam_backends
 
@@ -39,7 +44,7 @@ ADMIN_POLICY = {
     "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
 }
 # Services whose calls are authorized per resource here; the others keep moto's check.
-EVALUATED = ("ec2", "ssm")
+EVALUATED = ("ec2", "ebs", "ssm")
 
 
 def enable_iam(region: str) -> tuple[str, str]:
@@ -97,7 +102,8 @@ def authorize_call(response: Any, service: str, iam_request: IAMRequest) -> None
     user_name = getattr(access_key, "_owner_user_name", "")
     account = response.current_account
     region = response.region
-    backend = response.ec2_backend if service == "ec2" else None
+    # The EBS direct APIs read EC2's snapshots (and their tags).
+    backend = ec2_backends[account][region] if service in ("ec2", "ebs") else None
     user_arn = access_key.arn
     call = Call(
         service=service,
@@ -150,6 +156,9 @@ def install() -> None:
                     f"{denied.encoded()}",
                 ) from None
             error = AccessDeniedError(denied.user_arn, denied.request.action)
+            if service == "ebs":
+                error.message = denied.reason  # ebs.py answers it in the service's protocol
+                raise error from None
             error.code = 400  # SSM's JSON protocol answers its denials with 400
             error.description = json.dumps(
                 {"__type": "AccessDeniedException", "message": denied.reason}

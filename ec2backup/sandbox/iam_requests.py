@@ -14,8 +14,9 @@ and per condition key one way to read its value:
   one when the request tags it, or, for volumes, when the image brings them (a launch's root
   volume);
 * any other resource type names an existing resource: the ids in the request (``VolumeId``,
-  ``InstanceIds``, ``SecurityGroupIds``...), or the default the call would use (a launch's
-  default subnet and security group), with the resource's own values (its tags, its type...);
+  ``InstanceIds``, ``SecurityGroupIds``, the EBS direct APIs' ``FirstSnapshotId`` and
+  ``SecondSnapshotId``...), or the default the call would use (a launch's default subnet and
+  security group), with the resource's own values (its tags, its type...);
 * a resource a required type needs but the request cannot be resolved to (an unknown id) is
   authorized by its ARN with no resource keys, as AWS does before answering NotFound;
 * an action without resource types is authorized on ``*``;
@@ -361,6 +362,16 @@ def find_snapshots(call: Call, created: bool) -> list[Touched]:
     return found
 
 
+def find_ebs_snapshots(call: Call, created: bool) -> list[Touched]:
+    """The snapshots an EBS direct API call reads: ListSnapshotBlocks its ``SnapshotId``,
+    ListChangedBlocks both ``SecondSnapshotId`` and ``FirstSnapshotId`` (each authorized).
+    EC2 snapshots: their tags are the EC2 backend's."""
+    return [
+        _existing(call, "snapshot", snapshot_id, {})
+        for snapshot_id in call.ids("SnapshotId", "SecondSnapshotId", "FirstSnapshotId")
+    ]
+
+
 def find_images(call: Call, created: bool) -> list[Touched]:
     found = []
     for image_id in call.ids_of("image", "ImageId"):
@@ -490,6 +501,7 @@ FINDERS: dict[tuple[str, str], Callable[[Call, bool], list[Touched]]] = {
     ("ec2", "security-group-rule"): find_security_group_rules,
     ("ec2", "vpc"): find_vpcs,
     ("ec2", "key-pair"): find_key_pairs,
+    ("ebs", "snapshot"): find_ebs_snapshots,
     ("ssm", "parameter"): find_parameters,
 }
 

@@ -396,10 +396,47 @@ def test_prepare_sync_measures_makes_the_destinations_and_ends_a_leftover_rsync(
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
-    # The file and the directory holding it, by apparent size; nothing in the new one.
-    assert 12345 < space.used <= 12345 + 4096
+    # The file and the directory holding it, by the blocks they use; nothing in the new one.
+    assert 12345 < space.used <= 12345 + 3 * 4096
+    assert space.files == {"home": 1, "new dir": 0}
     assert space.free == int(blocks) * int(size)  # measured before the new directory
     assert host.is_directory(f"{MP}/new dir") and host.is_directory(f"{MP}/home")
+
+
+def test_tree_facts_reads_the_copy_as_root_in_one_round_trip(
+    instance: SshServer, host: SshInstanceHost, loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.make_filesystem(loop.device, "ec2backup")
+    host.mount(loop.device, MP, read_only=False)
+    instance.inside(
+        "sh",
+        "-c",
+        f"mkdir -p {MP}/home/private && cd {MP}/home && echo a > private/a && "
+        "ln private/a private/b && echo c > c && truncate -s 32M sparse && "
+        "printf data | dd of=sparse conv=notrunc status=none && chmod 700 private",
+    )
+    sent = sent_commands(host, monkeypatch)
+    facts = host.tree_facts(f"{MP}/home", ["sparse", "private/a", "c", "nope"])
+    assert len(sent) == 1
+    assert facts.groups == (("private/a", "private/b"),)  # read as root through mode 700
+    assert set(facts.facts) == {"sparse", "private/a", "c"}
+    assert facts.facts["sparse"][1] <= 64 * 1024 and facts.facts["c"][1] == 2
+    assert facts.holes == {"sparse": (32 * 2**20, facts.facts["sparse"][1])}
+
+
+def test_tree_facts_without_python3_on_the_instance_says_so(
+    instance: SshServer, host: SshInstanceHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AMI without python3: the probe in front of the script fails (here it looks for a
+    python3 that no image has)."""
+    real = host._run
+
+    def without_python(script: str, **kw: object) -> object:
+        return real(script.replace("command -v python3", "command -v no-such-python3"), **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(host, "_run", without_python)
+    with pytest.raises(RemoteCommandError, match="python3, which the instance does not have"):
+        host.tree_facts(MP, [])
 
 
 def test_prepare_sync_lists_the_hard_linked_files_and_remove_files_removes_names(

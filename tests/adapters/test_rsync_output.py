@@ -6,7 +6,10 @@ import pytest
 
 from ec2backup.adapters.rsync_output import (
     Progress2,
+    deleted_non_directories,
+    is_problem_line,
     is_progress_line,
+    itemized_difference,
     parse_progress2,
     parse_stats_line,
 )
@@ -92,3 +95,81 @@ def test_every_progress2_line_is_recognised_cheaply_and_nothing_else() -> None:
     for line in (MID_FIRST, MID, END_FILE, LAST, HUMAN, IR_CHK, MANY):
         assert is_progress_line(line) and parse_progress2(line) is not None
     assert not is_progress_line("Total bytes sent: 40,015,229")
+
+
+# --- itemized changes, in words ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (">f+++++++++ docs/new.txt", ("docs/new.txt", ("missing on the volume",))),
+        ("cd+++++++++ empty dir/", ("empty dir/", ("missing on the volume",))),
+        ("cL+++++++++ link", ("link", ("missing on the volume",))),
+        ("cS+++++++++ fifo", ("fifo", ("missing on the volume",))),
+        ("*deleting   old.txt", ("old.txt", ("only on the volume (not in the source)",))),
+        (">fc.t...... a.txt", ("a.txt", ("contents differ", "modification time differs"))),
+        (">fcs....... b.txt", ("b.txt", ("contents differ",))),
+        (".f.s....... c.txt", ("c.txt", ("size differs",))),
+        (".f...p..... mode", ("mode", ("permissions differ",))),
+        (".f....o.... own", ("own", ("owner differs",))),
+        (".f.....g... grp", ("grp", ("group differs",))),
+        (".f.......a. acl", ("acl", ("ACL differs",))),
+        (".d.......a. dir/", ("dir/", ("ACL differs",))),
+        (".f........x xattr", ("xattr", ("extended attributes differ",))),
+        (".L..t...... sym", ("sym", ("modification time differs",))),
+        (".d..T...... ./", ("./", ("modification time differs",))),
+        ("cLc.t...... sym", ("sym", ("symlink target differs", "modification time differs"))),
+        ("cDc........ dev", ("dev", ("device differs",))),
+        (
+            "hf          b",
+            ("b", ("hard link split (one file in the source, separate on the volume)",)),
+        ),
+        (
+            "hf.......a. b",
+            (
+                "b",
+                ("hard link split (one file in the source, separate on the volume)", "ACL differs"),
+            ),
+        ),
+        (
+            ".f...po...x caf\\#303\\#251 x",
+            (
+                "caf\\#303\\#251 x",
+                ("permissions differ", "owner differs", "extended attributes differ"),
+            ),
+        ),
+    ],
+)
+def test_itemized_lines_in_words(line: str, expected: tuple[str, tuple[str, ...]]) -> None:
+    assert itemized_difference(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        ".d          ./",  # nothing changed
+        "created directory /mnt/x",
+        "Number of files: 3",
+        "sending incremental file list",
+        "",
+    ],
+)
+def test_other_lines_are_not_differences(line: str) -> None:
+    assert itemized_difference(line) is None
+
+
+def test_the_problem_lines_of_stderr() -> None:
+    assert is_problem_line('rsync: [sender] send_files failed to open "/x": Permission denied (13)')
+    assert is_problem_line('file has vanished: "/data/tmp/x"')
+    assert is_problem_line("rsync warning: some files vanished before they could be transferred")
+    assert not is_problem_line("rsync error: some files/attrs were not transferred (code 23)")
+    assert not is_problem_line("rsync: connection unexpectedly closed (0 bytes received so far)")
+
+
+def test_deleted_files_from_the_stats() -> None:
+    assert deleted_non_directories("Number of deleted files: 5 (reg: 3, dir: 1, link: 1)") == 4
+    assert deleted_non_directories("Number of deleted files: 1,234 (reg: 1,234)") == 1234
+    assert deleted_non_directories("Number of deleted files: 2 (dir: 2)") == 0
+    assert deleted_non_directories("Number of deleted files: 0") == 0
+    assert deleted_non_directories("Number of files: 3 (reg: 3)") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ec2backup.commands import backup as backup_command
 from ec2backup.commands.backup import ssh_cidr
 from ec2backup.errors import UserInputError
 
@@ -45,3 +46,34 @@ def test_ssh_cidr_asks_the_address_service_named_in_the_environment(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("paths", "names"),
+    [
+        (["/home/me/Documents", "/home/me/Pictures"], ["Documents", "Pictures"]),
+        (["/home/a/docs", "/home/b/docs"], ["a-docs", "b-docs"]),
+        (["/x/a/docs", "/y/a/docs", "/srv/photos"], ["x-a-docs", "y-a-docs", "photos"]),
+        (["/data/docs", "/docs"], ["data-docs", "docs"]),
+        (["/srv/docs", "/srv/docs"], ["srv-docs", "srv-docs-2"]),
+        (["/"], ["root"]),
+    ],
+)
+def test_init_gives_each_source_a_destination_of_its_own(
+    paths: list[str], names: list[str]
+) -> None:
+    from pathlib import Path
+
+    from ec2backup.config import Source, destination_clash
+
+    got, notes = backup_command.destination_names([Path(p) for p in paths])
+    assert got == names
+    sources = tuple(Source(path=Path(p), dest=n) for p, n in zip(paths, got, strict=True))
+    assert destination_clash(sources) is None
+    pairs = zip(paths, names, strict=True)
+    renamed = [f"{p} -> {n!r}" for p, n in pairs if n != Path(p).name and p != "/"]
+    if renamed:
+        (note,) = notes
+        assert "share a folder name" in note and all(r in note for r in renamed)
+    else:
+        assert notes == []

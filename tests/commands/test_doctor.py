@@ -140,6 +140,11 @@ def test_ssh_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # --- config -----------------------------------------------------------------------------------
 
 GOOD = '[profiles.p]\nregion = "us-east-1"\navailability_zone = "us-east-1a"\n'
+# Two sources that would each wipe the other's copy: once a valid profile, now a config error.
+SAME_DEST = (
+    GOOD + 'sources = [{ path = "/home/a/docs", dest = "docs" }, '
+    '{ path = "/home/b/docs", dest = "docs" }]\n'
+)
 
 
 @pytest.mark.parametrize(
@@ -153,6 +158,8 @@ GOOD = '[profiles.p]\nregion = "us-east-1"\navailability_zone = "us-east-1a"\n'
         (GOOD, "q", "fail", "unknown profile 'q'"),
         ("[prices]\nvolume_gb_month = -1\n", None, "fail", "prices.volume_gb_month"),
         ("[profiles\n", None, "fail", "not valid TOML"),
+        (SAME_DEST, "p", "fail", "/home/a/docs and /home/b/docs both copy to 'docs'"),
+        (SAME_DEST, None, "fail", "/home/a/docs and /home/b/docs both copy to 'docs'"),
     ],
 )  # fmt: skip
 def test_config(

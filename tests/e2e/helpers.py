@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +22,13 @@ import boto3
 class Cli:
     env: Mapping[str, str]
     cwd: Path
+    wrap: Sequence[str] = ()  # a command that runs the CLI, e.g. in its own namespaces
 
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "ec2backup", *args],
+            [*self.wrap, sys.executable, "-m", "ec2backup", *args],
             env={**os.environ, **self.env},
             cwd=self.cwd,
             capture_output=True,

@@ -4,6 +4,7 @@ same cases (a test checks that every case id is there)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -51,6 +52,8 @@ def _toml(value: object) -> str:
         return f'"{value}"'
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
     if isinstance(value, list):
         items = []
         for item in value:
@@ -98,6 +101,7 @@ class Case:
     resumable: bool = False  # the line offers `ec2backup resume`; without the fault, it finishes
     xfail: str = ""  # a known bug: the reason (strict, so the test flips when it is fixed)
     todo: str = ""  # for docs/errors.md, when the message has no hint after "; "
+    after: Callable[[World, Path], None] | None = None  # more checks, once the command ended
 
 
 def _launch_foreign(w: World, d: Path, env: dict[str, str]) -> None:
@@ -141,6 +145,59 @@ def _big_source(size: int) -> Callable[[World, Path, dict[str, str]], None]:
         (d / "config.toml").write_text(w.profile(sources=[{"path": str(big), "dest": "big"}]))
 
     return setup
+
+
+def _two_sources(dest_a: str, dest_b: str) -> Callable[[World], str]:
+    def config(w: World) -> str:
+        other = w.root / "other"
+        other.mkdir(exist_ok=True)
+        sources = [{"path": str(w.source), "dest": dest_a}, {"path": str(other), "dest": dest_b}]
+        return w.profile(sources=sources)
+
+    return config
+
+
+GUARD_FILES = [f"photo-{i}.jpg" for i in range(4)]
+
+
+def _backed_up_then(dest: str, remove: Callable[[Path], None]) -> Callable[..., None]:
+    """A source of four files backed up to ``dest`` (the profile keeps one snapshot), then
+    ``remove`` applied to it: what the next run must not mirror."""
+
+    def setup(w: World, d: Path, env: dict[str, str]) -> None:
+        source = d / "photos"
+        source.mkdir()
+        for name in GUARD_FILES:
+            (source / name).write_text(name)
+        (d / "config.toml").write_text(
+            w.profile(sources=[{"path": str(source), "dest": dest}], retention={"keep_last": 1})
+        )
+        subprocess.run(
+            [sys.executable, "-m", "ec2backup", "run", "--profile", "p"],
+            env=env, cwd=d, check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+        remove(source)
+
+    return setup
+
+
+def _emptied(source: Path) -> None:
+    """As an unmounted drive's mount point looks: there, and empty."""
+    for child in source.iterdir():
+        child.unlink()
+
+
+def _mostly_deleted(source: Path) -> None:
+    for name in GUARD_FILES[1:]:
+        (source / name).unlink()
+
+
+def _copy_intact(dest: str) -> Callable[[World, Path], None]:
+    def check(w: World, d: Path) -> None:
+        with mounted_read_only(w.sandbox.volume_image(w.volume_id)) as mnt:
+            assert sorted(p.name for p in (mnt / dest).iterdir()) == GUARD_FILES
+
+    return check
 
 
 def _no_tool(kind: str) -> Callable[[World, Path, dict[str, str]], None]:
@@ -263,6 +320,51 @@ CASES = [
         "sources[0].dest",
         config=lambda w: w.profile(sources=[{"path": "/tmp", "dest": "../x"}]),
         todo="make dest a relative path without '..'",
+    ),
+    Case(
+        "dest-same",
+        ["run", "--profile", "p"],
+        2,
+        "both copy to 'home'",
+        "give each source a dest of its own",
+        config=_two_sources("home", "home"),
+    ),
+    Case(
+        "dest-nested",
+        ["run", "--profile", "p"],
+        2,
+        "copies to 'home/other', inside 'home'",
+        "give each source a dest of its own",
+        config=_two_sources("home", "home/other"),
+    ),
+    Case(
+        "max-delete-percent-range",
+        ["run", "--profile", "p"],
+        2,
+        "field 'max_delete_percent'",
+        "less than or equal to 100",
+        config=lambda w: w.profile(max_delete_percent=150),
+        todo="give a percentage from 0 to 100",
+    ),
+    Case(
+        "source-emptied",
+        ["run", "--profile", "p"],
+        2,
+        "is empty but its copy on the volume (guard-empty) holds 4 files",
+        "--allow-deletions",
+        setup=_backed_up_then("guard-empty", _emptied),
+        creates_run=True,
+        after=_copy_intact("guard-empty"),
+    ),
+    Case(
+        "deletions-over-limit",
+        ["run", "--profile", "p"],
+        2,
+        "would delete 3 of the 4 files in its copy (guard-limit, 75%)",
+        "--allow-deletions",
+        setup=_backed_up_then("guard-limit", _mostly_deleted),
+        creates_run=True,
+        after=_copy_intact("guard-limit"),
     ),
     Case(
         "volume-unknown",
@@ -586,7 +688,8 @@ def test_bad_input(case: Case, world: World, tmp_path: Path) -> None:
         case.id,
         " ".join(case.args).replace("{done_run}", "RUN_ID"),
         result.returncode,
-        lines[0].replace(world.done_run, "RUN_ID"),
+        # The shared world's directory (its source, "home") reads as the test's own.
+        lines[0].replace(world.done_run, "RUN_ID").replace(str(world.root), "DIR"),
         tmp_path,
         todo=case.todo,
         bug=case.xfail,
@@ -603,6 +706,8 @@ def test_bad_input(case: Case, world: World, tmp_path: Path) -> None:
     (run_id, state), *more = sorted(set(_runs(tmp_path)) - set(before_runs))
     assert more == [] and state in ("failed", "aborted")
     assert (f"`ec2backup resume {run_id}` to continue" in lines[0]) == case.resumable, lines[0]
+    if case.after is not None:
+        case.after(world, tmp_path)
     if case.resumable:  # the fault is gone: the recorded run finishes where it stopped
         cli = Cli(env={**world.sandbox.env, **_paths(tmp_path)}, cwd=tmp_path)
         assert cli("resume", run_id).stdout.strip() == run_id
@@ -619,6 +724,41 @@ def test_no_capacity_with_fallback_types_launches_the_next_type(
     shown = cli.json("show", run_id)
     assert shown["state"] == "done" and shown["cost"]["instance_type"] == "t3a.micro"
     assert any("no capacity for t3.micro" in w for w in shown["warnings"])
+
+
+def test_allow_deletions_mirrors_an_emptied_source(world: World, tmp_path: Path) -> None:
+    """What the guard's message offers: the same run with --allow-deletions goes through and
+    the copy is emptied, as asked."""
+    env = {**os.environ, **world.sandbox.env, **_paths(tmp_path)}
+    _backed_up_then("guard-allowed", _emptied)(world, tmp_path, env)
+    cli = Cli(env={**world.sandbox.env, **_paths(tmp_path)}, cwd=tmp_path)
+    refused = cli("run", "--profile", "p", check=False)
+    assert refused.returncode == 2 and "--allow-deletions" in refused.stderr
+    run_id = cli("run", "--profile", "p", "--allow-deletions").stdout.strip()
+    assert cli.json("show", run_id)["state"] == "done"
+    with mounted_read_only(world.sandbox.volume_image(world.volume_id)) as mnt:
+        assert list((mnt / "guard-allowed").iterdir()) == []
+
+
+def test_init_gives_sources_sharing_a_folder_name_destinations_of_their_own(
+    world: World, tmp_path: Path
+) -> None:
+    """Two folders named alike would copy onto each other: init names them apart, says so,
+    and the backup keeps both."""
+    sources = [tmp_path / "a" / "docs", tmp_path / "b" / "docs"]
+    for i, source in enumerate(sources):
+        source.mkdir(parents=True)
+        (source / "mine.txt").write_text(f"{i}\n")
+    cli = Cli(env={**world.sandbox.env, **_paths(tmp_path)}, cwd=tmp_path)
+    args = [*INIT_Q, "--source", str(sources[0]), "--source", str(sources[1])]
+    made = cli(*args)
+    assert "share a folder name" in made.stderr
+    assert f"{sources[0]} -> 'a-docs'" in made.stderr and f"{sources[1]} -> 'b-docs'" in made.stderr
+    volume_id = made.stdout.strip()
+    cli("run", "--profile", "q")
+    with mounted_read_only(world.sandbox.volume_image(volume_id)) as mnt:
+        assert (mnt / "a-docs" / "mine.txt").read_text() == "0\n"
+        assert (mnt / "b-docs" / "mine.txt").read_text() == "1\n"
 
 
 def test_database_locked(world: World, tmp_path: Path) -> None:
@@ -729,6 +869,7 @@ def test_every_case_is_documented() -> None:
         "no-capacity-fallback",
         "init-no-public-address",
         "expired-credentials",
+        "file-unreadable",
     ]
     missing = [i for i in ids if not re.search(rf"`{re.escape(i)}`", doc)]
     assert missing == []
@@ -785,6 +926,88 @@ def test_source_unreadable(world: World, shared_dir: Path) -> None:
     assert "run as a user who can read it" in lines[0]
     assert _cloud(world.ec2)[0] <= before[0] and _runs(home) == []
     _document("source-unreadable", "run --profile p", 2, lines[0], shared_dir)
+
+
+def test_a_file_it_cannot_read_is_named(world: World, shared_dir: Path) -> None:
+    """An unprivileged user's backup of a directory holding a file only root can read: the
+    run fails naming that file (rsync's own line, not "see previous errors"), `show` lists
+    it and says what a non-root copy does not keep; resume --clean ends the run."""
+    home = shared_dir / "as-nobody"
+    home.mkdir()
+    home.chmod(0o777)
+    source = shared_dir / "mixed"
+    source.mkdir()
+    (source / "readable.txt").write_text("anyone\n")
+    (source / "secret.txt").write_text("root only\n")
+    (source / "secret.txt").chmod(0o600)
+    (home / "config.toml").write_text(
+        world.profile(sources=[{"path": str(source), "dest": "as-nobody"}])
+    )
+    env = {**os.environ, **world.sandbox.env, **_paths(home), "HOME": str(home)}
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+    def ec2backup(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*nobody, sys.executable, "-m", "ec2backup", *args],
+            env=env, cwd=home, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    result = ec2backup("run", "--profile", "p")
+    lines = _error_lines(result.stderr)
+    assert result.returncode == 7, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f'send_files failed to open "{source}/secret.txt": Permission denied' in lines[0]
+    assert "exclude them" in lines[0]
+    ((run_id, _state),) = _runs(home)
+    _document(
+        "file-unreadable", "run --profile p", 7, lines[0].replace(run_id, "RUN_ID"), shared_dir
+    )
+    shown = json.loads(ec2backup("show", run_id, "--json").stdout)
+    assert any(f"{source}/secret.txt" in w and "Permission denied" in w for w in shown["warnings"])
+    assert any("not root" in w and "trusted.*" in w for w in shown["warnings"])
+    cleaned = ec2backup("resume", run_id, "--clean")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert json.loads(ec2backup("show", run_id, "--json").stdout)["state"] == "aborted"
+
+
+def test_files_that_change_during_the_copy_are_warnings(world: World, tmp_path: Path) -> None:
+    """A log written to all through a (slowed) copy: the run succeeds and names it."""
+    import threading
+    import time
+
+    source = tmp_path / "busy"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(2 * 2**20))
+    log = source / "app.log"
+    log.write_text("start\n")
+    (tmp_path / "config.toml").write_text(
+        world.profile(
+            sources=[{"path": str(source), "dest": "busy"}], rsync_args=["--bwlimit=1000"]
+        )
+    )
+    stop = threading.Event()
+
+    def write_log() -> None:
+        with log.open("a") as f:
+            while not stop.wait(0.05):
+                f.write(f"{time.time()}\n")
+                f.flush()
+
+    writer = threading.Thread(target=write_log)
+    writer.start()
+    try:
+        cli = Cli(env={**world.sandbox.env, **_paths(tmp_path)}, cwd=tmp_path)
+        run_id = cli("run", "--profile", "p").stdout.strip()
+    finally:
+        stop.set()
+        writer.join()
+    shown = cli.json("show", run_id)
+    assert shown["state"] == "done"
+    changed = [w for w in shown["warnings"] if "changed while the backup ran" in w]
+    assert changed == [
+        "changed while the backup ran, the copy may hold an earlier version or a mix: "
+        f"{source}/app.log"
+    ]
 
 
 @pytest.fixture

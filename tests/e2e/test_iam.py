@@ -184,7 +184,8 @@ def _policy_actions() -> set[str]:
 def test_every_call_the_commands_send_is_in_the_policy(iam_sandbox: Any, tmp_path: Path) -> None:
     """Every command, run as a user holding only the policy, with each AWS call recorded:
     no call outside the policy, and no action in the policy that nothing calls (but
-    NOT_CALLED, explained there)."""
+    NOT_CALLED, explained there). Two backups (the second's growth: ListChangedBlocks), and
+    the first archived and restored from the archive, so that every call is made."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(RECORDER)
@@ -208,15 +209,27 @@ def test_every_call_the_commands_send_is_in_the_policy(iam_sandbox: Any, tmp_pat
     cli("init", "--profile", "rec", "--az", "us-east-1a", "--size", "1", "--source", str(source))
     assert calls.exists(), "the recorder did not load"
     first = cli("run", "--profile", "rec").stdout.strip()
+    before = tree_digest(source)
     (source / "docs" / "later.txt").write_text("a second backup\n")
     # From another address than init's: the run adds its SSH rule (tagged) and revokes it.
     with iam_sandbox.configured(client_address="198.51.100.20"):
-        cli("run", "--profile", "rec")
+        second = cli("run", "--profile", "rec").stdout.strip()
+    # The second snapshot's growth is counted against the first (ListChangedBlocks).
+    added = cli.json("show", second)["stats"]["snapshot_added"]
+    assert added.get("method") == "ListChangedBlocks" and added["added_bytes"], added
     cli("verify", "--profile", "rec")
-    cli("restore", "--run", first, "--to", str(tmp_path / "restored"))
     cli("restore", "--live", "--profile", "rec", "--to", str(tmp_path / "live"))
     assert tree_digest(tmp_path / "live" / "home") == tree_digest(source)
     cli("snapshots", "--profile", "rec")
+    # The first snapshot to the archive (ModifySnapshotTier; never the newest), then restored
+    # from it: the first restore starts its restore from the archive (DescribeSnapshotTierStatus,
+    # RestoreSnapshotTier), which the sandbox ends at once (tier_delay 0); the second copies.
+    cli("prune", "--profile", "rec", "--keep-last", "2", "--archive-after-days", "0", "--yes")
+    restored = tmp_path / "restored"
+    asked = cli("restore", "--run", first, "--to", str(restored), check=False)
+    assert asked.returncode == 2 and "RestoreSnapshotTier" in asked.stderr, asked.stderr
+    cli("restore", "--run", first, "--to", str(restored))
+    assert tree_digest(restored / "home") == before
     cli("prune", "--profile", "rec", "--keep-last", "1", "--yes")
     cli("reap", "--yes")
     cli("cost", "--profile", "rec")

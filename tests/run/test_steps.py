@@ -318,7 +318,9 @@ def test_rsync_runs_with_sudo_exactly_when_the_host_says(
     ensure_compared(ctx)
     ctx.run.config = {**ctx.run.config, "to": str(ctx.run_dir / "restored")}
     ensure_pulled(ctx)
-    assert syncer.remote_sudo == [needs_sudo] * 3
+    # The sync, the compare, the pull (and the look at files changed during the sync: the
+    # source holds the database being written).
+    assert len(syncer.remote_sudo) >= 3 and set(syncer.remote_sudo) == {needs_sudo}
 
 
 def test_sync_refuses_to_copy_onto_the_root_disk(ctx: StepContext) -> None:

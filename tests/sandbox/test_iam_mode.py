@@ -1,6 +1,6 @@
 """The local cloud's IAM mode refuses what AWS refuses: each call authorized for every resource
 it touches, with the condition keys the Service Authorization Reference lists for that resource
-type, and the refusal worded as EC2 words it."""
+type, and the refusal worded as the service words it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ec2backup.sandbox import Sandbox
-from tests.sandbox.helpers import UBUNTU_PARAMETER, client, error_code, no_retries
+from tests.sandbox.helpers import UBUNTU_PARAMETER, client, error_code, no_retries, with_deadline
 
 MANAGED = [{"Key": "ec2backup:managed", "Value": "true"}]
 ACCOUNT = "123456789012"
@@ -247,3 +247,66 @@ def test_ssm_parameters_are_authorized_by_their_arn(iam_sandbox: Sandbox) -> Non
         "is not authorized to perform: ssm:GetParameter on resource: arn:aws:ssm:us-east-1::"
         "parameter/aws/service/canonical/" in refused.value.response["Error"]["Message"]
     )
+
+
+def test_ebs_direct_apis_are_authorized_for_each_snapshot_by_its_tags(
+    iam_sandbox: Sandbox,
+) -> None:
+    """The EBS direct APIs are authorized on the snapshot's ARN (``arn:aws:ec2:REGION::snapshot/
+    ID``) with its tags as ``aws:ResourceTag``; ListChangedBlocks on both of its snapshots.
+    A refusal is the ebs service's 403 ``AccessDeniedException``, worded as AWS words it."""
+    admin = client(iam_sandbox, "ec2")
+    volume_id = admin.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    tagged = [{"ResourceType": "snapshot", "Tags": MANAGED}]
+    first = admin.create_snapshot(VolumeId=volume_id, TagSpecifications=tagged)["SnapshotId"]
+    second = admin.create_snapshot(VolumeId=volume_id, TagSpecifications=tagged)["SnapshotId"]
+    theirs = admin.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+    try:
+        ids = [first, second, theirs]
+        with_deadline(
+            lambda: (
+                {s["State"] for s in admin.describe_snapshots(SnapshotIds=ids)["Snapshots"]}
+                == {"completed"}
+            ),
+            timeout=60,
+        )
+        name = f"ebs{time.monotonic_ns()}"
+        keys = iam_sandbox.create_iam_user(
+            name,
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    _allow(
+                        ["ebs:ListSnapshotBlocks", "ebs:ListChangedBlocks"],
+                        "arn:aws:ec2:*::snapshot/*",
+                        StringEquals={"aws:ResourceTag/ec2backup:managed": "true"},
+                    )
+                ],
+            },
+        )
+        ebs = client(iam_sandbox, "ebs", keys, no_retries())
+        assert ebs.list_snapshot_blocks(SnapshotId=first)["Blocks"] == []
+        changed = ebs.list_changed_blocks(FirstSnapshotId=first, SecondSnapshotId=second)
+        assert changed["ChangedBlocks"] == []
+
+        with pytest.raises(ClientError) as refused:
+            ebs.list_snapshot_blocks(SnapshotId=theirs)
+        assert error_code(refused.value) == (403, "AccessDeniedException")
+        assert refused.value.response["Error"]["Message"] == (
+            f"User: arn:aws:iam::{ACCOUNT}:user/{name} is not authorized to perform:"
+            f" ebs:ListSnapshotBlocks on resource: arn:aws:ec2:us-east-1::snapshot/{theirs}"
+            " because no identity-based policy allows the ebs:ListSnapshotBlocks action"
+        )
+        # Either snapshot of a comparison not ours refuses it.
+        for one, other in ((theirs, second), (first, theirs)):
+            with pytest.raises(ClientError) as compared:
+                ebs.list_changed_blocks(FirstSnapshotId=one, SecondSnapshotId=other)
+            assert error_code(compared.value) == (403, "AccessDeniedException")
+            assert (
+                f"perform: ebs:ListChangedBlocks on resource: arn:aws:ec2:us-east-1::snapshot/"
+                f"{theirs} because" in compared.value.response["Error"]["Message"]
+            )
+    finally:
+        for snapshot_id in (first, second, theirs):
+            admin.delete_snapshot(SnapshotId=snapshot_id)
+        admin.delete_volume(VolumeId=volume_id)

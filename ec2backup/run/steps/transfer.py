@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,8 +13,18 @@ from ...config import Source
 from ...errors import (
     InsufficientSpaceError,
     RemoteCommandError,
+    SyncError,
 )
+from ...treefacts import data_bytes
 from ..context import StepContext
+from .fidelity import (
+    check_changed,
+    check_deletions,
+    fact_differences,
+    merged,
+    not_root_note,
+    record,
+)
 from .filesystem import LEFTOVER_RSYNC_SECONDS, require_mounted
 from .session import attributed, connect
 
@@ -35,14 +46,20 @@ def ensure_pulled(ctx: StepContext) -> str:
                 hint="list what it holds with `ec2backup restore --path ''` into a scratch "
                 "directory",
             )
-    stats = ctx.syncer.sync(
-        Path(run.config["to"]),
-        ctx.ssh_target(),
-        remote_dir,
-        remote_sudo=host.rsync_needs_sudo,
-        on_progress=ctx.progress,
-        pull=True,
-    )
+    try:
+        with attributed(ctx):
+            stats = ctx.syncer.sync(
+                Path(run.config["to"]),
+                ctx.ssh_target(),
+                remote_dir,
+                extra_args=ctx.profile.rsync_args,
+                remote_sudo=host.rsync_needs_sudo,
+                on_progress=ctx.progress,
+                pull=True,
+            )
+    except SyncError as exc:
+        record(ctx, exc.problems, exc.problem_count)
+        raise
     run.files_transferred, run.bytes_sent, run.total_size = (
         stats.files_transferred,
         stats.bytes_sent,
@@ -62,18 +79,23 @@ def ensure_compared(ctx: StepContext) -> str:
         require_mounted(ctx, host)
     differences: list[str] = []
     for source in profile.sources:
-        lines = ctx.syncer.compare(
-            source.path,
-            ctx.ssh_target(),
-            f"{profile.mount_point}/{source.dest}",
-            excludes=profile.excludes,
-            remote_sudo=host.rsync_needs_sudo,
-        )
-        differences += [f"{source.dest}: {line}" for line in lines]
+        remote_dir = f"{profile.mount_point}/{source.dest}"
+        with attributed(ctx):
+            found = ctx.syncer.compare(
+                source.path,
+                ctx.ssh_target(),
+                remote_dir,
+                excludes=profile.excludes,
+                extra_args=profile.rsync_args,
+                remote_sudo=host.rsync_needs_sudo,
+            )
+            found += fact_differences(source.path, host, remote_dir)
+        differences += [f"{source.dest}/{d.path}: {', '.join(d.what)}" for d in merged(found)]
     shown = [f"differs: {d}" for d in differences[:MAX_RECORDED_DIFFERENCES]]
     if len(differences) > MAX_RECORDED_DIFFERENCES:
         shown.append(f"differs: ... and {len(differences) - MAX_RECORDED_DIFFERENCES} more")
-    run.warnings = [*run.warnings, *shown]
+    # A compare run again (after a lost connection) replaces what an earlier attempt found.
+    run.warnings = [*(w for w in run.warnings if not w.startswith("differs: ")), *shown]
     run.files_transferred = len(differences)  # for verify: the number of differences
     ctx.recorder.save()
     return f"{len(differences)} differences" if differences else "the volume matches the sources"
@@ -81,7 +103,8 @@ def ensure_compared(ctx: StepContext) -> str:
 
 def tree_bytes(root: Path) -> int:
     """Bytes of the regular files under ``root`` (not following symlinks), walked without
-    keeping per-file state. Excludes are not applied: an estimate on the safe side."""
+    keeping per-file state: the data of a file with holes, which the copy keeps as holes.
+    Excludes are not applied: an estimate on the safe side."""
     total, stack = 0, [str(root)]
     while stack:
         with os.scandir(stack.pop()) as entries:
@@ -89,7 +112,11 @@ def tree_bytes(root: Path) -> int:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
+                    st = entry.stat(follow_symlinks=False)
+                    size = st.st_size
+                    if st.st_blocks * 512 < size:  # fewer blocks than bytes: holes, perhaps
+                        size = data_bytes(os.fsencode(entry.path), size) or size
+                    total += size
     return total
 
 
@@ -161,6 +188,12 @@ def ensure_synced(ctx: StepContext) -> str:
             profile.mount_point, [s.dest for s in profile.sources], LEFTOVER_RSYNC_SECONDS
         )
     check_free_space(ctx, space.used, space.free)
+    if not run.config.get("allow_deletions"):
+        with attributed(ctx):
+            check_deletions(ctx, host, space)
+    note = not_root_note()
+    if note and note not in run.warnings:
+        record(ctx, [note])
     stale = names_to_unlink(profile.mount_point, profile.sources, space.hard_links)
     if stale:
         log.info("run %s: unlinking %d names no longer linked at the source", run.id, len(stale))
@@ -170,18 +203,30 @@ def ensure_synced(ctx: StepContext) -> str:
     for source in profile.sources:
         remote_dir = f"{profile.mount_point}/{source.dest}"
         log.info("run %s: copying %s to %s", run.id, source.path, remote_dir)
-        with attributed(ctx):
-            stats = ctx.syncer.sync(
-                source.path,
-                ctx.ssh_target(),
-                remote_dir,
-                excludes=profile.excludes,
-                extra_args=profile.rsync_args,
-                remote_sudo=host.rsync_needs_sudo,
-                on_progress=ctx.progress,
-            )
+        started = time.time_ns()
+        try:
+            with attributed(ctx):
+                stats = ctx.syncer.sync(
+                    source.path,
+                    ctx.ssh_target(),
+                    remote_dir,
+                    excludes=profile.excludes,
+                    extra_args=profile.rsync_args,
+                    remote_sudo=host.rsync_needs_sudo,
+                    on_progress=ctx.progress,
+                )
+        except SyncError as exc:
+            # The lines naming the files go into `show`; the error names the first ones.
+            record(ctx, exc.problems, exc.problem_count)
+            raise
         if stats.exit_code == 24:
-            run.warnings = [*run.warnings, f"{source.path}: some files vanished during the copy"]
+            record(
+                ctx,
+                [f"{source.path}: some files vanished during the copy", *stats.problems],
+                stats.problem_count + 1,
+            )
+        with attributed(ctx):
+            check_changed(ctx, host, source.path, remote_dir, started)
         totals["files"] += stats.files_transferred
         totals["sent"] += stats.bytes_sent
         totals["size"] += stats.total_size
