@@ -50,7 +50,7 @@ test: venv system-deps
 # SIGKILL at every crash point, recover three ways, write docs/reliability.md.
 crash-matrix: venv system-deps
 	rm -f .crash-matrix.jsonl
-	CRASH_MATRIX_RESULTS=$(CURDIR)/.crash-matrix.jsonl $(BIN)/pytest -q tests/e2e/test_crash_matrix.py; \
+	CRASH_MATRIX_FULL=1 CRASH_MATRIX_RESULTS=$(CURDIR)/.crash-matrix.jsonl $(BIN)/pytest -q tests/e2e/test_crash_matrix.py; \
 	  status=$$?; $(BIN)/python scripts/reliability_report.py .crash-matrix.jsonl docs/reliability.md; \
 	  exit $$status
 

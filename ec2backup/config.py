@@ -123,9 +123,16 @@ class Profile(BaseModel):
     ssh_timeout: float = Field(default=300, gt=0)
     # Snapshot retention applied after each successful run (none: keep every snapshot).
     retention: Retention | None = None
-    # Dead-man's switch: the instance powers itself off (and so terminates) this many minutes
-    # after boot, even if no ec2backup process ever comes back for it.
-    instance_lifetime_minutes: int = Field(default=720, ge=1, le=10080)
+    # Dead-man's switch (core/deadman.py): the instance powers itself off (and so terminates)
+    # once ec2backup has not re-armed it for this many minutes: an orphan lives at most this
+    # long. ec2backup re-arms it while it works, however long a copy takes...
+    instance_idle_minutes: int = Field(default=20, ge=1, le=10080)
+    # ...up to this ceiling after boot, even for an ec2backup that is alive but stuck (it
+    # fires first if it is the shorter). Two days: a first backup of a day and more is not cut.
+    instance_lifetime_minutes: int = Field(default=2880, ge=1, le=10080)
+    # Where SSH to the instances comes from: an address or network (CIDR). Unset: this host's
+    # public address as AWS sees it, looked up at every run (it may change between runs).
+    allow_ssh_from: str | None = None
     # A run whose sources no longer fit grows the volume (ModifyVolume, then the filesystem,
     # online) up to this many GiB instead of failing; none: never grown by itself.
     auto_grow_max_gib: int | None = Field(default=None, ge=1, le=16384)
@@ -201,6 +208,20 @@ class Profile(BaseModel):
             if key.lower().startswith(("aws:", "ec2backup:")):
                 raise ValueError(f"tag key {key!r} is reserved")
         return v
+
+    @field_validator("allow_ssh_from")
+    @classmethod
+    def _network(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{v!r} is not an address or network like 203.0.113.7 or 203.0.113.0/24"
+            ) from None
 
     @model_validator(mode="after")
     def _storage(self) -> Profile:
@@ -388,4 +409,18 @@ def write_profile(path: Path, profile: Profile) -> None:
             table[key] = value
     profiles[profile.name] = table
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, tomlkit.dumps(document).encode())
+
+
+def remove_profile(path: Path, name: str) -> None:
+    """Take one profile out of the file, keeping the rest (comments included)."""
+    import tomlkit
+
+    if not path.exists():
+        return
+    document = tomlkit.parse(path.read_text())
+    profiles = document.get("profiles")
+    if profiles is None or name not in profiles:
+        return
+    del profiles[name]
     write_atomically(path, tomlkit.dumps(document).encode())

@@ -60,6 +60,8 @@ class Ec2BackupError(Exception):
         self.run_id = run_id
         self.resources = dict(resources or {})
         self.hint = hint
+        # After a run failed: what of it still runs in the cloud ([] nothing; None unknown).
+        self.still_running: list[str] | None = None
 
     def one_line(self) -> str:
         """The message, the resources it concerns and the fix, on one line."""
@@ -263,6 +265,7 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by {signal_name}")
         self.signal_name = signal_name
         self.run_id = run_id
+        self.still_running: list[str] | None = None
 
 
 class Terminated(KeyboardInterrupt):

@@ -101,6 +101,35 @@ class VolumeModification:
 
 
 @dataclass(frozen=True)
+class IngressRule:
+    """One inbound rule of a security group (IPv4 CIDR rules; others have ``cidr`` None)."""
+
+    id: str
+    group_id: str
+    protocol: str  # tcp | udp | icmp | -1 (all)
+    from_port: int | None
+    to_port: int | None
+    cidr: str | None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def admits_ssh_from(self, address: str) -> bool:
+        """Whether this rule lets TCP port 22 in from ``address`` (an IPv4 address)."""
+        import ipaddress
+
+        if self.cidr is None:
+            return False
+        try:
+            inside = ipaddress.ip_address(address) in ipaddress.ip_network(self.cidr, strict=False)
+        except ValueError:
+            return False
+        if self.protocol == "-1":
+            return inside
+        ports = self.from_port is not None and self.to_port is not None
+        in_range = ports and self.from_port <= 22 <= self.to_port  # type: ignore[operator]
+        return inside and self.protocol == "tcp" and bool(in_range)
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     image_id: str
     instance_type: str
@@ -165,6 +194,28 @@ class Ec2(Protocol):
     def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]: ...
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None: ...
     def ensure_security_group(self, name: str, ssh_cidr: str, tags: Mapping[str, str]) -> str: ...
+
+    # SSH from where this host is now (commands/access.py): rules added per run, tagged.
+    def security_group_tags(self, group_id: str) -> Mapping[str, str] | None:
+        """The group's tags; None if it does not exist."""
+        ...
+
+    def ingress_rules(self, group_id: str) -> list[IngressRule]:
+        """The group's inbound rules."""
+        ...
+
+    def find_ingress_rules(self, tags: Mapping[str, str]) -> list[IngressRule]:
+        """Inbound rules of any group carrying all ``tags``."""
+        ...
+
+    def authorize_ssh(self, group_id: str, cidr: str, tags: Mapping[str, str]) -> str:
+        """Add a rule letting TCP 22 in from ``cidr``, tagged in the same call; its id. An
+        identical rule already there is success (its id)."""
+        ...
+
+    def revoke_ingress_rules(self, group_id: str, rule_ids: Sequence[str]) -> None:
+        """Remove these inbound rules; rules (or a group) already gone are success."""
+        ...
 
     def wait_instance_running(self, instance_id: str, timeout: float) -> Instance: ...
     def wait_volume_available(self, volume_id: str, timeout: float) -> Volume: ...
@@ -274,7 +325,7 @@ class SshTarget:
     host: str
     user: str
     key_path: Path  # private key, mode 0600
-    known_hosts_path: Path  # pinned host keys; written on trust-on-first-use
+    known_hosts_path: Path  # the pinned host keys: nothing else is ever accepted
     port: int = 22
 
 
@@ -422,19 +473,23 @@ class InstanceHost(Protocol):
         directory's with a trailing ``/``; None if ``path`` is not a directory."""
         ...
 
+    def arm_idle_timer(self, seconds: int) -> None:
+        """(Re)arm the instance's dead-man's switch (``core/deadman.py``): it powers itself
+        off ``seconds`` from now unless armed again before. ``RemoteCommandError`` if the
+        instance's systemd refused."""
+        ...
+
     def close(self) -> None:
         """End the session. Safe to call twice."""
         ...
 
 
 class InstanceConnector(Protocol):
-    def connect(
-        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> InstanceHost:
+    def connect(self, target: SshTarget, deadline: float) -> InstanceHost:
         """Connect, retrying refused/reset connections and not-yet-installed keys until
-        ``deadline`` (a ``time.monotonic()`` value). Host keys are checked against
-        ``target.known_hosts_path``; with ``trust_on_first_use`` and an empty file, the key
-        presented is written there and pinned."""
+        ``deadline`` (a ``time.monotonic()`` value). The host must present a key pinned in
+        ``target.known_hosts_path`` (``HostKeyError`` otherwise, and when nothing is pinned:
+        no key is ever trusted on first use)."""
         ...
 
 

@@ -23,6 +23,7 @@ from ec2backup.ports import (
     BlockCount,
     DeviceContents,
     Difference,
+    IngressRule,
     Instance,
     LaunchSpec,
     Snapshot,
@@ -39,14 +40,26 @@ from ec2backup.ports import (
 _ids = itertools.count(1)
 
 
-def console_with_host_key() -> str:
-    import asyncssh
+def console_with_host_key(key: str | None = None) -> str:
+    """A console as cloud-init prints it at the end of boot; another key than the instance's
+    unless ``key`` is given."""
+    if key is None:
+        import asyncssh
 
-    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+        key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
     return (
         "[   5.1] cloud-init[812]: boot\n-----BEGIN SSH HOST KEY KEYS-----\n"
-        f"{key} root@ip-10-0-0-1\n-----END SSH HOST KEY KEYS-----\n"
+        f"{' '.join(key.split()[:2])} root@ip-10-0-0-1\n-----END SSH HOST KEY KEYS-----\n"
     )
+
+
+def host_key_in(user_data: str) -> str | None:
+    """The ``ssh_keys.ed25519_public`` of a cloud-config user data (cloud-init installs it)."""
+    import yaml
+
+    data = yaml.safe_load(user_data) if user_data.startswith("#cloud-config") else None
+    keys = data.get("ssh_keys") if isinstance(data, dict) else None
+    return keys.get("ed25519_public") if isinstance(keys, dict) else None
 
 
 def _id(prefix: str) -> str:
@@ -62,7 +75,11 @@ class FakeEc2:
     tokens: dict[str, str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     terminate_answer: str = "shutting-down"  # the state TerminateInstances answers with
-    console: str = field(default_factory=lambda: console_with_host_key())
+    # What GetConsoleOutput shows; None: cloud-init's key block with the instance's own key.
+    console: str | None = None
+    user_data: dict[str, str] = field(default_factory=dict)  # by instance id
+    groups: dict[str, dict[str, str]] = field(default_factory=dict)  # security group -> tags
+    rules: dict[str, IngressRule] = field(default_factory=dict)  # inbound rules by id
     # snapshot id -> (its last tier operation, when it started); when it was archived.
     tier_operations: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     archived_at: dict[str, datetime] = field(default_factory=dict)
@@ -127,6 +144,7 @@ class FakeEc2:
             root_device="/dev/sda1",  # as EC2 reports an Ubuntu AMI's
         )
         self.instances[instance.id] = instance
+        self.user_data[instance.id] = spec.user_data
         self.tokens[spec.client_token] = instance.id
         return instance
 
@@ -159,7 +177,10 @@ class FakeEc2:
             self.terminate_instance(instance_id)
 
     def get_console_output(self, instance_id: str) -> str:
-        return self.console
+        if self.console is not None:
+            return self.console
+        key = host_key_in(self.user_data.get(instance_id, ""))
+        return console_with_host_key(key) if key else ""
 
     def get_volume(self, volume_id: str) -> Volume | None:
         return self.volumes.get(volume_id)
@@ -217,7 +238,37 @@ class FakeEc2:
 
     def ensure_security_group(self, name: str, ssh_cidr: str, tags: Mapping[str, str]) -> str:
         self._call("ensure_security_group")
-        return "sg-0123456789abcdef0"
+        group = "sg-0123456789abcdef0"
+        self.groups.setdefault(group, dict(tags))
+        if not any(r.group_id == group for r in self.rules.values()):
+            self._add_rule(group, ssh_cidr, {})
+        return group
+
+    def _add_rule(self, group_id: str, cidr: str, tags: Mapping[str, str]) -> str:
+        rule = IngressRule(_id("sgr"), group_id, "tcp", 22, 22, cidr, dict(tags))
+        self.rules[rule.id] = rule
+        return rule.id
+
+    def security_group_tags(self, group_id: str) -> Mapping[str, str] | None:
+        return self.groups.get(group_id)
+
+    def ingress_rules(self, group_id: str) -> list[IngressRule]:
+        return [r for r in self.rules.values() if r.group_id == group_id]
+
+    def find_ingress_rules(self, tags: Mapping[str, str]) -> list[IngressRule]:
+        return [r for r in self.rules.values() if all(r.tags.get(k) == v for k, v in tags.items())]
+
+    def authorize_ssh(self, group_id: str, cidr: str, tags: Mapping[str, str]) -> str:
+        self._call("authorize_ssh")
+        for rule in self.ingress_rules(group_id):
+            if rule.cidr == cidr:
+                return rule.id
+        return self._add_rule(group_id, cidr, tags)
+
+    def revoke_ingress_rules(self, group_id: str, rule_ids: Sequence[str]) -> None:
+        self._call("revoke_ingress_rules")
+        for rule_id in rule_ids:
+            self.rules.pop(rule_id, None)
 
     def delete_volume(self, volume_id: str) -> None:
         self._call("delete_volume")
@@ -355,6 +406,7 @@ class FakeInstanceHost:
     rsync_needs_sudo: bool = True  # as for Ubuntu's login user
     calls: list[str] = field(default_factory=list)
     closed: bool = False
+    idle_armed: list[int] = field(default_factory=list)  # every arm of the idle timer
 
     def attach(self, volume_id: str, device: str = "/dev/nvme1n1", holds: str | None = None) -> str:
         """Make ``volume_id`` appear as ``device``, holding a filesystem of type ``holds``."""
@@ -471,6 +523,10 @@ class FakeInstanceHost:
         )
         return list(dict.fromkeys(inside))[:limit]
 
+    def arm_idle_timer(self, seconds: int) -> None:
+        self._call("arm_idle_timer", seconds)
+        self.idle_armed.append(seconds)
+
     def close(self) -> None:
         self.closed = True
 
@@ -480,9 +536,8 @@ class FakeConnector:
     host: FakeInstanceHost = field(default_factory=FakeInstanceHost)
     connects: int = 0
 
-    def connect(
-        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> FakeInstanceHost:
+    def connect(self, target: SshTarget, deadline: float) -> FakeInstanceHost:
+        assert target.known_hosts_path.read_text().strip(), "connect without a pinned key"
         self.connects += 1
         self.host.closed = False
         return self.host

@@ -139,7 +139,7 @@ class SshServer:
         )
 
     def _prepare_instance(self) -> None:
-        from ec2backup.sandbox.host import UBUNTU_UID, write_user_db
+        from ec2backup.sandbox.users import UBUNTU_UID, write_user_db
 
         # sshd reads authorized_keys as the user logging in: let ubuntu through to it (the
         # host's private key stays 0600).

@@ -23,6 +23,7 @@ DESTRUCTIVE = {
     "ec2:ModifySnapshotTier",
     "ec2:ModifyVolume",
     "ec2:RestoreSnapshotTier",
+    "ec2:RevokeSecurityGroupIngress",
     "ec2:TerminateInstances",
 }
 # Parliament wants every resource type of an action in one statement. These are split on
@@ -46,6 +47,10 @@ ACCEPTED_MISMATCHES = {
     ("ec2:CreateVolume", "arn:*:ec2:*:*:volume/*"),
     ("ec2:CreateSecurityGroup", "arn:*:ec2:*:*:vpc/*"),
     ("ec2:CreateSecurityGroup", "arn:*:ec2:*:*:security-group/*"),
+    # The rule a run adds carries its tags (aws:RequestTag); the group it goes into is ours
+    # (aws:ResourceTag): one condition each.
+    ("ec2:AuthorizeSecurityGroupIngress", "arn:*:ec2:*:*:security-group-rule/*"),
+    ("ec2:AuthorizeSecurityGroupIngress", "arn:*:ec2:*:*:security-group/*"),
 }
 
 
@@ -100,6 +105,10 @@ def test_destructive_actions_only_on_resources_tagged_ours(action: str) -> None:
     assert statements
     for statement in statements:
         condition = statement.get("Condition", {}).get("StringEquals", {})
+        if statement["Resource"] == "arn:aws:ec2:*:*:security-group-rule/*":
+            # The rule being added exists only as the request: its tags must say it is ours.
+            assert condition.get("aws:RequestTag/ec2backup:managed") == "true", statement["Sid"]
+            continue
         assert condition.get("aws:ResourceTag/ec2backup:managed") == "true", statement["Sid"]
 
 

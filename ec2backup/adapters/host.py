@@ -19,6 +19,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..core.deadman import arm_idle_script
 from ..errors import (
     DeviceNotFoundError,
     InvalidResourceStateError,
@@ -360,6 +361,11 @@ class SshInstanceHost:
             entries.append(name + "/" if kind == "d" else name)
         return entries
 
+    def arm_idle_timer(self, seconds: int) -> None:
+        result = self._run(arm_idle_script(seconds), privileged=True)
+        if result.exit_status != 0:
+            raise self._error("could not arm the instance's idle timer (systemd-run)", result)
+
     def close(self) -> None:
         self._shell.close()
 
@@ -376,9 +382,5 @@ class SshInstanceConnector:
     def __init__(self, ssh: AsyncsshConnector | None = None) -> None:
         self._ssh = ssh or AsyncsshConnector()
 
-    def connect(
-        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> SshInstanceHost:
-        return SshInstanceHost(
-            self._ssh.connect(target, deadline, trust_on_first_use=trust_on_first_use)
-        )
+    def connect(self, target: SshTarget, deadline: float) -> SshInstanceHost:
+        return SshInstanceHost(self._ssh.connect(target, deadline))

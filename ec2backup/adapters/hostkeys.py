@@ -93,17 +93,10 @@ def known_hosts_lines(host: str, port: int, keys: Iterable[HostKey]) -> str:
 def write_known_hosts(path: Path, host: str, port: int, keys: Sequence[HostKey]) -> None:
     """Write a known_hosts file (mode 0600) holding exactly ``keys`` for ``host``:``port``.
 
-    Replaces the file atomically. Refuses an empty key list: an empty known_hosts file means
-    "nothing pinned yet" to the connector and would let trust-on-first-use accept any key.
+    Replaces the file atomically. Refuses an empty key list: pinning nothing is not a pin.
     """
     if not keys:
         raise ValueError("no host keys to pin")
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomically(path, known_hosts_lines(host, port, keys).encode("ascii"), 0o600)
-
-
-def host_key_of(key: asyncssh.SSHKey) -> HostKey:
-    """The ``(type, base64)`` pair of an asyncssh public key, as known_hosts stores it."""
-    keytype, blob = key.export_public_key("openssh").decode("ascii").split()[:2]
-    return keytype, blob

@@ -23,7 +23,6 @@ import asyncssh
 
 from ..errors import HostKeyError, RemoteCommandError, RemoteError, SshConnectError
 from ..ports import SshTarget
-from .hostkeys import host_key_of, write_known_hosts
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class AsyncsshShell:
 
 
 class AsyncsshConnector:
-    """Connects with asyncssh: retries until the deadline, pins host keys."""
+    """Connects with asyncssh: retries until the deadline, accepts only pinned host keys."""
 
     def __init__(
         self,
@@ -181,13 +180,10 @@ class AsyncsshConnector:
         self.keepalive_interval = keepalive_interval
         self.keepalive_count_max = keepalive_count_max
 
-    def connect(
-        self, target: SshTarget, deadline: float, *, trust_on_first_use: bool
-    ) -> AsyncsshShell:
+    def connect(self, target: SshTarget, deadline: float) -> AsyncsshShell:
         """Connect, retrying refused/reset connections and not-yet-installed keys until
-        ``deadline`` (a ``time.monotonic()`` value). Host keys are checked against
-        ``target.known_hosts_path``; with ``trust_on_first_use`` and an empty file, the key
-        presented is written there and pinned."""
+        ``deadline`` (a ``time.monotonic()`` value). The host must present a key pinned in
+        ``target.known_hosts_path``: with nothing pinned there, nothing is accepted."""
         resources = {"host": target.host}
         try:
             client_key = asyncssh.read_private_key(target.key_path)
@@ -196,66 +192,34 @@ class AsyncsshConnector:
                 f"cannot read the SSH private key {target.key_path}: {_describe(exc)}",
                 resources=resources,
             ) from exc
-
-        known_hosts: asyncssh.SSHKnownHosts | None
-        if _has_pinned_keys(target.known_hosts_path):
-            try:
-                known_hosts = asyncssh.read_known_hosts(str(target.known_hosts_path))
-            except (OSError, ValueError) as exc:
-                raise HostKeyError(
-                    f"cannot read the pinned host keys in {target.known_hosts_path}: "
-                    f"{_describe(exc)}",
-                    resources=resources,
-                ) from exc
-            tofu = False
-        elif trust_on_first_use:
-            known_hosts = None  # accept what is presented, pin it right after
-            tofu = True
-        else:
+        if not _has_pinned_keys(target.known_hosts_path):
             raise HostKeyError(
-                f"no host key pinned for {target.host} in {target.known_hosts_path} and "
-                "trust-on-first-use is off: refusing to connect to an unverified host",
+                f"no host key pinned for {target.host} in {target.known_hosts_path}: refusing "
+                "to connect to a host that cannot be verified",
                 resources=resources,
             )
+        try:
+            known_hosts = asyncssh.read_known_hosts(str(target.known_hosts_path))
+        except (OSError, ValueError) as exc:
+            raise HostKeyError(
+                f"cannot read the pinned host keys in {target.known_hosts_path}: {_describe(exc)}",
+                resources=resources,
+            ) from exc
 
         runner = asyncio.Runner()
         try:
             conn = runner.run(self._connect_loop(target, deadline, client_key, known_hosts))
-            if tofu:
-                self._pin(conn, target)
         except BaseException:
             runner.close()
             raise
         return AsyncsshShell(runner, conn, target)
-
-    def _pin(self, conn: asyncssh.SSHClientConnection, target: SshTarget) -> None:
-        key = conn.get_server_host_key()
-        if key is None:  # only with GSS key exchange, which is never enabled here
-            conn.close()
-            raise HostKeyError(
-                f"{target.host} presented no host key to pin", resources={"host": target.host}
-            )
-        try:
-            write_known_hosts(target.known_hosts_path, target.host, target.port, [host_key_of(key)])
-        except OSError as exc:
-            conn.close()
-            raise RemoteError(
-                f"cannot write known_hosts {target.known_hosts_path}: {_describe(exc)}",
-                resources={"host": target.host},
-            ) from exc
-        log.info(
-            "pinned host key %s of %s in %s",
-            key.get_fingerprint(),
-            target.host,
-            target.known_hosts_path,
-        )
 
     async def _connect_loop(
         self,
         target: SshTarget,
         deadline: float,
         client_key: asyncssh.SSHKey,
-        known_hosts: asyncssh.SSHKnownHosts | None,
+        known_hosts: asyncssh.SSHKnownHosts,
     ) -> asyncssh.SSHClientConnection:
         resources = {"host": target.host}
         delay = FIRST_DELAY
@@ -311,7 +275,7 @@ class AsyncsshConnector:
         self,
         target: SshTarget,
         client_key: asyncssh.SSHKey,
-        known_hosts: asyncssh.SSHKnownHosts | None,
+        known_hosts: asyncssh.SSHKnownHosts,
         timeout: float,
     ) -> asyncssh.SSHClientConnection:
         options: dict[str, Any] = {

@@ -74,6 +74,16 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+KeepOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-instance",
+        help="If the run fails, keep its instance (volume attached) for debugging instead of "
+        "ending it; it still powers itself off after instance_idle_minutes.",
+    ),
+]
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -146,6 +156,7 @@ def init(
             metavar="SG",
         ),
     ] = None,
+    keep_instance: KeepOpt = False,
     storage: Annotated[
         str,
         typer.Option(
@@ -169,7 +180,7 @@ def init(
         settings["snapshot"] = False
     if security_group:
         settings["security_group_ids"] = security_group
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         run = start_init(
             app,
             profile,
@@ -196,11 +207,12 @@ def run_(
             "copy, or all of it (an emptied source).",
         ),
     ] = False,
+    keep_instance: KeepOpt = False,
 ) -> None:
     """Back up the profile's sources once. Prints the run id."""
     from ..commands.backup import start_backup
 
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         run = start_backup(app, profile, allow_deletions=allow_deletions)
     typer.echo(run.id)
 
@@ -221,13 +233,14 @@ def resume(
         bool,
         typer.Option("--snapshot", help="With --clean: snapshot even if the sync did not finish."),
     ] = False,
+    keep_instance: KeepOpt = False,
 ) -> None:
     """Continue a failed or interrupted run from its last recorded state."""
     from ..commands.runner import resume as resume_run
 
     if snapshot and not clean:
         raise typer.BadParameter("--snapshot only goes with --clean", param_hint="--snapshot")
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         run = resume_run(app, run_id, clean=clean, snapshot=snapshot)
     typer.echo(f"{run.id} {run.state}" if clean else run.id)
 
@@ -507,6 +520,7 @@ def restore(
             "--path", help="Only this path under the backup (e.g. home/docs).", metavar="PATH"
         ),
     ] = None,
+    keep_instance: KeepOpt = False,
     restore_days: Annotated[
         int,
         typer.Option(
@@ -521,7 +535,7 @@ def restore(
     in the target is deleted. Prints the run id."""
     from ..commands.restore import start_restore
 
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         result = start_restore(
             app,
             to=to,
@@ -552,12 +566,17 @@ def grow(
 
 
 @app.command()
-def verify(ctx: typer.Context, profile: ProfileOpt, as_json: JsonOpt = False) -> None:
+def verify(
+    ctx: typer.Context,
+    profile: ProfileOpt,
+    as_json: JsonOpt = False,
+    keep_instance: KeepOpt = False,
+) -> None:
     """Compare the sources with the volume's copy by checksum (read-only) and list each
     difference. Exit 0 when they match, 1 when they differ."""
     from ..commands.backup import differences, start_verify
 
-    with invocation(ctx).running() as app:
+    with invocation(ctx).running(keep_instance=keep_instance) as app:
         result = start_verify(app, profile)
     found = differences(result)
     views.verify(result.id, found, as_json=as_json)

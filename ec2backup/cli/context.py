@@ -49,9 +49,10 @@ class Invocation:
         return self.opened[0]
 
     @contextmanager
-    def running(self) -> Iterator[App]:
+    def running(self, *, keep_instance: bool = False) -> Iterator[App]:
         """The App for a command that drives a run: SIGTERM is recorded like Ctrl-C, and on
-        a terminal a progress bar and the run's state show on stderr (never on a pipe)."""
+        a terminal a progress bar and the run's state show on stderr (never on a pipe).
+        ``keep_instance``: a run that fails keeps its instance (for debugging)."""
         from .progress import make_progress
 
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -61,6 +62,7 @@ class Invocation:
             setup_logging(self.debug, self.quiet, console)
         app = self.app()
         app.progress, app.on_state, app.on_transfer = sink.on_progress, sink.state, sink.transfer
+        app.keep_instance = keep_instance
         try:
             yield app
         finally:

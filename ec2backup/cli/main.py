@@ -13,7 +13,8 @@ from contextlib import suppress
 
 import typer
 
-from ..errors import EXIT_INTERRUPTED, Ec2BackupError, Interrupted, aftermath
+from ..errors import EXIT_INTERRUPTED, Ec2BackupError, Interrupted
+from ..errors import aftermath as recorded_aftermath
 from ..fastpaths import FAST_EXIT, GC_PAUSE, enabled
 from .app import app
 
@@ -56,6 +57,8 @@ def error_line(exc: Ec2BackupError) -> str:
     """The one line of an error: the message, its resources and fix, and for a run that
     failed, what it left in the cloud and the command that continues or ends it."""
     line = exc.one_line()
+    if exc.run_id and exc.still_running is not None:  # the engine looked after releasing
+        return line + aftermath(exc.run_id, exc.still_running, resumable=exc.resumable)
     note = aftermath_note(exc)
     if note:
         return line + note
@@ -66,15 +69,32 @@ def error_line(exc: Ec2BackupError) -> str:
 
 def interrupted_line(exc: BaseException) -> str:
     if isinstance(exc, Interrupted) and exc.run_id:
-        return f"run {exc.run_id} {exc}" + (
-            aftermath_note(exc) or f"; `ec2backup resume {exc.run_id}` to continue"
-        )
+        line = f"run {exc.run_id} {exc}; its state is recorded"
+        if exc.still_running is not None:
+            return line + aftermath(exc.run_id, exc.still_running, resumable=True)
+        return line + (aftermath_note(exc) or f"; `ec2backup resume {exc.run_id}` to continue")
     return "interrupted"
 
 
+def aftermath(run_id: str, still_running: list[str], *, resumable: bool) -> str:
+    """What a failed run left running, as EC2 showed it once the run released what it could,
+    and the one command that ends it (or, with nothing left, the one that continues it)."""
+    if still_running:
+        return (
+            f" [run {run_id}: still running: {', '.join(still_running)}; "
+            f"`ec2backup resume {run_id} --clean` ends it]"
+        )
+    if not resumable:
+        return f" [run {run_id}: nothing of it is left in the cloud]"
+    return (
+        f" [run {run_id}: nothing of it is left running; `ec2backup resume {run_id}` to continue]"
+    )
+
+
 def aftermath_note(exc: BaseException) -> str:
-    """What a failed run left behind, as recorded on the exception by the runner."""
-    text = aftermath(exc)
+    """What a failed run left behind, read from its record by the runner (where the engine
+    did not look itself)."""
+    text = recorded_aftermath(exc)
     return f"; {text}" if text else ""
 
 

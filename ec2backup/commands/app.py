@@ -58,6 +58,7 @@ class App:
     progress: Callable[[str], None] = lambda _line: None
     on_state: Callable[[str], None] = lambda _state: None
     on_transfer: Callable[[TransferNote], None] = lambda _note: None
+    keep_instance: bool = False  # a run that fails keeps its instance (--keep-instance)
 
     def run_dir(self, run_id: str) -> Path:
         # Owner-only all the way down: run directories hold private keys.

@@ -23,6 +23,7 @@ from ..errors import ConfigError, UserInputError
 from ..ports import Ec2, Snapshot
 from .app import App
 from .checks import check_fits, check_fits_in, check_sources, check_volume, plan_launch
+from .heal import heal
 from .hooks import refusals_reported
 from .runner import _create_run, _drive, new_run_id
 
@@ -42,9 +43,11 @@ def start_backup(app: App, profile_name: str, *, allow_deletions: bool = False) 
         run_id = new_run_id()
         # The volume's lease first: a second run of the same volume is refused naming the
         # holder, before it looks at (or touches) the volume.
-        with leases.held(
-            app.store, run_id, [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
-        ):
+        keys = [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
+        with leases.held(app.store, run_id, keys):
+            # An earlier run of the profile that nobody drives any more is finished or cleaned
+            # first: it must not hold the volume (or bill) any longer.
+            healed = heal(app, profile.name, profile.region, held=keys)
             ec2 = app.adapters.ec2(profile.region, None)
             check_fits(profile, check_volume(profile, ec2, file))
             # Now: a missing AMI, a type the zone does not offer or a launch IAM refuses is
@@ -53,7 +56,7 @@ def start_backup(app: App, profile_name: str, *, allow_deletions: bool = False) 
             extra: dict[str, Any] = plan.config()
             if allow_deletions:  # recorded: a resumed run keeps what the command said
                 extra["allow_deletions"] = True
-            _create_run(app, run_id, RunKind.BACKUP, profile, extra)
+            _create_run(app, run_id, RunKind.BACKUP, profile, extra, warnings=healed)
             began()
             return _drive(app, run_id)
     raise AssertionError("unreachable")  # the block returns or raises
@@ -80,7 +83,9 @@ def _start_snapshot_backup(
     """Snapshots-only storage: the run makes its own volume from the profile's latest
     snapshot, copies onto it, snapshots it and deletes it."""
     run_id = new_run_id()
-    with leases.held(app.store, run_id, [leases.run_key(run_id), leases.profile_key(profile.name)]):
+    keys = [leases.run_key(run_id), leases.profile_key(profile.name)]
+    with leases.held(app.store, run_id, keys):
+        healed = heal(app, profile.name, profile.region, held=keys)
         ec2 = app.adapters.ec2(profile.region, None)
         base, passed = latest_snapshot(ec2, profile.name)
         if base is None:
@@ -108,7 +113,7 @@ def _start_snapshot_backup(
         }
         if allow_deletions:  # recorded: a resumed run keeps what the command said
             extra["allow_deletions"] = True
-        run = _create_run(app, run_id, RunKind.SNAPSHOT_BACKUP, profile, extra)
+        run = _create_run(app, run_id, RunKind.SNAPSHOT_BACKUP, profile, extra, warnings=healed)
         if passed:
             note = (
                 f"started from {base.id}: newer snapshot(s) "
@@ -137,17 +142,6 @@ def start_init(
     """A new profile: its volume made and formatted, or, with ``storage="snapshots"``, a
     formatted volume snapshotted (the profile's first snapshot) and deleted."""
     file = str(app.config_path)
-    if app.config_path.exists():
-        from ..config import read_document
-
-        existing = read_document(app.config_path).get("profiles", {})
-        if profile_name in existing:
-            raise ConfigError(
-                "already exists",
-                file=file,
-                profile=profile_name,
-                hint="choose another --profile name, or edit the file",
-            )
     region = region or region_of_zone(availability_zone)
     if not 1 <= size_gib <= 16384:
         raise UserInputError(
@@ -164,9 +158,33 @@ def start_init(
         "availability_zone": availability_zone,
         "sources": [{"path": str(p), "dest": d} for p, d in zip(paths, dests, strict=True)],
     }
+    if allow_ssh_from:
+        # Kept in the profile: every run admits SSH from there (else from where it runs).
+        data["allow_ssh_from"] = ssh_cidr(allow_ssh_from)
     profile = parse_profile(profile_name, data, file)
     check_sources(profile, file)
     app.adapters.syncer().check_available()
+    # An earlier init of this profile that nobody drives any more (killed, crashed) is
+    # force-cleaned, its empty volume deleted and its profile entry removed: this one starts
+    # over. A live one refuses (LeaseHeldError).
+    healed = heal(
+        app,
+        profile_name,
+        profile.region,
+        kinds=[RunKind.INIT, RunKind.SNAPSHOT_INIT],
+        starting_over=True,
+    )
+    if app.config_path.exists():
+        from ..config import read_document
+
+        existing = read_document(app.config_path).get("profiles", {})
+        if profile_name in existing:
+            raise ConfigError(
+                "already exists",
+                file=file,
+                profile=profile_name,
+                hint="choose another --profile name, or edit the file",
+            )
     ec2 = app.adapters.ec2(profile.region, None)
     # Before the security group and the volume: nothing is created for a launch that cannot be.
     plan = plan_launch(profile, ec2, file)
@@ -187,6 +205,7 @@ def start_init(
             kind,
             profile,
             {"size_gib": size_gib, "config_path": str(app.config_path), **plan.config()},
+            warnings=healed,
         )
         return _drive(app, run_id)
 
@@ -205,13 +224,14 @@ def start_verify(app: App, profile_name: str) -> Run:
     check_sources(profile, file)
     app.adapters.syncer().check_available()
     assert profile.volume_id is not None
-    ec2 = app.adapters.ec2(profile.region, None)
-    check_volume(profile, ec2, file)
-    plan = plan_launch(profile, ec2, file)
     run_id = new_run_id()
     keys = [leases.run_key(run_id), leases.volume_key(profile.volume_id)]
     with leases.held(app.store, run_id, keys):
-        _create_run(app, run_id, RunKind.VERIFY, profile, plan.config())
+        healed = heal(app, profile.name, profile.region, held=keys)
+        ec2 = app.adapters.ec2(profile.region, None)
+        check_volume(profile, ec2, file)
+        plan = plan_launch(profile, ec2, file)
+        _create_run(app, run_id, RunKind.VERIFY, profile, plan.config(), warnings=healed)
         return _drive(app, run_id)
 
 
@@ -220,31 +240,27 @@ def differences(run: Run) -> list[str]:
     return [w.removeprefix("differs: ") for w in run.warnings if w.startswith("differs: ")]
 
 
-CHECKIP_URL = "https://checkip.amazonaws.com"
-
-
 def ssh_cidr(allow_ssh_from: str | None) -> str:
     """Where the instance may be reached from over SSH: the given network, else this host's
     public address as AWS sees it (one /32). Never the whole internet unless asked for."""
-    import ipaddress
+    from ..adapters.address import checkip_url
+    from ..adapters.address import ssh_cidr as lookup
 
-    if allow_ssh_from:
-        try:
-            return str(ipaddress.ip_network(allow_ssh_from, strict=False))
-        except ValueError:
+    try:
+        return lookup(allow_ssh_from)
+    except ValueError:
+        if allow_ssh_from:
             raise UserInputError(
                 f"--allow-ssh-from {allow_ssh_from!r} is not an address or network",
                 hint="give e.g. 203.0.113.7 or 203.0.113.0/24",
             ) from None
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(CHECKIP_URL, timeout=5) as response:
-            address = response.read().decode().strip()
-        return str(ipaddress.ip_network(address))
-    except (OSError, ValueError) as exc:
         raise UserInputError(
-            f"cannot find this host's public address ({CHECKIP_URL}: {exc})",
+            f"cannot find this host's public address ({checkip_url()} answered no address)",
+            hint="pass --allow-ssh-from with the address or network the backups run from",
+        ) from None
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot find this host's public address ({checkip_url()}: {exc})",
             hint="pass --allow-ssh-from with the address or network the backups run from",
         ) from None
 

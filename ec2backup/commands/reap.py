@@ -16,8 +16,10 @@ batches (the root volume goes with the instance: DeleteOnTermination), and mark
 their runs ``failed`` with ``AbandonedRunError`` so that ``resume`` (which relaunches) or
 ``resume --clean`` can finish them. Temporary volumes (``ec2backup:role=restore`` of a restore,
 ``role=work`` of a backup in snapshots-only storage) of runs that are over, abandoned or
-unknown are deleted; the backup volume itself (``role=data``) never is.
-Dry run unless asked.
+unknown are deleted; so is a volume an ``init`` made that no profile names and no live run
+owns (its init known here, unfinished, abandoned, the volume used by no other run). A backup
+volume that may hold backups never is. SSH rules that runs added to a security group are
+removed once their run holds no live lease. Dry run unless asked.
 """
 
 from __future__ import annotations
@@ -27,15 +29,18 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from ..core.states import ENDED_STATES, RunKind, build_machine, fire
+from ..core.states import ENDED_STATES, RunKind, RunState, build_machine, fire
 from ..core.tags import (
     LIVE_INSTANCE_STATES,
     TAG_EXPIRES_AT,
+    TAG_KIND,
     TAG_MANAGED,
+    TAG_PROFILE,
     TAG_ROLE,
     TAG_RUN_ID,
 )
@@ -256,6 +261,134 @@ def reap_restore_volumes(store: Store, ec2: Ec2, *, act: bool) -> list[VolumeVer
     return verdicts
 
 
+def profile_volumes(config_path: Path) -> dict[str, str]:
+    """Volume id -> the profile of the config file naming it (none if the file is unreadable:
+    then no init volume is judged orphan, see ``reap_init_volumes``)."""
+    from ..config import read_document
+
+    if not config_path.exists():
+        return {}
+    profiles = read_document(config_path).get("profiles", {})
+    named = {}
+    for name, entry in profiles.items() if isinstance(profiles, dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("volume_id"), str):
+            named[entry["volume_id"]] = name
+    return named
+
+
+def reap_init_volumes(
+    store: Store, ec2: Ec2, config_path: Path, *, act: bool
+) -> list[VolumeVerdict]:
+    """Volumes an ``init`` made (role=data, kind=init) that no profile and no live run owns:
+    their init is known to this database, did not finish, holds no live lease, and no other
+    run used the volume. Anything less certain is left alone: such a volume may hold backups
+    (a run unknown here, a config file kept elsewhere)."""
+    volumes = ec2.find_volumes({TAG_MANAGED: "true", TAG_ROLE: "data", TAG_KIND: "init"})
+    if not volumes:
+        return []
+    try:
+        named = profile_volumes(config_path)
+    except ConfigError:
+        return [
+            VolumeVerdict(
+                v.id, v.tags.get(TAG_RUN_ID), False, "the config file cannot be read", "left alone"
+            )
+            for v in volumes
+        ]
+    live = live_leases(store)
+    run_ids = {v.tags.get(TAG_RUN_ID) for v in volumes} - {None}
+    ids = [v.id for v in volumes]
+    with store.session() as session:
+        runs = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(run_ids)))}
+        used = set(
+            session.scalars(
+                select(Run.volume_id).where(Run.volume_id.in_(ids), Run.kind != RunKind.INIT)
+            )
+        )
+        session.expunge_all()
+    verdicts = []
+    for volume in volumes:
+        run_id = volume.tags.get(TAG_RUN_ID)
+        run = runs.get(run_id) if run_id else None
+        if volume.state not in ("available", "in-use"):
+            continue
+        keep = None
+        if volume.id in named:
+            keep = f"profile {named[volume.id]!r} names it"
+        elif run_id in live:
+            keep = f"run {run_id} holds a live lease"
+        elif volume.attachments:
+            keep = "still attached"
+        elif run is None:
+            keep = f"its init {run_id} is unknown to this database: it may hold backups"
+        elif run.state == RunState.DONE:
+            keep = f"its init {run_id} finished"
+        elif volume.id in used:
+            keep = "backups were made on it"
+        if keep is not None or run is None:
+            verdicts.append(VolumeVerdict(volume.id, run_id, False, keep or "", "left alone"))
+            continue
+        verdict = VolumeVerdict(
+            volume.id, run_id, True, f"its init {run_id} is {run.state} and no profile names it"
+        )
+        if act:
+            ec2.delete_volume(volume.id)
+            verdict.action = "deleted"
+        else:
+            verdict.action = "would delete"
+        verdicts.append(verdict)
+    return verdicts
+
+
+@dataclass
+class RuleVerdict:
+    rule_id: str
+    group_id: str
+    run_id: str | None
+    orphan: bool
+    reason: str
+    action: str = ""
+
+    def row(self) -> dict[str, object]:
+        return {
+            "rule_id": self.rule_id,
+            "group_id": self.group_id,
+            "run_id": self.run_id,
+            "orphan": self.orphan,
+            "reason": self.reason,
+            "action": self.action,
+        }
+
+
+def reap_ssh_rules(
+    store: Store, ec2: Ec2, *, act: bool, profile: str | None = None
+) -> list[RuleVerdict]:
+    """SSH rules that runs added (tagged with their run id) and that no live run needs any
+    more: their run holds no live lease (it is over, abandoned or unknown here). ``profile``:
+    only that profile's rules."""
+    tags = {TAG_MANAGED: "true", **({TAG_PROFILE: profile} if profile else {})}
+    rules = [r for r in ec2.find_ingress_rules(tags) if r.tags.get(TAG_RUN_ID)]
+    live = live_leases(store)
+    verdicts = []
+    for rule in rules:
+        run_id = rule.tags[TAG_RUN_ID]
+        if run_id in live:
+            verdicts.append(
+                RuleVerdict(rule.id, rule.group_id, run_id, False, "its run holds a live lease")
+            )
+            continue
+        verdict = RuleVerdict(
+            rule.id, rule.group_id, run_id, True, f"SSH from {rule.cidr}: run {run_id} is not live"
+        )
+        if act:
+            ec2.revoke_ingress_rules(rule.group_id, [rule.id])
+            verdict.action = "removed"
+        else:
+            verdict.action = "would remove"
+        verdicts.append(verdict)
+    return verdicts
+
+
 def _mark_abandoned(store: Store, orphans: Sequence[Verdict]) -> None:
     with store.session() as session:
         for v in orphans:
@@ -312,6 +445,11 @@ def reap(
         for verdict in reap_region(app.store, ec2, act=act, older_than=age):
             rows.append({"region": region, "resource": verdict.instance.id, **verdict.row()})
         # After the instances: a volume they held is free (and deletable) only then.
-        for volume in reap_restore_volumes(app.store, ec2, act=act):
+        for volume in [
+            *reap_restore_volumes(app.store, ec2, act=act),
+            *reap_init_volumes(app.store, ec2, app.config_path, act=act),
+        ]:
             rows.append({"region": region, "resource": volume.volume_id, **volume.row()})
+        for rule in reap_ssh_rules(app.store, ec2, act=act):
+            rows.append({"region": region, "resource": rule.rule_id, **rule.row()})
     return rows

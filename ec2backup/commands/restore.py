@@ -16,6 +16,7 @@ from ..ports import Ec2, Snapshot
 from ..run.steps.visibility import while_recent
 from .app import App
 from .checks import check_volume, plan_launch
+from .heal import heal
 from .runner import _create_run, _drive, new_run_id
 from .tiers import start_tier_restore, usable_now
 
@@ -94,7 +95,6 @@ def start_restore(
                 hint="restore a snapshot: --run RUN_ID or --snapshot ID",
             )
         require_backup_ready(profile, file)
-        check_volume(profile, ec2, file)
         assert profile.volume_id is not None
         keys.append(leases.volume_key(profile.volume_id))
     else:
@@ -118,7 +118,11 @@ def start_restore(
         extra |= {"snapshot_id": snapshot_id, "size_gib": snapshot.size_gib or 1}
     extra |= plan_launch(profile, ec2, file).config()
     new_id = new_run_id()
-    with leases.held(app.store, new_id, [leases.run_key(new_id), *keys]):
+    keys = [leases.run_key(new_id), *keys]
+    with leases.held(app.store, new_id, keys):
+        healed = heal(app, profile.name, profile.region, held=keys)
+        if live:  # after the healing: a healed run may just have released the volume
+            check_volume(profile, ec2, file)
         _create_run(
             app,
             new_id,
@@ -126,5 +130,6 @@ def start_restore(
             profile,
             extra,
             volume_id=profile.volume_id if live else None,
+            warnings=healed,
         )
         return _drive(app, new_id)

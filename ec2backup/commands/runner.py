@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,26 @@ from .app import App
 log = logging.getLogger(__name__)
 
 
+def client_cidr(profile: Profile) -> Callable[[], str | None]:
+    """Where this run's SSH comes from, looked up once when first asked: the profile's
+    ``allow_ssh_from``, else this host's public address now. Unknown (the lookup failed): None,
+    and the security group is left as it is."""
+    found: list[str | None] = []
+
+    def cidr() -> str | None:
+        if not found:
+            from ..adapters.address import checkip_url, ssh_cidr
+
+            try:
+                found.append(ssh_cidr(profile.allow_ssh_from))
+            except (OSError, ValueError) as exc:
+                log.warning("cannot find this host's public address (%s: %s)", checkip_url(), exc)
+                found.append(None)
+        return found[0]
+
+    return cidr
+
+
 def new_run_id() -> str:
     # Sorts by time, reads at a glance, and leaves room in a 64-character ClientToken.
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
@@ -49,6 +70,7 @@ def _create_run(
     extra: dict[str, Any],
     *,
     volume_id: str | None = None,
+    warnings: list[str] | None = None,
 ) -> Run:
     now = utcnow()
     run = Run(
@@ -59,7 +81,7 @@ def _create_run(
         host=socket.gethostname(),
         volume_id=volume_id or (None if kind == RunKind.RESTORE else profile.volume_id),
         launch_attempt=0,
-        warnings=[],
+        warnings=list(warnings or []),
         config={"profile": profile.model_dump(mode="json"), **extra},
         created_at=now,
         updated_at=now,
@@ -95,15 +117,17 @@ def _drive(
     app: App, run_id: str, *, resuming: bool = False, clean: bool = False, snapshot: bool = False
 ) -> Run:
     """Drive a run whose leases this process holds."""
-    from ..adapters.keys import generate_run_key, remove_run_dir
+    from ..adapters.keys import generate_host_key, generate_run_key, remove_run_dir
     from ..run import engine
     from ..run.context import StepContext
+    from ..run.userdata import HostKeyPair
 
     with app.store.session() as session:
         run = app.store.get_run(session, run_id)
         profile = Profile.model_validate(run.config["profile"])
         run_dir = app.run_dir(run.id)
         key_path, public_key = generate_run_key(run_dir)
+        host_key = HostKeyPair(*generate_host_key(run_dir))
         recorder = RunRecorder(session, run)
         ctx = StepContext(
             run=run,
@@ -115,9 +139,12 @@ def _drive(
             run_dir=run_dir,
             key_path=key_path,
             public_key=public_key,
+            host_key=host_key,
             progress=app.progress,
             on_state=app.on_state,
             on_transfer=app.on_transfer,
+            keep_instance=app.keep_instance,
+            client_cidr=client_cidr(profile),
         )
         engine.bind(run, ctx)
         failure: BaseException | None = None
@@ -135,7 +162,9 @@ def _drive(
                     run.error_type = None
                     fire(run, "resume", detail=f"resumed from {run.failed_from}")
                 engine.drive(ctx)
-            if run.kind in (RunKind.INIT, RunKind.SNAPSHOT_INIT) and run.state == RunState.DONE:
+            # An init with a volume writes its profile as a step (run/steps/profile.py); one
+            # in snapshots-only storage has no volume to name: its profile once it is done.
+            if run.kind == RunKind.SNAPSHOT_INIT and run.state == RunState.DONE:
                 _write_initialised_profile(run, profile)
             if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
                 session.commit()
@@ -218,8 +247,5 @@ def aftermath(run: Run, exc: BaseException) -> str:
 def _write_initialised_profile(run: Run, profile: Profile) -> None:
     from ..config import write_profile
 
-    path = Path(run.config["config_path"])
-    if profile.storage == "snapshots":  # its volume is gone; the snapshot is where it starts
-        write_profile(path, profile)
-    else:
-        write_profile(path, profile.model_copy(update={"volume_id": run.volume_id}))
+    # Its volume is gone; the snapshot is where it starts.
+    write_profile(Path(run.config["config_path"]), profile)

@@ -9,8 +9,9 @@ after a crash re-runs that step's ``ensure_*`` function, which observes first an
 Backup:  created -> launching -> instance_running -> attaching -> attached -> mounting -> mounted
          -> syncing -> synced -> unmounting -> unmounted -> detaching -> detached -> terminating
          -> terminated -> snapshotting -> done
-Init:    created -> creating_volume -> volume_created -> launching -> ... -> attached
-         -> formatting -> formatted -> detaching -> ... -> terminated -> done
+Init:    created -> creating_volume -> volume_created -> writing_profile -> profile_written
+         -> launching -> ... -> attached -> formatting -> formatted -> detaching -> ...
+         -> terminated -> done (the profile names the volume as soon as it exists)
 Restore: created -> creating_volume (from the snapshot) -> ... -> mounting (read-only) ...
          -> syncing (copy back) -> ... -> terminated -> deleting_volume -> done
 Verify:  created -> launching -> ... -> mounting (read-only) -> syncing (compare) -> ...
@@ -61,6 +62,8 @@ class RunState(StrEnum):
     CREATED = auto()
     CREATING_VOLUME = auto()
     VOLUME_CREATED = auto()
+    WRITING_PROFILE = auto()
+    PROFILE_WRITTEN = auto()
     LAUNCHING = auto()
     INSTANCE_RUNNING = auto()
     ATTACHING = auto()
@@ -131,6 +134,8 @@ CREATE_VOLUME = Step(
 RESTORE_VOLUME = Step(
     "restore_volume", RunState.CREATING_VOLUME, RunState.VOLUME_CREATED, calls=("create_volume",)
 )
+# init: the profile entry naming the new volume, written into the config file (idempotent).
+WRITE_PROFILE = Step("write_profile", RunState.WRITING_PROFILE, RunState.PROFILE_WRITTEN)
 LAUNCH = Step(
     "launch",
     RunState.LAUNCHING,
@@ -175,7 +180,7 @@ STEPS: dict[RunKind, tuple[Step, ...]] = {
     ),
     # The live volume mounted read-only and compared with the sources by checksum.
     RunKind.VERIFY: (LAUNCH, ATTACH, MOUNT_READ_ONLY, COMPARE, UNMOUNT, DETACH, TERMINATE),
-    RunKind.INIT: (CREATE_VOLUME, LAUNCH, ATTACH, FORMAT, DETACH, TERMINATE),
+    RunKind.INIT: (CREATE_VOLUME, WRITE_PROFILE, LAUNCH, ATTACH, FORMAT, DETACH, TERMINATE),
     RunKind.SNAPSHOT_BACKUP: (
         WORK_VOLUME,
         LAUNCH,
@@ -220,6 +225,9 @@ def called(call: str) -> str:
     return f"called:{call}"
 
 
+# The crash point between a run's last event (done, aborted: committed) and what follows it
+# in the same process (the SSH rule removed, retention applied, the run's keys deleted).
+ENDED = "ended"
 _RECORDS = frozenset(name for step in all_steps() for name in step.records)
 
 
@@ -233,15 +241,15 @@ def recorded(name: str) -> str:
 
 def crash_points(kind: RunKind) -> list[str]:
     """Every crash point a run of this kind passes, in order: before and after each step's
-    side effect, between each declared cloud call and the recording of its result, and right
-    after each declared recorded result."""
+    side effect, between each declared cloud call and the recording of its result, right
+    after each declared recorded result, and once the run has ended (``ENDED``)."""
     points: list[str] = []
     for step in STEPS[kind]:
         inside = (*(called(c) for c in step.calls), *(recorded(r) for r in step.records))
         for point in (step.before, *inside, step.after):
             if point not in points:
                 points.append(point)
-    return points
+    return [*points, ENDED]
 
 
 def path(kind: RunKind) -> list[RunState]:

@@ -22,6 +22,8 @@ from ..ports import (
     Syncer,
     TransferNote,
 )
+from .keeper import IdleKeeper
+from .userdata import HostKeyPair
 
 
 @dataclass
@@ -35,10 +37,18 @@ class StepContext:
     run_dir: Path
     key_path: Path
     public_key: str
+    # The run's host key pair, handed to the instance in its user data (run/userdata.py).
+    host_key: HostKeyPair | None = field(default=None, repr=False)
     progress: Callable[[str], None] = lambda _line: None
     on_state: Callable[[str], None] = lambda _state: None
     on_transfer: Callable[[TransferNote], None] = lambda _note: None
     host: InstanceHost | None = field(default=None, repr=False)  # the open session
+    keeper: IdleKeeper | None = field(default=None, repr=False)  # re-arms the instance
+    # After a failure: keep the instance (and the volume attached) for debugging, instead of
+    # releasing them; the dead-man's switch still ends it after instance_idle_minutes.
+    keep_instance: bool = False
+    # Where SSH comes from (a CIDR: allow_ssh_from, or this host's address; None: unknown).
+    client_cidr: Callable[[], str | None] = lambda: None
 
     @property
     def known_hosts(self) -> Path:
@@ -68,6 +78,9 @@ class StepContext:
         }
 
     def close_host(self) -> None:
+        """End the session to the instance, and stop keeping it alive from here."""
+        if self.keeper is not None:
+            self.keeper.stop()
         if self.host is not None:
             self.host.close()
             self.host = None

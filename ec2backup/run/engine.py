@@ -14,14 +14,18 @@ as ``failed`` (keeping ``failed_from``) before it propagates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from transitions import EventData
 
 from ..core.states import (
     BACKUP_KINDS,
+    ENDED,
     TEMPORARY_VOLUME_KINDS,
+    TERMINATE,
     RunKind,
     RunState,
     Step,
@@ -29,23 +33,29 @@ from ..core.states import (
     fire,
     needs_instance,
     next_step,
+    path,
 )
+from ..core.tags import TAG_RUN_ID
 from ..db.models import Run
 from ..errors import Ec2BackupError, Interrupted, Terminated, is_transient
 from ..faults import crash_point
 from .context import StepContext
 from .steps import ENSURE
+from .steps.access import ensure_ssh_access, release_ssh_access
 from .steps.attachment import ensure_detached
 from .steps.filesystem import try_unmount
 from .steps.instance import ensure_terminated, instance_alive
+from .steps.profile import undo_init
 from .steps.snapshot import ensure_snapshot
-from .steps.volume import ensure_volume_deleted
+from .steps.volume import adopt_unrecorded_volume, ensure_volume_deleted
 
 # Force-clean bounds: how long to try SSH for the unmount, and to wait before forcing a detach.
 CLEAN_SSH_SECONDS = 30.0
 CLEAN_DETACH_SECONDS = 60.0
 # Pauses before the 2nd and 3rd try of a step that failed for a transient reason.
 STEP_RETRY_DELAYS = (1.0, 4.0)
+# Instance states in which something still runs (and bills, or soon may).
+STILL_RUNNING = ("pending", "running", "stopping", "stopped")
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,8 @@ def drive(ctx: StepContext) -> Run:
     if run.state == RunState.CLEANING:  # a force-clean that failed, resumed
         return clean(ctx)
     try:
+        if _reaches_the_instance(kind, RunState(run.state)):
+            log.info("run %s: %s", run.id, ensure_ssh_access(ctx))
         if RunState(run.state) in needs_instance(kind) and not instance_alive(ctx):
             log.warning("run %s: instance %s is gone; launching a new one", run.id, run.instance_id)
             fire(run, "relaunch", detail=f"instance {run.instance_id} is no longer running")
@@ -75,6 +87,8 @@ def drive(ctx: StepContext) -> Run:
                 if state != RunState.DONE:
                     fire(run, "finish")
                     log.info("run %s: done", run.id)
+                crash_point(ENDED)
+                _quietly(ctx, release_ssh_access)
                 return run
             if state != step.active:
                 fire(run, f"begin_{step.name}")
@@ -87,14 +101,16 @@ def drive(ctx: StepContext) -> Run:
     except Interrupted as exc:
         exc.run_id = run.id
         record_failure(ctx, exc)
+        exc.still_running = after_failure(ctx, exc)
         raise
     except KeyboardInterrupt as exc:
         interrupted = Interrupted("SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C", run.id)
         record_failure(ctx, interrupted)
+        interrupted.still_running = after_failure(ctx, interrupted)
         raise interrupted from exc
     except Exception as exc:
         record_failure(ctx, exc)
-        if isinstance(exc, Ec2BackupError) and not exc.resumable:
+        if isinstance(exc, Ec2BackupError) and not exc.resumable and not ctx.keep_instance:
             # Resuming cannot fix this (a refused host key, data that does not fit): clean up
             # now rather than leave an instance waiting for a resume that must not happen.
             log.warning("run %s: a resume could not fix this; cleaning up", run.id)
@@ -102,6 +118,19 @@ def drive(ctx: StepContext) -> Run:
             exc.hint = (exc.hint + "; " if exc.hint else "") + (
                 f"the run was cleaned up and aborted (`ec2backup show {run.id}`)"
             )
+            exc.still_running = leftovers(ctx)
+        else:
+            left = after_failure(ctx, exc)
+            if isinstance(exc, (Ec2BackupError, Interrupted)):
+                exc.still_running = left
+            else:  # an unexpected error has no place for it: say it here
+                log.warning(
+                    "run %s: %s",
+                    run.id,
+                    f"still running: {', '.join(left)}; `ec2backup resume {run.id} --clean` ends it"
+                    if left
+                    else "nothing of it is left running",
+                )
         raise
     finally:
         ctx.close_host()
@@ -127,19 +156,25 @@ def run_step(ctx: StepContext, step: Step) -> str:
 
 def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
     """Force-clean: take the run down the cleanup path from wherever it stands and end it
-    ``aborted``. A snapshot is made only if this run's sync had finished, or if asked."""
+    ``aborted``. A snapshot is made only if this run's sync had finished, or if asked. An
+    init leaves nothing: its volume and its profile entry are removed."""
     run = ctx.run
     try:
         if run.state != RunState.CLEANING:
             origin = run.failed_from if run.state == RunState.FAILED else run.state
             fire(run, "clean", detail=f"force-clean from {origin}")
+        if run.instance_id:  # the unmount needs SSH
+            _quietly(ctx, ensure_ssh_access)
         notes = [try_unmount(ctx, CLEAN_SSH_SECONDS)]
+        adopt_unrecorded_volume(ctx)
         volume_there = run.volume_id is not None and ctx.ec2.get_volume(run.volume_id) is not None
         if volume_there:
             notes.append(ensure_detached(ctx, force_after=CLEAN_DETACH_SECONDS))
         elif run.volume_id:
             notes.append(f"volume {run.volume_id} is gone")
         notes.append(ensure_terminated(ctx))
+        if run.kind == RunKind.INIT:
+            notes += undo_init(ctx)
         synced = any(e.to_state == RunState.SYNCED for e in run.events)
         if run.kind in BACKUP_KINDS and volume_there and (synced or snapshot):
             # Before a temporary volume is deleted: its snapshot is the backup.
@@ -150,12 +185,91 @@ def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
             notes.append(ensure_volume_deleted(ctx))
         fire(run, "abort", detail="; ".join(notes))
         log.info("run %s: aborted (%s)", run.id, "; ".join(notes))
+        crash_point(ENDED)
+        _quietly(ctx, release_ssh_access)
         return run
     except (Exception, KeyboardInterrupt) as exc:
         record_failure(ctx, exc)
         raise
     finally:
         ctx.close_host()
+
+
+def after_failure(ctx: StepContext, exc: BaseException) -> list[str]:
+    """What a failed run leaves running: nothing, once released (the default); the instance,
+    with ``--keep-instance``. The run stays ``failed`` with its progress either way."""
+    run = ctx.run
+    ctx.close_host()  # and stop keeping the instance alive: a kept one ends after its idle bound
+    if ctx.keep_instance:
+        left = leftovers(ctx)
+        if left:
+            log.warning(
+                "run %s: kept for debugging (--keep-instance): %s; it powers itself off after "
+                "%d idle minutes",
+                run.id,
+                ", ".join(left),
+                ctx.profile.instance_idle_minutes,
+            )
+        return left
+    try:
+        notes = release(ctx)
+    except (Exception, KeyboardInterrupt, Interrupted) as release_error:
+        detail = str(release_error) or type(release_error).__name__
+        log.warning("run %s: could not release its instance after the failure: %s", run.id, detail)
+        notes = [f"the release failed: {detail}"]
+    with contextlib.suppress(Exception):
+        ctx.recorder.session.rollback()
+        run.warnings = [*run.warnings, "after the failure: " + "; ".join(notes)]
+        ctx.recorder.save()
+    _quietly(ctx, release_ssh_access)
+    return leftovers(ctx)
+
+
+def _reaches_the_instance(kind: RunKind, state: RunState) -> bool:
+    """Whether what is left of the run may log in to its instance (before it terminates)."""
+    states = path(kind)
+    return state in states and states.index(state) < states.index(TERMINATE.active)
+
+
+def _quietly(ctx: StepContext, action: Callable[[StepContext], str]) -> None:
+    """An action whose failure must not fail the run: what it leaves is swept later (the
+    next run of the profile, reap)."""
+    try:
+        log.info("run %s: %s", ctx.run.id, action(ctx))
+    except Ec2BackupError as exc:
+        log.warning("run %s: %s", ctx.run.id, exc.one_line())
+
+
+def release(ctx: StepContext) -> list[str]:
+    """A failed run's instance ended: unmount (if it answers), detach, terminate. Nothing
+    of the run's progress is lost: ``resume`` relaunches from the state it failed in."""
+    run = ctx.run
+    if not run.instance_id and not ctx.ec2.find_instances({TAG_RUN_ID: run.id}):
+        return ["no instance to release"]
+    log.info("run %s: releasing its instance after the failure", run.id)
+    notes = [try_unmount(ctx, CLEAN_SSH_SECONDS)]
+    volume = ctx.ec2.get_volume(run.volume_id) if run.volume_id else None
+    if volume is not None and run.instance_id and volume.attachment_to(run.instance_id):
+        notes.append(ensure_detached(ctx, force_after=CLEAN_DETACH_SECONDS))
+    notes.append(ensure_terminated(ctx))
+    log.info("run %s: released (%s)", run.id, "; ".join(notes))
+    return notes
+
+
+def leftovers(ctx: StepContext) -> list[str]:
+    """What of the run still runs in the cloud, as EC2 says (read-only calls)."""
+    run = ctx.run
+    try:
+        instances = ctx.ec2.find_instances({TAG_RUN_ID: run.id}, STILL_RUNNING)
+        volume = ctx.ec2.get_volume(run.volume_id) if run.volume_id else None
+    except Ec2BackupError as exc:
+        return [f"unknown (could not look: {exc.message})"]
+    left = []
+    for instance in instances:
+        attached = volume is not None and volume.attachment_to(instance.id) is not None
+        with_volume = f" with volume {run.volume_id} attached" if attached else ""
+        left.append(f"instance {instance.id}{with_volume}")
+    return left
 
 
 def record_failure(ctx: StepContext, exc: BaseException) -> None:

@@ -43,6 +43,18 @@ What an instance looks like from SSH
   ``sudo -n`` works and a command that forgot sudo fails, as on an Ubuntu AMI. Root login is
   refused. Authorized keys: the top-level ``ssh_authorized_keys`` of the ``#cloud-config``
   user data, plus the public key of the ``KeyName`` key pair if moto knows it.
+* Booted from its user data as cloud-init boots Ubuntu 24.04 (``cloudinit.py``): host keys
+  from ``ssh_keys`` (else a generated ed25519 key); ``bootcmd`` as root before the sshd starts,
+  when D-Bus and logind are not up yet; ``runcmd``, a shell-script user data and
+  ``power_state`` in the final stage, after the sshd started. Their output goes to
+  ``instances/<i-id>/cloud-init-output.log``.
+* No systemd: its ``/usr/local/sbin`` (first on root's and sudo's PATH) holds stand-ins for
+  ``systemd-run``, ``systemctl``, ``shutdown``, ``poweroff`` and ``halt`` (``standin.py``).
+  Before D-Bus is up they fail as on Ubuntu ("Failed to connect to bus"): a ``shutdown +N`` in
+  ``bootcmd`` arms nothing. Afterwards ``systemd-run --on-active=SPAN [--unit=NAME] CMD`` arms
+  a transient timer, ``systemctl stop NAME.timer`` disarms it, ``shutdown [-P] +N|hh:mm|now``
+  schedules (``-c`` cancels) logind's one power-off, ``systemctl poweroff`` powers off. The
+  server runs a due timer's command inside the instance (``services.py``).
 * Each instance has its own empty blkid cache (a tmpfs on /run/blkid), as a new instance
   has: the host's cache describes whatever last had a /dev/loopN name.
 * An attached volume is a loop device over the volume's image, linked (with ``nsenter`` into
@@ -73,9 +85,10 @@ mode; ``iam_requests.py`` and ``iam_policy.py``: what it authorizes and how), ``
   boots an sshd per instance. CreateVolume honours ``ClientToken`` the same way.
 * TerminateInstances: kills the instance's sshd (ending namespace and mounts), releases its
   loop devices; moto itself makes the volumes ``available``.
-* GetConsoleOutput: a cloud-init style boot log (``console.py``) with the sshd's real host key
-  between ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``, or an
-  impostor key if ``Sandbox.fake_console_host_key()`` asked for one (man in the middle).
+* GetConsoleOutput: a cloud-init style boot log (``console.py``); once the instance's final
+  stage is over, the sshd's real host key between ``-----BEGIN SSH HOST KEY KEYS-----`` and
+  ``-----END SSH HOST KEY KEYS-----`` (as cloud-init prints it at the end of boot), or an
+  impostor key if ``Sandbox.fake_console_host_key()`` asked for one.
 * CreateVolume/DeleteVolume: create/remove a sparse image of the volume's size (a volume made
   from a snapshot starts as a copy of the snapshot's image).
 * AttachVolume: the zone/in-use/running checks EC2 makes, then loop device + device link.
@@ -136,12 +149,13 @@ EC2 call)
 * Eventual consistency (``consistency_lag``, ``consistency.py``): for that long after a
   create, calls naming the new instance, volume, security group or snapshot by id answer
   NotFound as EC2 words it, and tag-filtered Describe calls leave it out.
-* Dead-man's switch: at boot the user data is searched for a power-off (``shutdown -P +N``
-  in cloud-config ``bootcmd``/``runcmd``, ``power_state``, or a shell script; see
-  ``console.shutdown_minutes``); N minutes later, one minute lasting ``minute_seconds`` s
-  (default 60), a still-running instance powers off with no API call: by its
-  ``InstanceInitiatedShutdownBehavior``, ``terminate`` -> shutting-down -> terminated (volumes
-  detached), else ``stop`` -> stopping -> stopped; StateReason
+* Dead-man's switch: nothing is read from the user data by the server. A timer the
+  instance's own commands armed (``systemd-run --on-active``, a scheduled ``shutdown``) runs its
+  command inside the instance once due, one minute of its span lasting ``minute_seconds`` s
+  (default 60; read when the timer is checked, so a span of 1min lasts ``minute_seconds`` real
+  seconds). A power-off asked for from inside (``systemctl poweroff``) ends the instance with no
+  API call: by its ``InstanceInitiatedShutdownBehavior``, ``terminate`` -> shutting-down ->
+  terminated (volumes detached), else ``stop`` -> stopping -> stopped; StateReason
   ``Client.InstanceInitiatedShutdown``. The ``ec2backup:expires-at`` tag is ec2backup's own
   (its reaper reads it); EC2 ignores tags, and so does the sandbox.
 * SSH: ``Sandbox.cut_ssh(id)`` kills the per-connection sshd processes of the instance (not
@@ -189,8 +203,10 @@ Files in the directory D
     settings.json                fault and timing settings (CloudSettings), re-read on change
     volumes/<vol-id>.img         sparse image of each volume (kept after stop)
     snapshots/<snap-id>.img      the volume's image when the snapshot was taken
-    instances/<i-id>/            host key, sshd_config, boot.sh, user database copies,
-                                 sshd.log, machine.json (pids and address: used by stop)
+    instances/<i-id>/            host keys, sshd_config, boot.sh, bootcmd.sh, final.sh,
+                                 cloud-init-output.log, user database copies, sbin/ (the
+                                 stand-ins), systemd/ (their state: timers, requests), sshd.log,
+                                 machine.json (pids and address: used by stop)
     console-overrides/<i-id>     that instance's console shows an impostor host key;
     console-overrides/next       ... the next instance launched gets one
 

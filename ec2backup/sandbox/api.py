@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import EnvironmentProblem
 from .host import Machine, is_running, kill_recorded_machines, release_loops_under
-from .layout import NEXT_INSTANCE, Layout, read_json
+from .layout import CHECKIP_PATH, NEXT_INSTANCE, Layout, read_json
 from .settings import CloudSettings
 
 SERVER_MODULE = "ec2backup.sandbox.server"
@@ -95,9 +95,9 @@ class Sandbox:
             "AWS_REGION": self.region,
             # Never let botocore look for credentials on 169.254.169.254.
             "AWS_EC2_METADATA_DISABLED": "true",
-            # Instances answer on 127.x: that is where `init`'s security group admits SSH from
-            # (on AWS it asks checkip.amazonaws.com, which cannot be reached from here).
-            "EC2BACKUP_ALLOW_SSH_FROM": "127.0.0.0/8",
+            # This host's address as the local cloud sees it (the client_address setting),
+            # asked where ec2backup asks checkip.amazonaws.com on AWS.
+            "EC2BACKUP_CHECKIP_URL": self.endpoint_url + CHECKIP_PATH,
         }
 
     @property

@@ -132,8 +132,8 @@ def start(
     minute_seconds: float = typer.Option(
         60.0,
         min=0.001,
-        help="Seconds one minute of an instance's shutdown timer (shutdown +N in its user"
-        " data) lasts here.",
+        help="Seconds one minute of an instance's timers (systemd-run --on-active, a"
+        " scheduled shutdown) lasts here.",
         rich_help_panel=INSIDE,
     ),
     cut_ssh_after: float | None = typer.Option(
@@ -146,6 +146,12 @@ def start(
     cut_ssh_on: str = typer.Option(
         "",
         help="Process (e.g. rsync) whose run starts the --cut-ssh-after clock.",
+        rich_help_panel=INSIDE,
+    ),
+    client_address: str = typer.Option(
+        "",
+        help="See every client as coming from this address: instances admit SSH only if"
+        " their security groups do, and the address lookup answers it.",
         rich_help_panel=INSIDE,
     ),
     no_capacity: list[str] = typer.Option(
@@ -184,6 +190,7 @@ def start(
         "minute_seconds": minute_seconds,
         "cut_ssh_after": cut_ssh_after,
         "cut_ssh_on": cut_ssh_on,
+        "client_address": client_address,
         "no_capacity": tuple(no_capacity),
         "instance_limit": instance_limit,
     }

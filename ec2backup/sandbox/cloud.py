@@ -22,7 +22,10 @@ the one ``CloudState`` they share (``state.py``), and installs them into moto's 
   moto checks the signatures, and EC2, EBS direct API and SSM calls are authorized per
   resource and condition as AWS does (``iam_requests.py``, ``iam_policy.py``), denials worded
   as AWS words them (403 ``UnauthorizedOperation``; the EBS direct APIs' 403
-  ``AccessDeniedException``).
+  ``AccessDeniedException``);
+* ``GET /_sandbox/checkip`` answers the client's address (``client_address``), as
+  checkip.amazonaws.com does on AWS; the instances' port 22 admits that address only if their
+  security groups do (``firewall.py``, applied by ``Instances.guard_ssh``).
 
 One lock (``CloudState.lock``) serialises the hooks and the reconcile step, since the moto
 server is threaded. Faults and latency are decided outside it, so a slow call does not hold up
@@ -36,6 +39,7 @@ from typing import Any
 from moto.core.responses import ActionResult
 from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.responses import EC2Response
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
 from . import iam, moto_fixes
 from .consistency import Consistency
@@ -43,7 +47,7 @@ from .ebs import EbsDirect
 from .faults import CloudFault, Faults
 from .host import release_loops_under
 from .instances import Instances
-from .layout import Layout
+from .layout import CHECKIP_PATH, Layout
 from .modifications import Modifications, install_states
 from .reconcile import Reconciler
 from .seed import seed
@@ -126,6 +130,24 @@ class LocalCloud:
 
         iam.install()
         self.ebs.install()
+        self._install_checkip()
+
+    def _install_checkip(self) -> None:
+        """``GET /_sandbox/checkip``: the address this host has as AWS sees it, as
+        checkip.amazonaws.com answers (one line): ``client_address`` if set, else the
+        caller's own."""
+        original = DomainDispatcherApplication.__call__
+        cloud = self
+
+        def call(app: Any, environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("PATH_INFO") != CHECKIP_PATH:
+                return original(app, environ, start_response)
+            settings = cloud.refresh_settings()
+            address = settings.client_address or environ.get("REMOTE_ADDR") or "127.0.0.1"
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"{address}\n".encode()]
+
+        setattr(DomainDispatcherApplication, "__call__", call)  # noqa: B010
 
     def _wrap(self, action: str, hook: Hook) -> None:
         original = getattr(EC2Response, action)

@@ -26,12 +26,13 @@ from pathlib import Path
 
 from .layout import read_json, write_json
 from .resize2fs import write_resize2fs
+from .users import UBUNTU_UID, write_user_db
 
-UBUNTU_UID = 1000
-UBUNTU_GROUPS = ("adm", "sudo")  # as on Ubuntu cloud images (minus the desktop-ish ones)
 DEVICE_DIR = "/dev/disk/by-id"
 NITRO_PREFIX = "nvme-Amazon_Elastic_Block_Store_"
 MACHINE_RECORD = "machine.json"
+CLOUD_INIT_LOG = "cloud-init-output.log"  # what the stages' commands printed
+STANDIN_DIR = "/usr/local/sbin"
 # What OpenSSH calls its per-connection processes (9.8+ split them into sshd-session/-auth).
 SSHD_CONNECTION_NAMES = frozenset({"sshd", "sshd-session", "sshd-auth"})
 
@@ -173,6 +174,27 @@ class Machine:
 
     def alive(self) -> bool:
         return is_running(self.sshd_pid)
+
+    @property
+    def state_dir(self) -> Path:
+        """Its service manager's state, kept by the stand-ins (``standin.py``)."""
+        return self.directory / "systemd"
+
+    def run_inside(self, argv: Sequence[str], path: str) -> subprocess.Popen[bytes]:
+        """Start ``argv`` as root inside the instance (its mount and pid namespaces), with
+        ``path`` as PATH and output appended to its cloud-init log; not waited for."""
+        with (self.directory / CLOUD_INIT_LOG).open("ab") as log:
+            return subprocess.Popen(
+                [
+                    *("nsenter", "-t", str(self.sshd_pid), "-m", "-p", "--"),
+                    *("env", "-i", f"PATH={path}", "HOME=/root", "LANG=C.UTF-8"),
+                    *argv,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def link_device(self, device: str, name: str) -> None:
         # nsenter: the symlink must land in the instance's private /dev/disk/by-id tmpfs.
@@ -330,21 +352,36 @@ def boot_machine(
     address: str,
     hostname: str,
     authorized_keys: Sequence[str],
+    host_keys: Sequence[tuple[str, str, str]] = (),
+    bootcmd: str = "",
     timeout: float = 10.0,
 ) -> Machine:
-    """Start the instance's sshd on ``address``:22 and return once it listens."""
+    """Start the instance's sshd on ``address``:22 and return once it listens. ``host_keys``
+    (type, private key, public line) are the sshd's keys, as cloud-init's ``ssh_keys`` makes
+    them; none given: an ed25519 key is generated. ``bootcmd`` (a shell script) runs as root
+    before the sshd starts, with the stand-ins of ``standin.py`` on its PATH."""
     directory.mkdir(parents=True, exist_ok=True)
-    host_key = directory / "ssh_host_ed25519_key"
-    public = make_host_key(host_key, f"root@{hostname}")
+    key_files = []
+    for key_type, private, public_line in host_keys:
+        path = directory / f"ssh_host_{key_type}_key"
+        path.write_text(private)
+        path.chmod(0o600)
+        path.with_name(path.name + ".pub").write_text(public_line.strip() + "\n")
+        key_files.append(path)
+    if not key_files:
+        key_files.append(directory / "ssh_host_ed25519_key")
+        make_host_key(key_files[0], f"root@{hostname}")
+    public = key_files[0].with_name(key_files[0].name + ".pub").read_text().strip()
     keys_file = directory / "authorized_keys"
     keys_file.write_text("".join(k.strip() + "\n" for k in authorized_keys))
     etc = directory / "etc"
     write_user_db(etc)
     config = directory / "sshd_config"
-    config.write_text(sshd_config(address, host_key))
+    config.write_text(sshd_config(address, key_files))
+    (directory / "bootcmd.sh").write_text(bootcmd)
     boot = directory / "boot.sh"
     resize = write_resize2fs(directory)
-    boot.write_text(boot_script(etc, keys_file, config, resize))
+    boot.write_text(boot_script(etc, keys_file, config, directory, resize))
     log_path = directory / "sshd.log"
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
 
@@ -395,11 +432,11 @@ def _wait_for_sshd(
     raise HostError(f"sshd for {address} did not start: {tail.strip()}")
 
 
-def sshd_config(address: str, host_key: Path) -> str:
+def sshd_config(address: str, host_keys: Sequence[Path]) -> str:
     return "\n".join(
         [
             f"ListenAddress {address}:22",
-            f"HostKey {host_key}",
+            *(f"HostKey {key}" for key in host_keys),
             "AuthorizedKeysFile .ssh/authorized_keys",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
@@ -419,12 +456,22 @@ def sshd_config(address: str, host_key: Path) -> str:
 
 
 def boot_script(
-    etc: Path, keys_file: Path, config: Path, resize2fs: tuple[Path, str] | None = None
+    etc: Path,
+    keys_file: Path,
+    config: Path,
+    directory: Path,
+    resize2fs: tuple[Path, str] | None = None,
 ) -> str:
-    """Runs as root inside the fresh namespaces, then becomes the sshd (pid 1 there)."""
+    """Runs as root inside the fresh namespaces: the instance's private mounts, the network
+    stage's ``bootcmd`` (its failures logged, as cloud-init does), then becomes the sshd (pid
+    1 there)."""
     q = shlex.quote
     lines = [
         "set -e",
+        f"cd {q(str(directory))}",
+        # The stand-ins for systemd's tools (standin.py), first on root's and sudo's PATH.
+        f"mkdir -p {STANDIN_DIR}",
+        f"mount --bind {q(str(directory / 'sbin'))} {STANDIN_DIR}",
         "mount -t tmpfs -o mode=0755 tmpfs /mnt",
         # Creates an empty /dev/disk/by-id on the host's /dev once; the tmpfs hides it here.
         f"mkdir -p {DEVICE_DIR}",
@@ -449,57 +496,11 @@ def boot_script(
             if resize2fs is not None
             else []
         ),
+        f"sh bootcmd.sh >>{CLOUD_INIT_LOG} 2>&1 || true",
         f"exec {q(sshd_path())} -D -e -f {q(str(config))}",
         "",
     ]
     return "\n".join(lines)
-
-
-def write_user_db(etc: Path) -> None:
-    """Copies of /etc/passwd, group, shadow with user ``ubuntu`` (uid 1000) added, replacing
-    whatever holds uid/gid 1000 on the host, and a sudoers.d giving it passwordless sudo."""
-    etc.mkdir(parents=True, exist_ok=True)
-    uid = str(UBUNTU_UID)
-
-    dropped_users = {"ubuntu"}
-    passwd = []
-    for line in Path("/etc/passwd").read_text().splitlines():
-        f = line.split(":")
-        if len(f) >= 4 and (f[0] == "ubuntu" or f[2] == uid or f[3] == uid):
-            dropped_users.add(f[0])
-            continue
-        passwd.append(line)
-    passwd.append(f"ubuntu:x:{uid}:{uid}:Ubuntu:/home/ubuntu:/bin/bash")
-
-    group = []
-    for line in Path("/etc/group").read_text().splitlines():
-        f = line.split(":")
-        if len(f) < 4 or f[0] == "ubuntu" or f[2] == uid:
-            continue
-        members = [m for m in f[3].split(",") if m and m not in dropped_users]
-        if f[0] in UBUNTU_GROUPS:
-            members.append("ubuntu")
-        group.append(":".join([*f[:3], ",".join(members)]))
-    group.append(f"ubuntu:x:{uid}:")
-
-    shadow = [
-        line
-        for line in Path("/etc/shadow").read_text().splitlines()
-        if line.split(":")[0] not in dropped_users
-    ]
-    # "*": no password, but not locked ("!" would lock the account for sshd without PAM).
-    shadow.append("ubuntu:*:20000:0:99999:7:::")
-
-    (etc / "passwd").write_text("\n".join(passwd) + "\n")
-    (etc / "group").write_text("\n".join(group) + "\n")
-    (etc / "shadow").write_text("\n".join(shadow) + "\n")
-    os.chmod(etc / "shadow", 0o640)
-
-    sudoers = etc / "sudoers.d"
-    sudoers.mkdir(mode=0o750, exist_ok=True)
-    dropin = sudoers / "90-cloud-init-users"
-    dropin.write_text("# User rules for ubuntu\nubuntu ALL=(ALL) NOPASSWD:ALL\n")
-    os.chmod(dropin, 0o440)  # sudo ignores drop-ins that are writable or not root's
 
 
 # --- loop devices -----------------------------------------------------------------------------

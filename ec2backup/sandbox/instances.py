@@ -1,12 +1,15 @@
-"""The instance hooks: a machine (an sshd in namespaces) per running instance, and the EC2
-semantics moto lacks: ClientToken on RunInstances, an address that is ours (127.0.X.Y), delayed
-boot, shutting-down/stopping before terminated/stopped, the shutdown timer found in user data
-(the dead-man's switch), and the console with the machine's host key. ``reconcile`` finishes
-the delayed boots and power-offs and fires the timers."""
+"""The instance hooks: a machine (an sshd in namespaces) per running instance, booted from its
+user data as cloud-init boots Ubuntu (``cloudinit.py``), and the EC2 semantics moto lacks:
+ClientToken on RunInstances, an address that is ours (127.0.X.Y), delayed boot,
+shutting-down/stopping before terminated/stopped, a power-off asked for from inside the instance
+(``services.py``: the dead-man's switch), and the console with the machine's host keys once
+cloud-init's final stage is over. ``reconcile`` finishes the delayed boots and power-offs."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import subprocess
 import time
 from typing import Any
 
@@ -17,7 +20,7 @@ from moto.ec2.exceptions import EC2ClientError, InvalidParameterCombination, Ope
 from moto.ec2.models.instances import StateReason
 from moto.ec2.responses import EC2Response
 
-from . import console
+from . import cloudinit, console, firewall, services
 from .consistency import Consistency
 from .host import Machine, boot_machine, make_host_key
 from .launch_checks import check_capacity, check_image_and_type
@@ -92,18 +95,31 @@ class Instances:
         return self.allocate_address()
 
     def boot(self, backend: Any, instance: Any) -> None:
+        """The instance's machine, booted as cloud-init boots Ubuntu (``cloudinit.py``): host
+        and authorized keys and ``bootcmd`` before the sshd, the final stage after it."""
         address = self._machine_address(backend, instance)
-        user_data = user_data_text(instance.user_data)
-        keys = console.authorized_keys(user_data)
+        user_data = cloudinit.parse(user_data_text(instance.user_data))
+        keys = list(user_data.authorized_keys)
         if instance.key_name and instance.key_name in backend.key_pairs:
             keys.append(backend.key_pairs[instance.key_name].public_key)
         hostname = "ip-" + str(instance.private_ip).replace(".", "-")
         directory = self.state.layout.instance_dir(instance.id)
+        cloudinit.write_standins(directory / "sbin", directory / "systemd")
         log.info("booting %s on %s:22", instance.id, address)
         ssh_delay = self.state.settings.delay("ssh_delay")
         # sshd answers at once; cloud-init installs the key (and prints the host keys) later.
-        machine = boot_machine(directory, instance.id, address, hostname, [] if ssh_delay else keys)
+        machine = boot_machine(
+            directory,
+            instance.id,
+            address,
+            hostname,
+            [] if ssh_delay else keys,
+            host_keys=[(k.type, k.private, k.public) for k in user_data.host_keys],
+            bootcmd=cloudinit.stage_script(user_data.bootcmd),
+        )
         self.state.machines[instance.id] = machine
+        self.state.booted[instance.id] = Scheduled(backend, instance, time.monotonic())
+        self.guard_ssh(instance.id)  # before anyone can connect
         if ssh_delay > 0:
             self.state.pending_cloud_final[instance.id] = CloudFinal(
                 backend, instance, time.monotonic() + ssh_delay, tuple(keys)
@@ -111,13 +127,30 @@ class Instances:
         next_override = self.state.layout.console_overrides / NEXT_INSTANCE
         if next_override.exists():
             next_override.rename(self.state.layout.console_overrides / instance.id)
-        minutes = console.shutdown_minutes(user_data)
-        if minutes is not None:
-            seconds = minutes * self.state.settings.minute_seconds
-            log.info("%s powers off in %g minutes (%.1f s here)", instance.id, minutes, seconds)
-            self.state.shutdown_timers[instance.id] = Scheduled(
-                backend, instance, time.monotonic() + seconds
-            )
+        services.bus_up(machine)
+        final = services.start_final_stage(machine, user_data)
+        if final is not None:
+            self.state.final_stages[instance.id] = final
+
+    def guard_ssh(self, instance_id: str) -> None:
+        """Port 22 of the instance admits the client (``client_address``) exactly when one of
+        its security groups does (``firewall.py``); applied when that changes."""
+        machine = self.state.machines.get(instance_id)
+        booted = self.state.booted.get(instance_id)
+        if machine is None or booted is None:
+            return
+        client = self.state.settings.client_address
+        groups = getattr(booted.instance, "security_groups", ())
+        admitted = not client or firewall.admits_ssh(groups, client)
+        if self.state.ssh_admitted.get(instance_id, True) == admitted:
+            return
+        try:
+            firewall.set_ssh_admitted(machine, admitted)
+        except OSError:
+            log.exception("%s: could not change what reaches port 22", instance_id)
+            return
+        self.state.ssh_admitted[instance_id] = admitted
+        log.info("%s: port 22 %s %s", instance_id, "admits" if admitted else "drops", client)
 
     def terminate_instances(self, response: EC2Response, original: Original) -> ActionResult:
         delay = self.state.settings.delay("terminate_delay")
@@ -213,14 +246,19 @@ class Instances:
         """The instance's machine stops: kill its sshd (and every process and mount in it),
         release its loop devices, finish detaches that waited for it; forget its timers."""
         self.state.pending_boots.pop(instance_id, None)
+        self.state.booted.pop(instance_id, None)
+        self.state.ssh_admitted.pop(instance_id, None)
+        final = self.state.final_stages.pop(instance_id, None)
         self.state.pending_cloud_final.pop(instance_id, None)
-        self.state.shutdown_timers.pop(instance_id, None)
         self.state.ssh_watch.pop(instance_id, None)
         self.volumes.end_pending_attaches(instance_id)
         machine = self.state.machines.pop(instance_id, None)
         if machine is not None:
             log.info("%s: machine stopped", instance_id)
             machine.kill()  # ends its namespaces, and with them every mount made over SSH
+        if final is not None:  # nsenter ends with the namespace's processes
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                final.wait(10)
         self.volumes.machine_gone(instance_id)
 
     def get_console_output(self, response: EC2Response, original: Original) -> ActionResult:
@@ -239,8 +277,11 @@ class Instances:
                 host_key = impostor.with_suffix(".pub").read_text().strip()
             else:
                 host_key = make_host_key(impostor, host_key.split()[-1])
-        done = instance.id not in self.state.pending_cloud_final
-        text = console.boot_log(instance.private_ip, instance.launch_time, [host_key], done)
+        # cloud-init prints the host keys at the end of the final stage, not before (and the
+        # keys it installs late with ssh_delay are part of that stage).
+        finished = services.boot_finished(directory)
+        shown = [host_key] if finished and instance.id not in self.state.pending_cloud_final else []
+        text = console.boot_log(instance.private_ip, instance.launch_time, shown)
         return ActionResult(
             {
                 "InstanceId": instance.id,

@@ -12,6 +12,8 @@ from ..paths import write_atomically
 
 # A file in the console override directory with this name applies to the next instance launched.
 NEXT_INSTANCE = "next"
+# The address lookup on the server (what checkip.amazonaws.com is on AWS): the client's address.
+CHECKIP_PATH = "/_sandbox/checkip"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """The periodic step (every ``RECONCILE_INTERVAL`` s, under ``CloudState.lock``) that finishes
 what takes time on AWS: pending -> running (then the sshd boots), attaching -> attached,
 detaching -> available (never while mounted unless forced), shutting-down -> terminated,
-stopping -> stopped, snapshot pending -> completed. It fires the shutdown timers found in user
-data (the dead-man's switch) and cuts SSH connections when ``cut_ssh_after`` says so. The hooks
-schedule these changes in the ``CloudState``; the parts that own the resources apply them."""
+stopping -> stopped, snapshot pending -> completed. It ends cloud-init's final stage (and
+installs the keys it installs late, ``ssh_delay``), fires the timers the instances' own
+commands armed and powers off an instance that asked for it (``services.py``: the dead-man's
+switch), and cuts SSH connections when ``cut_ssh_after`` says so. The hooks schedule these
+changes in the ``CloudState``; the parts that own the resources apply them."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 
 from moto.ec2.models.instances import StateReason
 
+from . import services
 from .faults import Faults
 from .host import HostError
 from .instances import Instances, set_state
@@ -97,23 +100,9 @@ class Reconciler:
                     continue
                 self.volumes.complete_detach(volume_id, pending)
 
-            for instance_id, timer in list(self.state.shutdown_timers.items()):
-                if now < timer.due:
-                    continue
-                del self.state.shutdown_timers[instance_id]
-                instance = timer.instance
-                if instance.state != "running":
-                    continue
-                behaviour = instance.instance_initiated_shutdown_behavior or "stop"
-                final = "terminated" if behaviour == "terminate" else "stopped"
-                log.info("%s: shutdown timer fired (behaviour %s)", instance_id, behaviour)
-                self.instances.power_off(
-                    timer.backend,
-                    instance,
-                    final,
-                    INSTANCE_SHUTDOWN,
-                    settings.delay("terminate_delay"),
-                )
+            self._run_services(settings)
+            for instance_id in list(self.state.machines):
+                self.instances.guard_ssh(instance_id)
 
             for _instance_id, power_off in list(self.state.power_offs.items()):
                 if now >= power_off.due:
@@ -123,6 +112,38 @@ class Reconciler:
 
             if settings.cut_ssh_after is not None:
                 self._cut_ssh_when_due(settings, now)
+
+    def _run_services(self, settings: CloudSettings) -> None:
+        """What runs inside the instances on its own: cloud-init's final stage ending, the
+        timers their commands armed, and a power-off one of those asked for."""
+        for instance_id, final in list(self.state.final_stages.items()):
+            machine = self.state.machines.get(instance_id)
+            if final.poll() is None and machine is not None:
+                continue
+            del self.state.final_stages[instance_id]
+            if machine is not None:
+                services.final_done(machine)
+        self.state.jobs = [job for job in self.state.jobs if job.poll() is None]
+        now = time.time()
+        for instance_id, machine in list(self.state.machines.items()):
+            for timer in services.due_timers(machine, settings.minute_seconds, now):
+                self.state.jobs.append(services.fire(machine, timer))
+            if not services.take_poweroff_request(machine):
+                continue
+            booted = self.state.booted.get(instance_id)
+            if booted is None or booted.instance.state != "running":
+                continue
+            instance = booted.instance
+            behaviour = instance.instance_initiated_shutdown_behavior or "stop"
+            final_state = "terminated" if behaviour == "terminate" else "stopped"
+            log.info("%s: powered off from inside (behaviour %s)", instance_id, behaviour)
+            self.instances.power_off(
+                booted.backend,
+                instance,
+                final_state,
+                INSTANCE_SHUTDOWN,
+                settings.terminate_delay,
+            )
 
     def _cut_ssh_when_due(self, settings: CloudSettings, now: float) -> None:
         assert settings.cut_ssh_after is not None

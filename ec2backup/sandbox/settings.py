@@ -79,8 +79,16 @@ class CloudSettings:
 
     # --- dead-man's switch -------------------------------------------------------------------
     minute_seconds: float = 60.0
-    """How long one minute of an instance's shutdown timer (``shutdown +N`` in its user data)
-    lasts in the sandbox, in seconds. Read when the instance boots."""
+    """How long one minute of an instance's timers (``systemd-run --on-active=1min``, a
+    scheduled ``shutdown +1``) lasts in the sandbox, in seconds. Read when a timer is checked."""
+
+    # --- the client -----------------------------------------------------------------------------
+    client_address: str = ""
+    """The address the sandbox sees every client coming from (``203.0.113.7``): instances then
+    admit SSH only if one of their security groups' rules admits it (SYNs are dropped
+    otherwise), and the address lookup (``/_sandbox/checkip`` on the server, which
+    ``EC2BACKUP_CHECKIP_URL`` names) answers it. Empty: no filtering; the lookup answers the
+    caller's own address (127.0.0.1)."""
 
     # --- SSH faults ----------------------------------------------------------------------------
     cut_ssh_after: float | None = None
@@ -125,6 +133,15 @@ class CloudSettings:
                 raise ValueError(f"{name} must be a number of seconds >= 0, not {value}")
         if not (self.minute_seconds > 0 and math.isfinite(self.minute_seconds)):
             raise ValueError(f"minute_seconds must be > 0, not {self.minute_seconds}")
+        if self.client_address:
+            import ipaddress
+
+            try:
+                ipaddress.IPv4Address(self.client_address)
+            except ValueError:
+                raise ValueError(
+                    f"client_address must be an IPv4 address, not {self.client_address!r}"
+                ) from None
         if self.cut_ssh_after is not None and self.cut_ssh_after < 0:
             raise ValueError(f"cut_ssh_after must be >= 0, not {self.cut_ssh_after}")
         if self.instance_limit is not None and self.instance_limit < 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -91,13 +92,18 @@ class CloudState:
         self.settings = CloudSettings()
         self.addresses = AddressPool()
         self.machines: dict[str, Machine] = {}  # live instances by id
+        self.booted: dict[str, Scheduled] = {}  # their moto instance and backend (due unused)
         self.devices: dict[str, Device] = {}  # attached volumes by id
         self.pending_detaches: dict[str, PendingDetach] = {}  # volume id -> detach to finish
         # Delayed state changes and timers, by instance id (attaches by volume id).
         self.pending_boots: dict[str, Scheduled] = {}
         self.pending_attaches: dict[str, PendingAttach] = {}
         self.power_offs: dict[str, PowerOff] = {}
-        self.shutdown_timers: dict[str, Scheduled] = {}
+        # cloud-init's final stage running in an instance, by instance id, and the commands
+        # of its timers that run (reaped by the reconcile step).
+        self.final_stages: dict[str, subprocess.Popen[bytes]] = {}
+        self.jobs: list[subprocess.Popen[bytes]] = []
+        self.ssh_admitted: dict[str, bool] = {}  # whether the client may reach port 22 (by id)
         # Instances whose cloud-init has not finished (ssh_delay): keys to install, and when.
         self.pending_cloud_final: dict[str, CloudFinal] = {}
         self.pending_snapshots: dict[str, PendingSnapshot] = {}  # by snapshot id

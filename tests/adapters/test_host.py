@@ -60,7 +60,7 @@ def connect(server: SshServer, run_key: tuple[Path, str], user: str) -> SshInsta
     known_hosts = run_key[0].parent / "known_hosts"
     known_hosts.write_text(server.known_hosts_line())
     target = SshTarget(server.host, user, run_key[0], known_hosts, server.port)
-    return SshInstanceConnector().connect(target, time.monotonic() + 20, trust_on_first_use=False)
+    return SshInstanceConnector().connect(target, time.monotonic() + 20)
 
 
 @pytest.fixture
@@ -505,3 +505,29 @@ def test_is_directory_looks_as_root(instance: SshServer, host: SshInstanceHost) 
     assert host._shell.run("test -d /mnt/private/inside", check=False).exit_status != 0
     assert host.is_directory("/mnt/private/inside")
     assert not host.is_directory("/mnt/private/nothing")
+
+
+def test_arm_idle_timer_rearms_one_timer_through_the_instances_systemd(
+    instance: SshServer, host: SshInstanceHost, tmp_path: Path
+) -> None:
+    """The script runs as root (sudo) and drives the instance's own systemd-run and systemctl:
+    here the local cloud's stand-ins, bound over the instance's /usr/local/sbin."""
+    import json
+
+    from ec2backup.sandbox.cloudinit import write_standins
+
+    bin_dir, state = tmp_path / "sbin", tmp_path / "systemd"
+    write_standins(bin_dir, state)
+    instance.inside(
+        "sh", "-c", f"mkdir -p /usr/local/sbin && mount --bind {bin_dir} /usr/local/sbin"
+    )
+    with pytest.raises(RemoteCommandError, match="could not arm the instance's idle timer"):
+        host.arm_idle_timer(60)  # before D-Bus is up, as in cloud-init's bootcmd
+    (state / "bus").touch()
+    host.arm_idle_timer(60)
+    (first,) = [json.loads(p.read_text()) for p in (state / "timers").glob("*.json")]
+    assert first["unit"] == "ec2backup-idle.timer" and first["seconds"] == 60
+    assert first["command"] == ["systemctl", "poweroff"]
+    host.arm_idle_timer(90)
+    (second,) = [json.loads(p.read_text()) for p in (state / "timers").glob("*.json")]
+    assert second["seconds"] == 90 and second["armed_at"] >= first["armed_at"]

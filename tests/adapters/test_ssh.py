@@ -62,8 +62,8 @@ def random_host_key() -> tuple[str, str]:
     return keytype.decode(), blob.decode()
 
 
-def connect(target: SshTarget, within: float = 20.0, tofu: bool = False) -> AsyncsshShell:
-    shell = AsyncsshConnector().connect(target, time.monotonic() + within, trust_on_first_use=tofu)
+def connect(target: SshTarget, within: float = 20.0) -> AsyncsshShell:
+    shell = AsyncsshConnector().connect(target, time.monotonic() + within)
     assert isinstance(shell, AsyncsshShell)
     return shell
 
@@ -110,43 +110,28 @@ def test_wrong_pinned_key_fails_fast_with_host_key_error(
     assert info.value.resources == {"host": server.host}
 
 
-@needs_sshd
-def test_no_pinned_key_without_tofu_is_refused(
-    server: SshServer, run_key: tuple[Path, str], tmp_path: Path
-) -> None:
-    target = target_for(server.host, server.port, run_key, tmp_path)
-    with pytest.raises(HostKeyError):
-        connect(target, tofu=False)
-    assert not target.known_hosts_path.exists()
-
-
-@needs_sshd
 @pytest.mark.parametrize("initial", [None, "", "# pinned keys follow\n"])
-def test_tofu_pins_the_key_and_later_connections_use_it(
-    server: SshServer, run_key: tuple[Path, str], tmp_path: Path, initial: str | None
+def test_nothing_pinned_is_refused_before_any_connection(
+    run_key: tuple[Path, str], tmp_path: Path, initial: str | None
 ) -> None:
-    target = target_for(server.host, server.port, run_key, tmp_path)
-    if initial is not None:
-        target.known_hosts_path.write_text(initial)  # empty counts as "nothing pinned"
-    with connect(target, tofu=True) as shell:
-        assert shell.run("echo first").stdout == "first\n"
-    assert target.known_hosts_path.read_text() == server.known_hosts_line()
-    assert target.known_hosts_path.stat().st_mode & 0o777 == 0o600
+    """No trust on first use: with no key pinned, the host is not even contacted."""
+    import socket
 
-    with connect(target, tofu=False) as shell:
-        assert shell.run("echo second").stdout == "second\n"
-
-
-@needs_sshd
-def test_tofu_does_not_override_a_pinned_key(
-    server: SshServer, run_key: tuple[Path, str], tmp_path: Path
-) -> None:
-    target = target_for(server.host, server.port, run_key, tmp_path)
-    pinned_text = known_hosts_lines(server.host, server.port, [random_host_key()])
-    target.known_hosts_path.write_text(pinned_text)
-    with pytest.raises(HostKeyError):
-        connect(target, tofu=True)
-    assert target.known_hosts_path.read_text() == pinned_text
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        target = target_for("127.0.0.1", listener.getsockname()[1], run_key, tmp_path)
+        if initial is not None:
+            target.known_hosts_path.write_text(initial)
+        with pytest.raises(HostKeyError, match="no host key pinned"):
+            connect(target)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    if initial is None:
+        assert not target.known_hosts_path.exists()
+    else:
+        assert target.known_hosts_path.read_text() == initial  # nothing was pinned
 
 
 @needs_sshd

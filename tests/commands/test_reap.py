@@ -245,3 +245,94 @@ def test_an_orphans_root_volume_is_never_detached(store: Store) -> None:
     assert verdict.volumes == [data.id]
     assert ec2.calls.count("detach_volume") == 1  # the data volume's; the root goes with it
     assert ec2.instances[orphan.id].state == "terminated"
+
+
+def _runs(store: Store, *runs: tuple[str, str, str]) -> None:
+    with store.session() as session:
+        for run_id, kind, state in runs:
+            session.add(
+                Run(
+                    id=run_id,
+                    kind=kind,
+                    profile="p",
+                    state=state,
+                    host="h",
+                    config={},
+                    warnings=[],
+                )
+            )
+        session.commit()
+
+
+def test_an_inits_volume_is_deleted_only_when_no_profile_and_no_live_run_owns_it(
+    store: Store, tmp_path: Path
+) -> None:
+    from ec2backup.commands.reap import reap_init_volumes
+    from ec2backup.core.tags import TAG_KIND, TAG_ROLE
+
+    def init_volume(run_id: str) -> str:
+        tags = {TAG_MANAGED: "true", TAG_ROLE: "data", TAG_KIND: "init", TAG_RUN_ID: run_id}
+        return ec2.add_volume(tags=tags).id
+
+    ec2 = FakeEc2()
+    abandoned = init_volume("i-abandoned")  # its init died before the profile named it
+    named = init_volume("i-named")  # killed after writing the profile: may hold backups
+    finished = init_volume("i-done")
+    used = init_volume("i-used")  # a backup ran on it
+    unknown = init_volume("i-unknown")  # an init this database never saw
+    _runs(
+        store,
+        ("i-abandoned", "init", "formatting"),
+        ("i-named", "init", "formatting"),
+        ("i-done", "init", "done"),
+        ("i-used", "init", "failed"),
+    )
+    with store.session() as session:
+        session.add(
+            Run(
+                id="b1",
+                kind="backup",
+                profile="p",
+                state="done",
+                host="h",
+                config={},
+                warnings=[],
+                volume_id=used,
+            )
+        )
+        session.commit()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[profiles.p]\nregion = "us-east-1"\navailability_zone = "us-east-1a"\n'
+        f'volume_id = "{named}"\nsources = []\n'
+    )
+    dry = {v.volume_id: v for v in reap_init_volumes(store, ec2, config, act=False)}
+    assert {v for v, verdict in dry.items() if verdict.orphan} == {abandoned}
+    assert dry[abandoned].action == "would delete" and abandoned in ec2.volumes  # dry run
+    assert "names it" in dry[named].reason and "finished" in dry[finished].reason
+    assert "backups were made" in dry[used].reason and "unknown" in dry[unknown].reason
+    reap_init_volumes(store, ec2, config, act=True)
+    assert set(ec2.volumes) == {named, finished, used, unknown}
+
+
+def test_ssh_rules_are_removed_once_their_run_is_not_live(store: Store) -> None:
+    from ec2backup.commands.reap import reap_ssh_rules
+    from ec2backup.core.tags import TAG_PROFILE
+
+    ec2 = FakeEc2()
+    group = "sg-1"
+    tags = {TAG_MANAGED: "true", TAG_PROFILE: "p"}
+    inits = ec2.authorize_ssh(group, "203.0.113.7/32", {})  # init's own: no run tag
+    dead = ec2.authorize_ssh(group, "198.51.100.20/32", {**tags, TAG_RUN_ID: "r-dead"})
+    live = ec2.authorize_ssh(group, "198.51.100.21/32", {**tags, TAG_RUN_ID: "r-live"})
+    _runs(store, ("r-dead", "backup", "syncing"), ("r-live", "backup", "syncing"))
+    with store.session() as session:
+        session.add(
+            Lease(key="run:r-live", run_id="r-live", holder_host=Holder.me().host, holder_pid=1)
+        )
+        session.commit()
+    dry = {v.rule_id: v for v in reap_ssh_rules(store, ec2, act=False)}
+    assert set(dry) == {dead, live}
+    assert dry[dead].orphan and not dry[live].orphan and set(ec2.rules) == {inits, dead, live}
+    reap_ssh_rules(store, ec2, act=True)
+    assert set(ec2.rules) == {inits, live}

@@ -187,7 +187,8 @@ def test_a_backup_crashes_before_and_after_each_step_and_after_its_launch_and_sn
     points = crash_points(RunKind.BACKUP)
     inside = ("called:", "recorded:")
     assert [p for p in points if not p.startswith(inside)] == [
-        f"{when}:{step}" for step in steps for when in ("before", "after")
+        *(f"{when}:{step}" for step in steps for when in ("before", "after")),
+        "ended",  # once the last event is committed, before what follows it
     ]
     assert [p for p in points if p.startswith("recorded:")] == ["recorded:instance_id"]
     assert [p for p in points if p.startswith("called:")] == [

@@ -40,7 +40,7 @@ def test_init_then_backup_then_incremental(cli: Cli, sandbox: Any, tmp_path: Pat
     run_id = cli("run", "--profile", "e2e").stdout.strip()
     shown = cli.json("show", run_id)
     assert shown["state"] == "done" and shown["error"] is None
-    assert shown["volume_id"] == volume_id and shown["host_key_source"] == "console"
+    assert shown["volume_id"] == volume_id and shown["host_key_source"] == "user-data"
     assert [e["to"] for e in shown["events"]][-3:] == ["terminated", "snapshotting", "done"]
     assert_clean_after(ec2, run_id, volume_id)
 

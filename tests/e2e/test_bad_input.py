@@ -1187,7 +1187,7 @@ def test_init_without_a_reachable_checkip(world: World, tmp_path: Path, silent_p
     import time
 
     env = {**os.environ, **world.sandbox.env, **_paths(tmp_path)}
-    env.pop("EC2BACKUP_ALLOW_SSH_FROM")
+    env.pop("EC2BACKUP_CHECKIP_URL")  # the local cloud's lookup: ask AWS's, unreachable here
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(name, None)  # the local cloud's endpoint is http://127.0.0.1: never proxied
     env["HTTPS_PROXY"] = env["https_proxy"] = silent_proxy

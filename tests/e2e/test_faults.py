@@ -89,16 +89,16 @@ def test_ssh_cut_during_rsync_is_retried_and_the_data_ends_identical(
 def test_the_dead_mans_switch_ends_an_abandoned_instance_and_resume_relaunches(
     cli: Cli, sandbox: Any, tmp_path: Path
 ) -> None:
-    volume_id, source = init(cli, tmp_path, "instance_lifetime_minutes = 1\n")
+    volume_id, source = init(cli, tmp_path, "instance_idle_minutes = 1\n")
     ec2 = ec2_client(sandbox)
     crashing = Cli(env={**cli.env, "EC2BACKUP_CRASH_AT": "after:mount"}, cwd=cli.cwd)
-    # One "minute" of the shutdown timer lasts 4 s here: long enough to reach the crash point.
+    # One minute of the instance's timers lasts 4 s here: long enough to reach the crash point.
     with sandbox.configured(minute_seconds=4.0):
         assert crashing("run", "--profile", "f", check=False).returncode == -9
         (run,) = [r for r in cli.json("runs") if r["kind"] == "backup"]
         assert run["state"] == "mounting"
         instance_id = run["instance_id"]
-        # No ec2backup process is alive now; the instance must end itself within its lifetime.
+        # No ec2backup process is alive now: nobody re-arms the instance's idle timer.
         deadline = time.monotonic() + 30
         while True:
             (res,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]

@@ -213,7 +213,9 @@ def test_every_call_the_commands_send_is_in_the_policy(iam_sandbox: Any, tmp_pat
     first = cli("run", "--profile", "rec").stdout.strip()
     before = tree_digest(source)
     (source / "docs" / "later.txt").write_text("a second backup\n")
-    second = cli("run", "--profile", "rec").stdout.strip()
+    # From another address than init's: the run adds its SSH rule (tagged) and revokes it.
+    with iam_sandbox.configured(client_address="198.51.100.20"):
+        second = cli("run", "--profile", "rec").stdout.strip()
     # The second snapshot's growth is counted against the first (ListChangedBlocks).
     added = cli.json("show", second)["stats"]["snapshot_added"]
     assert added.get("method") == "ListChangedBlocks" and added["added_bytes"], added

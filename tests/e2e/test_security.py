@@ -30,7 +30,7 @@ def init_profile(cli: Cli, tmp_path: Path) -> tuple[str, Path]:
     return volume_id, source
 
 
-def test_a_man_in_the_middle_is_refused_and_the_run_cleans_up(
+def test_a_console_showing_another_host_key_is_refused_and_the_run_cleans_up(
     cli: Cli, sandbox: Any, tmp_path: Path
 ) -> None:
     volume_id, _ = init_profile(cli, tmp_path)
@@ -38,7 +38,7 @@ def test_a_man_in_the_middle_is_refused_and_the_run_cleans_up(
     result = cli("run", "--profile", "s", check=False)
     assert result.returncode == 6, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert "host key" in last and "does not match" in last
+    assert "host keys" in last and "do not match the key this run gave it" in last
     assert "ec2backup resume" not in last  # nothing to resume: it was cleaned up
     (run,) = [r for r in cli.json("runs") if r["kind"] == "backup"]
     shown = cli.json("show", run["id"])
@@ -146,9 +146,8 @@ def test_init_hardens_the_volume_the_instances_and_ssh(
         for p in group["IpPermissions"]
         for r in p.get("IpRanges", [])
     ]
-    assert ingress == [
-        ("tcp", 22, 22, "127.0.0.0/8")
-    ]  # from the sandbox's EC2BACKUP_ALLOW_SSH_FROM
+    # This host's address as the local cloud's lookup answers it (no client_address: 127.0.0.1).
+    assert ingress == [("tcp", 22, 22, "127.0.0.1/32")]
 
     run_id = cli("run", "--profile", "s").stdout.strip()
     (reservation,) = ec2.describe_instances(
@@ -159,6 +158,9 @@ def test_init_hardens_the_volume_the_instances_and_ssh(
     assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     assert "IamInstanceProfile" not in instance
     assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group_id]
+    # The run found its address admitted already: it added no rule, and left none.
+    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    assert [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]] == ["127.0.0.1/32"]
 
     other = cli(
         "init",
@@ -185,10 +187,11 @@ def test_the_run_key_runs_commands_but_cannot_forward_ports(sandbox: Any, tmp_pa
 
     import asyncssh
 
-    from ec2backup.adapters.keys import generate_run_key
-    from ec2backup.run.steps.instance import user_data
+    from ec2backup.adapters.keys import generate_host_key, generate_run_key
+    from ec2backup.run.userdata import HostKeyPair, user_data
 
     key_path, public_key = generate_run_key(tmp_path / "run")
+    host_key = HostKeyPair(*generate_host_key(tmp_path / "run"))
     ec2 = ec2_client(sandbox)
     (instance,) = ec2.run_instances(
         ImageId=sandbox.default_ami_id,
@@ -196,7 +199,7 @@ def test_the_run_key_runs_commands_but_cannot_forward_ports(sandbox: Any, tmp_pa
         MaxCount=1,
         InstanceType="t3.micro",
         Placement={"AvailabilityZone": f"{sandbox.region}a"},
-        UserData=user_data(public_key, 60),
+        UserData=user_data(public_key, host_key, 60, 60),
     )["Instances"]
     try:
         ec2.get_waiter("instance_running").wait(
@@ -206,8 +209,9 @@ def test_the_run_key_runs_commands_but_cannot_forward_ports(sandbox: Any, tmp_pa
         address = seen["Instances"][0]["PublicIpAddress"]
 
         async def probe() -> tuple[str, int | None]:
+            pinned = asyncssh.import_known_hosts(f"{address} {host_key.public}\n")
             async with asyncssh.connect(
-                address, username="ubuntu", client_keys=[str(key_path)], known_hosts=None
+                address, username="ubuntu", client_keys=[str(key_path)], known_hosts=pinned
             ) as conn:
                 ran = (await conn.run("echo ok", check=True)).stdout
                 try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ec2backup.adapters.keys import generate_run_key
+from ec2backup.adapters.keys import generate_host_key, generate_run_key
 from ec2backup.commands.app import Adapters, App
 from ec2backup.commands.runner import _create_run, new_run_id
 from ec2backup.config import Profile
@@ -19,6 +19,7 @@ from ec2backup.db.recorder import RunRecorder
 from ec2backup.db.store import Store, open_store
 from ec2backup.run import engine
 from ec2backup.run.context import StepContext
+from ec2backup.run.userdata import HostKeyPair
 from tests.fakes import FakeEc2
 
 AZ = "us-east-1a"
@@ -111,6 +112,7 @@ class Bench:
             profile = Profile.model_validate(run.config["profile"])
             run_dir = self.app.run_dir(run_id)
             key_path, public_key = generate_run_key(run_dir)
+            host_key = HostKeyPair(*generate_host_key(run_dir))
             nothing = NoInstanceSide()
             ctx = StepContext(
                 run=run,
@@ -122,6 +124,7 @@ class Bench:
                 run_dir=run_dir,
                 key_path=key_path,
                 public_key=public_key,
+                host_key=host_key,
             )
             engine.bind(run, ctx)
             yield ctx

@@ -428,3 +428,91 @@ def test_show_reports_instance_time_and_its_cost(world: World) -> None:
     assert 0 <= cost["instance_seconds"] < 60  # fakes are instant
     assert cost["billed_seconds"] == 60  # the per-launch minimum
     assert cost["usd"] == pytest.approx(60 / 3600 * 0.0104, abs=1e-6)  # rounded to 6 places
+
+
+def failing_sync(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ec2backup.errors import SyncError
+
+    def partial(*_a: object, **_k: object) -> object:
+        raise SyncError(
+            "rsync failed with exit code 23: some files could not be read", rsync_exit=23
+        )
+
+    monkeypatch.setattr(world.syncer, "sync", partial)
+
+
+def test_a_failed_step_releases_the_cloud_and_resume_relaunches(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ec2backup.errors import SyncError
+
+    failing_sync(world, monkeypatch)
+    with pytest.raises(SyncError) as info:
+        start_backup(world.app, "p")
+    assert info.value.still_running == []  # what the message says: nothing is left running
+    run_id = info.value.run_id or ""
+    shown = show_run(world.app, run_id)
+    assert (shown["state"], shown["failed_from"]) == ("failed", "syncing")  # progress kept
+    assert {i.state for i in world.ec2.instances.values()} == {"terminated"}
+    assert world.ec2.volumes[world.volume_id].attachments == ()
+    assert world.connector.host.mounts == {}  # unmounted before the detach
+    assert any(w.startswith("after the failure: ") for w in shown["warnings"])
+    monkeypatch.undo()
+    run = resume(world.app, run_id)
+    assert run.state == "done" and run.launch_attempt == 2  # relaunched
+
+
+def test_keep_instance_keeps_it_and_the_error_says_what_still_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ec2backup.errors import SyncError
+
+    failing_sync(world, monkeypatch)
+    world.app.keep_instance = True
+    with pytest.raises(SyncError) as info:
+        start_backup(world.app, "p")
+    (instance,) = world.ec2.instances.values()
+    assert instance.state == "running"
+    assert world.ec2.volumes[world.volume_id].attachment_to(instance.id) is not None
+    assert info.value.still_running == [
+        f"instance {instance.id} with volume {world.volume_id} attached"
+    ]
+    # The one command that ends it.
+    run_id = info.value.run_id or ""
+    assert resume(world.app, run_id, clean=True).state == "aborted"
+    assert {i.state for i in world.ec2.instances.values()} == {"terminated"}
+
+
+def test_ctrl_c_releases_the_cloud_too(world: World) -> None:
+    def interrupt(name: str) -> None:
+        if name == "detach_volume" and not interrupted:
+            interrupted.append(name)
+            raise KeyboardInterrupt
+
+    interrupted: list[str] = []
+    world.ec2.before = interrupt
+    with pytest.raises(Interrupted) as info:
+        start_backup(world.app, "p")
+    assert info.value.still_running == []
+    assert {i.state for i in world.ec2.instances.values()} == {"terminated"}
+
+
+def test_a_release_that_fails_says_what_is_still_running(world: World) -> None:
+    from ec2backup.errors import SyncError
+
+    def broken(*_a: object, **_k: object) -> object:
+        raise SyncError("rsync failed with exit code 23", rsync_exit=23)
+
+    world.syncer.sync = broken  # type: ignore[method-assign]
+
+    def no_terminate(name: str) -> None:
+        if name == "terminate_instance":
+            raise CloudError("TerminateInstances: throttled for good")
+
+    world.ec2.before = no_terminate
+    with pytest.raises(SyncError) as info:
+        start_backup(world.app, "p")
+    (instance,) = world.ec2.instances.values()
+    assert info.value.still_running == [f"instance {instance.id}"]  # detached, not terminated
+    shown = show_run(world.app, info.value.run_id or "")
+    assert any("the release failed" in w for w in shown["warnings"])

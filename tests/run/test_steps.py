@@ -26,13 +26,12 @@ from ec2backup.errors import (
 )
 from ec2backup.ports import Attachment, DeviceContents
 from ec2backup.run.context import StepContext
-from ec2backup.run.steps import session as steps_session
 from ec2backup.run.steps.attachment import ensure_attached, ensure_detached
 from ec2backup.run.steps.filesystem import ensure_formatted, ensure_mounted, ensure_unmounted
 from ec2backup.run.steps.instance import ensure_instance_running, ensure_terminated
-from ec2backup.run.steps.session import ensure_host_keys
 from ec2backup.run.steps.snapshot import ensure_snapshot
 from ec2backup.run.steps.transfer import ensure_compared, ensure_pulled, ensure_synced
+from ec2backup.run.userdata import HostKeyPair
 from tests.fakes import FakeConnector, FakeEc2, FakeMount, FakeSyncer
 
 
@@ -63,7 +62,7 @@ def ctx(tmp_path: Path) -> Iterator[StepContext]:
         session.add(run)
         session.commit()
         connector = FakeConnector()
-        yield StepContext(
+        context = StepContext(
             run=run,
             recorder=RunRecorder(session, run),
             profile=profile,
@@ -73,8 +72,18 @@ def ctx(tmp_path: Path) -> Iterator[StepContext]:
             run_dir=tmp_path / "run",
             key_path=tmp_path / "run" / "id_ed25519",
             public_key="ssh-ed25519 AAAA test",
+            host_key=host_key_pair(tmp_path / "run"),
         )
+        yield context
+        context.close_host()  # and its keeper thread
     store.close()
+
+
+def host_key_pair(directory: Path) -> HostKeyPair:
+    from ec2backup.adapters.keys import generate_host_key
+
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return HostKeyPair(*generate_host_key(directory))
 
 
 def fake(ctx: StepContext) -> FakeEc2:
@@ -103,10 +112,17 @@ def test_launch_carries_the_dead_mans_switch(ctx: StepContext) -> None:
     fake(ctx).run_instance = lambda spec: specs.append(spec) or run_instance(spec)  # type: ignore[method-assign]
     ensure_instance_running(ctx)
     (spec,) = specs
-    assert '[shutdown, -P, "+720"' in spec.user_data
-    assert f"restrict {ctx.public_key}" in spec.user_data  # commands only, no forwarding
+    import yaml
+
+    booted = yaml.safe_load(spec.user_data)
+    assert booted["ssh_authorized_keys"] == [f"restrict {ctx.public_key}"]  # commands only
+    assert booted["ssh_keys"]["ed25519_public"] == ctx.host_key.public  # type: ignore[union-attr]
+    assert "bootcmd" not in booted  # runs before D-Bus: a timer armed there would not exist
+    idle, ceiling = booted["runcmd"]
+    assert "--unit=ec2backup-idle --on-active=1200s" in " ".join(idle)
+    assert "--unit=ec2backup-lifetime" in ceiling and "--on-active=172800s" in ceiling
     expires = datetime.fromisoformat(spec.tags[TAG_EXPIRES_AT].replace("Z", "+00:00"))
-    assert abs(expires - (utcnow() + timedelta(minutes=720))) < timedelta(minutes=1)
+    assert abs(expires - (utcnow() + timedelta(minutes=2880))) < timedelta(minutes=1)
     # a retry of the same attempt sends the same expiry (same ClientToken, same parameters)
     ctx.run.instance_id = None
     fake(ctx).instances.clear()  # as if the lookup by tag found nothing yet
@@ -114,6 +130,7 @@ def test_launch_carries_the_dead_mans_switch(ctx: StepContext) -> None:
     ensure_instance_running(ctx)
     assert specs[1].tags[TAG_EXPIRES_AT] == spec.tags[TAG_EXPIRES_AT]
     assert specs[1].client_token == spec.client_token
+    assert specs[1].user_data == spec.user_data
 
 
 def test_launch_adopts_the_instance_of_a_crash_between_launch_and_record(ctx: StepContext) -> None:
@@ -285,8 +302,11 @@ def test_mount_sync_unmount_are_idempotent(ctx: StepContext) -> None:
     ensure_unmounted(ctx)
     assert connector.host.mounts == {}
     assert connector.connects == 1  # one SSH session for the whole run
-    assert ctx.run.host_key_source == "console"
-    assert (ctx.run_dir / "known_hosts").read_text().startswith(ctx.run.ssh_address or "?")
+    assert ctx.run.host_key_source == "user-data"
+    pinned = (ctx.run_dir / "known_hosts").read_text().split()
+    assert pinned == [ctx.run.ssh_address, *ctx.host_key.public.split()[:2]]  # type: ignore[union-attr]
+    assert ctx.run.config["console_checked"] == ctx.run.instance_id
+    assert connector.host.idle_armed == [20 * 60]  # armed once, by the new session
 
 
 @pytest.mark.parametrize("needs_sudo", [True, False])
@@ -471,15 +491,44 @@ def test_snapshot_off(ctx: StepContext) -> None:
     assert fake(ctx).snapshots == {}
 
 
-def test_tofu_is_recorded_and_warned_when_the_console_has_no_keys(
-    ctx: StepContext, monkeypatch: pytest.MonkeyPatch
+def test_a_console_showing_another_host_key_stops_the_run_before_any_connection(
+    ctx: StepContext,
 ) -> None:
-    monkeypatch.setattr(steps_session, "CONSOLE_KEYS_TIMEOUT", 0.0)
-    fake(ctx).console = "no keys here"
-    ensure_instance_running(ctx)
-    ensure_host_keys(ctx)
-    assert ctx.run.host_key_source == "tofu"
-    assert any("first use" in w for w in ctx.run.warnings)
+    from ec2backup.errors import HostKeyError
+    from tests.fakes import console_with_host_key
+
+    connector = _connector(ctx)
+    _attached_and_visible(ctx, connector)
+    fake(ctx).console = console_with_host_key()  # an instance that did not take our key
+    with pytest.raises(HostKeyError, match="do not match the key this run gave it") as info:
+        ensure_mounted(ctx)
+    assert not info.value.resumable
+    assert connector.connects == 0
+
+
+def test_no_keys_on_the_console_yet_connects_with_the_pinned_key_and_checks_later(
+    ctx: StepContext,
+) -> None:
+    connector = _connector(ctx)
+    device = _attached_and_visible(ctx, connector)
+    connector.host.contents[device] = DeviceContents(filesystem="ext4")
+    fake(ctx).console = ""  # cloud-init prints the keys only at the end of boot
+    ensure_mounted(ctx)
+    assert connector.connects == 1 and "console_checked" not in ctx.run.config
+    fake(ctx).console = None  # printed now: the instance's own key
+    ensure_synced(ctx)
+    assert ctx.run.config["console_checked"] == ctx.run.instance_id
+
+
+def test_nothing_pinned_means_no_connection(ctx: StepContext) -> None:
+    from ec2backup.errors import HostKeyError
+
+    connector = _connector(ctx)
+    _attached_and_visible(ctx, connector)
+    ctx.host_key = None  # a run that never made its host key cannot trust any
+    with pytest.raises(HostKeyError, match="no host key is pinned"):
+        ensure_mounted(ctx)
+    assert connector.connects == 0
 
 
 def test_no_capacity_falls_back_to_the_next_type_with_a_new_token(ctx: StepContext) -> None:

@@ -65,12 +65,21 @@ def with_deadline(check: Callable[[], Any], timeout: float = 10.0) -> Any:
         time.sleep(0.05)
 
 
-def console_host_keys(ec2: Any, instance_id: str) -> list[str]:
-    output = ec2.get_console_output(InstanceId=instance_id, Latest=True)["Output"]
-    lines = output.splitlines()
-    begin = lines.index("-----BEGIN SSH HOST KEY KEYS-----")
-    end = lines.index("-----END SSH HOST KEY KEYS-----")
-    return lines[begin + 1 : end]
+def console_host_keys(ec2: Any, instance_id: str, timeout: float = 15.0) -> list[str]:
+    """The host keys the console shows, once cloud-init has printed them (at the end of its
+    final stage, a moment after the instance runs)."""
+
+    def printed() -> list[str] | None:
+        output = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output", "")
+        lines = output.splitlines()
+        if "-----END SSH HOST KEY KEYS-----" not in lines:
+            return None
+        begin = lines.index("-----BEGIN SSH HOST KEY KEYS-----")
+        end = lines.index("-----END SSH HOST KEY KEYS-----")
+        return lines[begin + 1 : end]
+
+    keys: list[str] = with_deadline(printed, timeout)
+    return keys
 
 
 def known_hosts(path: Path, address: str, host_keys: list[str]) -> Path:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +21,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ec2backup.run.steps.instance import user_data as ec2backup_user_data
 from ec2backup.sandbox import Sandbox, stop_sandbox
-from ec2backup.sandbox.console import shutdown_minutes
 from ec2backup.sandbox.host import nitro_device_name
 from ec2backup.sandbox.settings import CloudSettings
 from tests.conftest import sandbox_skip_reason
@@ -62,31 +60,6 @@ def test_settings_reject_nonsense_and_round_trip(tmp_path: Path) -> None:
     assert not settings.no_capacity_for("t3.micro", "us-east-1b")
     assert settings.faults_apply_to("RunInstances")
     assert not settings.faults_apply_to("DescribeInstances")
-
-
-@pytest.mark.parametrize(
-    ("user_data", "minutes"),
-    [
-        (ec2backup_user_data("ssh-ed25519 AAAA k", 720), 720.0),
-        ('#cloud-config\nbootcmd:\n  - [shutdown, -P, "+5", "bye"]\n', 5.0),
-        ("#cloud-config\nruncmd:\n  - shutdown -h now\n", 0.0),
-        ("#cloud-config\nruncmd:\n  - [sudo, shutdown]\n", 1.0),  # systemd's default: +1
-        ("#cloud-config\npower_state:\n  mode: poweroff\n  delay: 30\n", 30.0),
-        ("#!/bin/sh\necho hi && /sbin/shutdown -P +7 'lifetime'\n", 7.0),
-        ("#cloud-config\nbootcmd:\n  - [shutdown, -r, '+1']\n", None),  # a reboot
-        ("#cloud-config\nbootcmd:\n  - [shutdown, -c]\n", None),
-        ("#cloud-config\nssh_authorized_keys: []\n", None),
-        ("", None),
-    ],
-)
-def test_shutdown_timer_is_read_from_user_data(user_data: str, minutes: float | None) -> None:
-    assert shutdown_minutes(user_data) == minutes
-
-
-def test_shutdown_at_a_clock_time_counts_from_now_in_utc() -> None:
-    now = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
-    assert shutdown_minutes("#cloud-config\nbootcmd:\n  - shutdown -P 16:30\n", now) == 30.0
-    assert shutdown_minutes("#cloud-config\nbootcmd:\n  - shutdown -P 15:00\n", now) == 23 * 60
 
 
 # --- EC2 API faults ------------------------------------------------------------------------------
@@ -273,12 +246,22 @@ def test_state_changes_take_time_and_show_as_on_aws(
 # --- dead-man's switch ------------------------------------------------------------------------
 
 
-def test_an_instance_ends_itself_when_its_shutdown_timer_fires(
+def _dead_man(ssh_key: Path, idle_minutes: int = 2) -> str:
+    """The user data ec2backup launches with (its dead-man's switch in runcmd)."""
+    from ec2backup.adapters.keys import generate_host_key, generate_run_key
+    from ec2backup.run.userdata import HostKeyPair, user_data
+
+    run_dir = ssh_key.parent / f"run-{time.monotonic_ns()}"
+    generate_run_key(run_dir)
+    public = ssh_key.with_suffix(".pub").read_text().strip()
+    return user_data(public, HostKeyPair(*generate_host_key(run_dir)), idle_minutes, 60)
+
+
+def test_an_instance_ends_itself_when_its_idle_timer_fires(
     sandbox_faults: Sandbox, launch: Launch, ec2: Any, volume: str, ssh_key: Path
 ) -> None:
     sandbox_faults.configure_faults(minute_seconds=0.3)  # 2 minutes: 0.6 s
-    public_key = ssh_key.with_suffix(".pub").read_text().strip()
-    dead_man = ec2backup_user_data(public_key, 2)  # what ec2backup launches with
+    dead_man = _dead_man(ssh_key)
     terminating = launch(UserData=dead_man, InstanceInitiatedShutdownBehavior="terminate")
     stopping = launch(UserData=dead_man)  # EC2's default behaviour: stop
     lasting = launch()  # no timer
@@ -301,7 +284,60 @@ def test_an_instance_ends_itself_when_its_shutdown_timer_fires(
     assert _port_22_open(lasting["PublicIpAddress"])
 
 
+def test_a_shutdown_in_bootcmd_arms_nothing_as_on_ubuntu(
+    sandbox_faults: Sandbox, launch: Launch, ec2: Any, ssh_key: Path
+) -> None:
+    """bootcmd runs before D-Bus and logind: `shutdown +N` there cannot schedule anything.
+    The same command in runcmd (systemd up) does."""
+    sandbox_faults.configure_faults(minute_seconds=0.5)
+    public = ssh_key.with_suffix(".pub").read_text().strip()
+    command = '[shutdown, -P, "+1", "lifetime"]'
+    head = f"#cloud-config\nssh_authorized_keys:\n  - {public}\n"
+    early = launch(
+        UserData=f"{head}bootcmd:\n  - {command}\n", InstanceInitiatedShutdownBehavior="terminate"
+    )
+    late = launch(
+        UserData=f"{head}runcmd:\n  - {command}\n", InstanceInitiatedShutdownBehavior="terminate"
+    )
+    with_deadline(lambda: instance_state(ec2, late["InstanceId"]) == "terminated")
+    # The bootcmd one would have fired at the same moment: it never was armed.
+    assert instance_state(ec2, early["InstanceId"]) == "running"
+    log = sandbox_faults.layout.instance_dir(early["InstanceId"]) / "cloud-init-output.log"
+    assert "Failed to connect to bus" in log.read_text()
+
+
+def test_the_idle_timer_is_rearmed_over_ssh_and_fires_once_the_rearming_stops(
+    sandbox_faults: Sandbox, launch: Launch, ec2: Any, ssh_key: Path, tmp_path: Path
+) -> None:
+    """What ec2backup's controller does while it works: re-arm over SSH, as root, with the
+    instance's own systemd-run. The instance that is re-armed outlives one that is not."""
+    from ec2backup.core.deadman import arm_idle_script
+
+    sandbox_faults.configure_faults(minute_seconds=3.0)  # the idle bound: 1 minute = 3 s
+    dead_man = _dead_man(ssh_key, idle_minutes=1)
+    kept = launch(UserData=dead_man, InstanceInitiatedShutdownBehavior="terminate")
+    left = launch(UserData=dead_man, InstanceInitiatedShutdownBehavior="terminate")
+    address = kept["PublicIpAddress"]
+    known = known_hosts(tmp_path / "kh", address, console_host_keys(ec2, kept["InstanceId"]))
+    rearm = f"sudo -n sh -c {shlex.quote(arm_idle_script(60))}"
+    rearms = 0
+    while instance_state(ec2, left["InstanceId"]) == "running":
+        result = ssh(address, ssh_key, known, rearm)
+        assert result.returncode == 0, result.stderr
+        rearms += 1
+    assert rearms >= 2
+    assert instance_state(ec2, kept["InstanceId"]) == "running"
+    with_deadline(lambda: instance_state(ec2, kept["InstanceId"]) == "terminated")
+
+
 # --- SSH faults -------------------------------------------------------------------------------
+
+
+def _runs(sandbox: Sandbox, instance_id: str, name: str) -> bool:
+    from ec2backup.sandbox.host import Machine
+
+    machine = Machine.load(sandbox.layout.instance_dir(instance_id))
+    return machine is not None and any(n == name for _, _, n in machine.processes())
 
 
 def test_cut_ssh_drops_connections_and_the_instance_stays_up(
@@ -318,7 +354,12 @@ def test_cut_ssh_drops_connections_and_the_instance_stays_up(
         text=True,
     )
     try:
-        with_deadline(lambda: sandbox.ssh_connections(instance_id) == 1)
+        # The session's command runs: the connection of the first ssh has ended by then.
+        with_deadline(
+            lambda: (
+                _runs(sandbox, instance_id, "sleep") and sandbox.ssh_connections(instance_id) == 1
+            )
+        )
         assert sandbox.cut_ssh(instance_id) == 1
         _, stderr = session.communicate(timeout=10)
         assert session.returncode == 255, stderr
@@ -680,3 +721,71 @@ def _port_open(address: str) -> bool:
 def _console_keys(ec2: Any, instance_id: str) -> list[str]:
     output = ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output", "")
     return console_host_keys(ec2, instance_id) if "BEGIN SSH HOST KEY KEYS" in output else []
+
+
+# --- the client's address -------------------------------------------------------------------------
+
+
+def _syn_answered(address: str) -> bool:
+    """Whether port 22 answers a SYN at all (a dropped SYN times out; nothing is refused)."""
+    assert address.startswith("127.")
+    try:
+        socket.create_connection((address, 22), timeout=1).close()
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_client_address_makes_security_groups_decide_who_reaches_port_22(
+    sandbox_faults: Sandbox, launch: Launch, ec2: Any, ssh_key: Path, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    checkip = sandbox_faults.env["EC2BACKUP_CHECKIP_URL"]
+    with urllib.request.urlopen(checkip, timeout=5) as answer:
+        assert answer.read().decode().strip() == "127.0.0.1"  # no client_address: the caller's
+    group = ec2.create_security_group(GroupName=f"g-{time.monotonic_ns()}", Description="t")[
+        "GroupId"
+    ]
+    ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": "198.51.100.0/24"}],
+            }
+        ],
+    )
+    try:
+        sandbox_faults.configure_faults(client_address="203.0.113.7")
+        with urllib.request.urlopen(checkip, timeout=5) as answer:
+            assert answer.read().decode().strip() == "203.0.113.7"
+        instance = launch(SecurityGroupIds=[group])
+        address = instance["PublicIpAddress"]
+        assert not _syn_answered(address)  # dropped from the first SYN on, as on AWS
+        known = known_hosts(
+            tmp_path / "kh", address, console_host_keys(ec2, instance["InstanceId"])
+        )
+
+        added = ec2.authorize_security_group_ingress(
+            GroupId=group,
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 22,
+                    "ToPort": 22,
+                    "IpRanges": [{"CidrIp": "203.0.113.7/32"}],
+                }
+            ],
+        )["SecurityGroupRules"][0]["SecurityGroupRuleId"]
+        with_deadline(lambda: _syn_answered(address))
+        assert ssh(address, ssh_key, known, "true").returncode == 0
+
+        ec2.revoke_security_group_ingress(GroupId=group, SecurityGroupRuleIds=[added])
+        with_deadline(lambda: not _syn_answered(address))
+        sandbox_faults.configure_faults(client_address="198.51.100.20")  # inside the other rule
+        with_deadline(lambda: _syn_answered(address))
+    finally:
+        sandbox_faults.reset_faults()

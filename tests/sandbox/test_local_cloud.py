@@ -113,6 +113,30 @@ def test_ssh_as_ubuntu_with_the_host_key_from_the_console(
     assert "ubuntu:x:1000" not in Path("/etc/passwd").read_text()
 
 
+def test_host_key_comes_from_the_user_data_and_the_console_shows_it_once_booted(
+    launch: Launch, ec2: Any, ssh_key: Path, tmp_path: Path
+) -> None:
+    """cloud-init's ssh_keys: the sshd presents exactly the key the user data gave it, so a
+    client can pin it before the instance exists; the console prints it at the end of boot."""
+    host_key = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+    public = host_key.with_suffix(".pub").read_text().strip()
+    private = "".join(f"    {line}\n" for line in host_key.read_text().splitlines())
+    user_data = cloud_config(
+        ssh_key, f"ssh_keys:\n  ed25519_private: |\n{private}  ed25519_public: {public}\n"
+    )
+    instance = launch(UserData=user_data)
+    address = instance["PublicIpAddress"]
+    known = known_hosts(tmp_path / "pinned", address, [public])  # before any connection
+    assert ssh(address, ssh_key, known, "true").returncode == 0
+    assert console_host_keys(ec2, instance["InstanceId"]) == [
+        " ".join(public.split()[:2])
+        + " root@"
+        + "ip-"
+        + instance["PrivateIpAddress"].replace(".", "-")
+    ]
+
+
 def test_key_pair_public_key_is_authorized(
     launch: Launch, ec2: Any, ssh_key: Path, tmp_path: Path
 ) -> None:

@@ -57,6 +57,7 @@ EC2_OPERATIONS = frozenset(
         "DescribeInstances",
         "DescribeRegions",
         "DescribeRouteTables",
+        "DescribeSecurityGroupRules",
         "DescribeSecurityGroups",
         "DescribeSnapshotTierStatus",
         "DescribeSnapshots",
@@ -69,6 +70,7 @@ EC2_OPERATIONS = frozenset(
         "ModifySnapshotTier",
         "ModifyVolume",
         "RestoreSnapshotTier",
+        "RevokeSecurityGroupIngress",
         "RunInstances",
         "TerminateInstances",
     }

@@ -31,7 +31,7 @@ from ...errors import (
     ResourceNotFoundError,
     TransientCloudError,
 )
-from ...ports import Instance, LaunchSpec, Snapshot, Volume
+from ...ports import IngressRule, Instance, LaunchSpec, Snapshot, Volume
 from . import groups, launch
 from .convert import (
     _batches,
@@ -410,6 +410,22 @@ class Boto3Ec2(VolumeResizing, SnapshotTierCalls):
 
     def ensure_security_group(self, name: str, ssh_cidr: str, tags: Mapping[str, str]) -> str:
         return groups.ensure_security_group(self, name, ssh_cidr, tags)
+
+    # SSH from where this host is now (run/steps/access.py): rules added per run, tagged.
+    def security_group_tags(self, group_id: str) -> Mapping[str, str] | None:
+        return groups.security_group_tags(self, group_id)
+
+    def ingress_rules(self, group_id: str) -> list[IngressRule]:
+        return groups.ingress_rules(self, group_id)
+
+    def find_ingress_rules(self, tags: Mapping[str, str]) -> list[IngressRule]:
+        return groups.find_ingress_rules(self, tags)
+
+    def authorize_ssh(self, group_id: str, cidr: str, tags: Mapping[str, str]) -> str:
+        return groups.authorize_ssh(self, group_id, cidr, tags)
+
+    def revoke_ingress_rules(self, group_id: str, rule_ids: Sequence[str]) -> None:
+        groups.revoke_ingress_rules(self, group_id, rule_ids)
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         """None when no snapshot with that id is visible to this account."""

@@ -20,6 +20,7 @@ from ..context import StepContext
 from .attachment import ensure_attached, ensure_detached
 from .filesystem import ensure_formatted, ensure_mounted, ensure_unmounted
 from .instance import ensure_instance_running, ensure_terminated
+from .profile import ensure_profile_written
 from .snapshot import ensure_snapshot
 from .transfer import ensure_compared, ensure_pulled, ensure_synced
 from .volume import (
@@ -36,6 +37,7 @@ StepFunction = Callable[[StepContext], str]
 # that every step of every kind has its function and that no function is left unused).
 ENSURE: dict[Step, StepFunction] = {
     states.CREATE_VOLUME: ensure_volume_created,
+    states.WRITE_PROFILE: ensure_profile_written,
     states.RESTORE_VOLUME: ensure_restore_volume,
     states.LAUNCH: ensure_instance_running,
     states.ATTACH: ensure_attached,

@@ -14,7 +14,7 @@ from ...ports import InstanceHost, Unmounted
 from ..context import StepContext
 from .attachment import DEVICE_NAME
 from .instance import instance_alive
-from .session import attributed, connect
+from .session import attributed, connect, pin_host_key
 
 DEVICE_TIMEOUT = 60.0  # how long the attached volume may take to appear on the instance
 LEFTOVER_RSYNC_SECONDS = 30.0  # how long an rsync of a killed earlier attempt may take to end
@@ -26,13 +26,10 @@ def try_unmount(ctx: StepContext, deadline_seconds: float) -> str:
     host key already pinned for this run. Never blocks the cleanup for long."""
     if not instance_alive(ctx) or not ctx.run.ssh_address:
         return "instance not running: nothing to unmount"
-    if not (ctx.known_hosts.exists() and ctx.known_hosts.stat().st_size > 0):
-        return "no pinned host key: did not log in to unmount"
     try:
         if ctx.host is None:
-            ctx.host = ctx.connector.connect(
-                ctx.ssh_target(), time.monotonic() + deadline_seconds, trust_on_first_use=False
-            )
+            pin_host_key(ctx)
+            ctx.host = ctx.connector.connect(ctx.ssh_target(), time.monotonic() + deadline_seconds)
         return ensure_unmounted(ctx)
     except Ec2BackupError as exc:
         ctx.close_host()

@@ -19,6 +19,8 @@ from ...ports import (
     LaunchSpec,
 )
 from ..context import StepContext
+from ..userdata import user_data
+from .session import FROM_USER_DATA
 from .visibility import LAUNCHED_AT, note_create, until_visible
 from .volume import _volume, check_volume_usable
 
@@ -31,20 +33,6 @@ _ENDING = ("shutting-down", "terminated")
 
 
 # --- instance ----------------------------------------------------------------------------
-
-
-def user_data(public_key: str, lifetime_minutes: int) -> str:
-    # cloud-init installs the run's key for the AMI's default user (ubuntu): no EC2 key pair.
-    # `restrict`: the key runs commands and nothing else (no port, agent or X11 forwarding, no
-    # pty, no ~/.ssh/rc), so a copy of it cannot turn the instance into a way into the VPC.
-    # The shutdown timer is the dead-man's switch: with InstanceInitiatedShutdownBehavior=
-    # terminate, a power-off ends the instance even if nobody ever comes back for it.
-    return (
-        "#cloud-config\n"
-        f"ssh_authorized_keys:\n  - restrict {public_key}\n"
-        "bootcmd:\n"
-        f'  - [shutdown, -P, "+{lifetime_minutes}", "ec2backup: instance lifetime reached"]\n'
-    )
 
 
 def _run_instance(ctx: StepContext) -> Instance | None:
@@ -93,6 +81,7 @@ def _instance_types(ctx: StepContext) -> list[str]:
 
 def _launch_spec(ctx: StepContext) -> LaunchSpec:
     run = ctx.run
+    assert ctx.host_key is not None, "the run's host key is made before its launch"
     instance_type = run.config["instance_type"]
     # Each type its own architecture's image (a fallback may be arm64 where the first is not).
     image_id = dict(run.config.get("images") or {}).get(instance_type, run.config["image_id"])
@@ -106,7 +95,12 @@ def _launch_spec(ctx: StepContext) -> LaunchSpec:
             "Name": f"ec2backup {run.profile} {run.id}",
             TAG_EXPIRES_AT: run.config["expires_at"],
         },
-        user_data=user_data(ctx.public_key, ctx.profile.instance_lifetime_minutes),
+        user_data=user_data(
+            ctx.public_key,
+            ctx.host_key,
+            ctx.profile.instance_idle_minutes,
+            ctx.profile.instance_lifetime_minutes,
+        ),
         security_group_ids=ctx.profile.security_group_ids,
         subnet_id=run.config.get("subnet_id") or ctx.profile.subnet_id,
     )
@@ -149,6 +143,8 @@ def ensure_instance_running(ctx: StepContext) -> str:
             ctx.known_hosts.unlink(missing_ok=True)
             run.instance_id = None
             run.ssh_address = None
+        # The instance gets the run's host key in its user data: pinned from there.
+        run.host_key_source = FROM_USER_DATA
         if gone or run.launch_token is None:
             _new_launch_attempt(ctx, _instance_types(ctx)[0])
         if "image_id" not in run.config:

@@ -140,9 +140,26 @@ def ensure_work_volume(ctx: StepContext) -> str:
     return f"volume {volume_id} " + (f"from snapshot {base}" if base else "(empty)")
 
 
+def adopt_unrecorded_volume(ctx: StepContext) -> None:
+    """A run killed between CreateVolume and recording the id: its volume is the one its tags
+    name (a force-clean must find it to delete it)."""
+    run = ctx.run
+    if run.volume_id is not None or run.config.get("live"):
+        return
+    roles = ("data", *TEMPORARY_ROLES)
+    found = [
+        v
+        for v in ctx.ec2.find_volumes({TAG_RUN_ID: run.id})
+        if v.tags.get(TAG_ROLE) in roles and v.state not in ("deleting", "deleted")
+    ]
+    if found:
+        run.volume_id = found[0].id
+        ctx.recorder.save()
+
+
 def ensure_volume_deleted(ctx: StepContext) -> str:
     run = ctx.run
-    if run.config.get("live") or run.volume_id is None:
+    if run.config.get("live"):
         return "no temporary volume"
     volume = _get_run_volume(ctx)
     if volume is not None and volume.state not in ("deleting", "deleted"):
