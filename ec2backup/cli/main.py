@@ -76,7 +76,7 @@ def interrupted_line(exc: BaseException) -> str:
     return "interrupted"
 
 
-def aftermath(run_id: str, still_running: list[str], *, resumable: bool) -> str:
+def aftermath(run_id: str, still_running: list[str] | None, *, resumable: bool) -> str:
     """What a failed run left running, as EC2 showed it once the run released what it could,
     and the one command that ends it (or, with nothing left, the one that continues it)."""
     if still_running:
@@ -85,10 +85,9 @@ def aftermath(run_id: str, still_running: list[str], *, resumable: bool) -> str:
             f"`ec2backup resume {run_id} --clean` ends it]"
         )
     if not resumable:
-        return f" [run {run_id}: nothing of it is left in the cloud]"
-    return (
-        f" [run {run_id}: nothing of it is left running; `ec2backup resume {run_id}` to continue]"
-    )
+        return f" [run {run_id}: nothing of it is left in the cloud]" if still_running == [] else ""
+    left = "nothing of it is left running; " if still_running == [] else ""
+    return f" [run {run_id}: {left}`ec2backup resume {run_id}` to continue]"
 
 
 def aftermath_note(exc: BaseException) -> str:
