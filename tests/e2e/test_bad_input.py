@@ -959,9 +959,18 @@ def test_interrupted_run_is_recorded_and_resumable(
     last = err.strip().splitlines()[-1]
     name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
     assert f"interrupted by {name}" in last and f"ec2backup resume {run_id}" in last
-    # What is left billing, and the one command that ends it.
-    assert "left in the cloud: instance i-" in last and "(running, billed) with volume" in last
-    assert f"`ec2backup resume {run_id} --clean` to end it" in last
+    # The run released its instance before it exited: nothing is left billing, and the
+    # message says so with the one command that continues the run.
+    assert f"[run {run_id}: nothing of it is left running; " in last
+    assert f"`ec2backup resume {run_id}` to continue" in last
+    assert not [
+        i
+        for r in world.ec2.describe_instances(
+            Filters=[{"Name": "tag:ec2backup:run-id", "Values": [run_id]}]
+        )["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running", "stopping", "stopped")
+    ], "the interrupted run left an instance"
     _document(
         "ctrl-c" if sig == signal.SIGINT else "sigterm", "run --profile p", 130, last, tmp_path
     )
