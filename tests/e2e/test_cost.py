@@ -17,14 +17,24 @@ def test_cost_uses_the_growth_show_reports(cli: Cli, tmp_path: Path) -> None:
     source = tmp_path / "home"
     source.mkdir()
     make_sample_tree(source)
-    cli("init", "--profile", "c", "--az", "us-east-1a", "--size", "1", "--source", str(source))
-    first = cli.json("show", cli("run", "--profile", "c").stdout.strip())
+    cli(
+        "init",
+        "--profile",
+        "cost-e2e",
+        "--az",
+        "us-east-1a",
+        "--size",
+        "1",
+        "--source",
+        str(source),
+    )
+    first = cli.json("show", cli("run", "--profile", "cost-e2e").stdout.strip())
     (source / "docs" / "later.txt").write_text("written after the first backup\n")
-    second = cli.json("show", cli("run", "--profile", "c").stdout.strip())
+    second = cli.json("show", cli("run", "--profile", "cost-e2e").stdout.strip())
     added = [r["stats"]["snapshot_added_bytes"] for r in (first, second)]
     assert all(added), added
 
-    result = cli.json("cost", "--profile", "c")
+    result = cli.json("cost", "--profile", "cost-e2e")
     items = {i["item"]: i for i in result["items"]}
     standard = items["snapshots (standard)"]
     assert [(s["snapshot_id"], s["bytes"]) for s in standard["snapshots"]] == [
@@ -41,8 +51,8 @@ def test_cost_uses_the_growth_show_reports(cli: Cli, tmp_path: Path) -> None:
     ]
     assert result["modes"][0]["monthly_usd"] == pytest.approx(result["total_monthly_usd"])
 
-    cli("prune", "--profile", "c", "--keep-last", "5", "--archive-after-days", "0", "--yes")
-    items = {i["item"]: i for i in cli.json("cost", "--profile", "c")["items"]}
+    cli("prune", "--profile", "cost-e2e", "--keep-last", "5", "--archive-after-days", "0", "--yes")
+    items = {i["item"]: i for i in cli.json("cost", "--profile", "cost-e2e")["items"]}
     archive, standard = items["snapshots (archive)"], items["snapshots (standard)"]
     assert [(s["snapshot_id"], s["bytes"]) for s in archive["snapshots"]] == [
         (first["snapshot_id"], added[0])
@@ -51,6 +61,6 @@ def test_cost_uses_the_growth_show_reports(cli: Cli, tmp_path: Path) -> None:
     assert head["snapshot_id"] == second["snapshot_id"]
     assert head["source"] == "EBS direct APIs (all blocks)" and head["bytes"] >= added[1]
 
-    table = cli("cost", "--profile", "c").stdout
+    table = cli("cost", "--profile", "cost-e2e").stdout
     assert "snapshots (archive)" in table and "snapshots (this profile)" not in table
     assert "volume (this profile)" in table

@@ -48,13 +48,14 @@ def test_snapshots_only_profile_backs_up_restores_and_leaves_nothing_standing(
     nothing: dict[str, list[str]] = {"volumes": [], "instances": []}
 
     first = cli(
-        "init", "--profile", "s", "--az", "us-east-1a", "--size", "1", "--source", str(source),
+        "init", "--profile", "snaponly", "--az", "us-east-1a", "--size", "1",
+        "--source", str(source),
         "--storage", "snapshots",
     ).stdout.strip()  # fmt: skip
     assert first.startswith("snap-")
-    written = tomllib.loads((tmp_path / "config.toml").read_text())["profiles"]["s"]
+    written = tomllib.loads((tmp_path / "config.toml").read_text())["profiles"]["snaponly"]
     assert written["storage"] == "snapshots" and "volume_id" not in written
-    assert standing(ec2, "s") == nothing
+    assert standing(ec2, "snaponly") == nothing
     (init_run,) = cli.json("runs")
     assert (init_run["kind"], init_run["state"], init_run["snapshot_id"]) == (
         RunKind.SNAPSHOT_INIT,
@@ -62,11 +63,11 @@ def test_snapshots_only_profile_backs_up_restores_and_leaves_nothing_standing(
         first,
     )
 
-    run_id = cli("run", "--profile", "s").stdout.strip()
+    run_id = cli("run", "--profile", "snaponly").stdout.strip()
     shown = cli.json("show", run_id)
     assert (shown["kind"], shown["state"]) == (RunKind.SNAPSHOT_BACKUP, "done")
     assert [e["to"] for e in shown["events"]] == [str(s) for s in path(RunKind.SNAPSHOT_BACKUP)]
-    assert standing(ec2, "s") == nothing  # its volume deleted, its instance terminated
+    assert standing(ec2, "snaponly") == nothing  # its volume deleted, its instance terminated
     (snapshot,) = ec2.describe_snapshots(SnapshotIds=[shown["snapshot_id"]])["Snapshots"]
     assert snapshot["VolumeId"] == shown["volume_id"] and snapshot["Encrypted"]
     assert shown["stats"]["snapshot_added"]["compared_with"] == first
@@ -75,35 +76,35 @@ def test_snapshots_only_profile_backs_up_restores_and_leaves_nothing_standing(
     with (source / "photos" / "big.bin").open("r+b") as f:
         f.seek(1_000_000)
         f.write(os.urandom(4096))
-    second = cli("run", "--profile", "s").stdout.strip()
+    second = cli("run", "--profile", "snaponly").stdout.strip()
     shown2 = cli.json("show", second)
     assert shown2["state"] == "done" and shown2["stats"]["files_transferred"] == 1
     assert shown2["stats"]["snapshot_added"]["compared_with"] == shown["snapshot_id"]
     assert shown2["stats"]["snapshot_added_bytes"] < 3 * 2**20
-    assert standing(ec2, "s") == nothing
+    assert standing(ec2, "snaponly") == nothing
 
     restored = tmp_path / "restored"
     cli("restore", "--run", second, "--to", str(restored))
     assert tree_digest(restored / "home") == tree_digest(source)
-    assert standing(ec2, "s") == nothing
+    assert standing(ec2, "snaponly") == nothing
 
     # Killed with its volume attached and mounted: resumed, it finishes and cleans up.
     killed = Cli(env={**cli.env, "EC2BACKUP_CRASH_AT": "before:sync"}, cwd=tmp_path)
-    assert killed("run", "--profile", "s", check=False).returncode != 0
+    assert killed("run", "--profile", "snaponly", check=False).returncode != 0
     (crashed,) = [r for r in cli.json("runs") if r["state"] == "syncing"]
-    assert crashed["volume_id"] in standing(ec2, "s")["volumes"]  # with the root volume
+    assert crashed["volume_id"] in standing(ec2, "snaponly")["volumes"]  # with the root volume
     cli("resume", crashed["id"])
     assert cli.json("show", crashed["id"])["state"] == "done"
-    assert standing(ec2, "s") == nothing
+    assert standing(ec2, "snaponly") == nothing
 
     # Killed again and never resumed: reap ends the instance and deletes the run's volume.
-    assert killed("run", "--profile", "s", check=False).returncode != 0
+    assert killed("run", "--profile", "snaponly", check=False).returncode != 0
     (abandoned,) = [r for r in cli.json("runs") if r["state"] == "syncing"]
-    assert standing(ec2, "s")["instances"]
+    assert standing(ec2, "snaponly")["instances"]
     until = time.monotonic() + 60
-    while standing(ec2, "s") != nothing:
+    while standing(ec2, "snaponly") != nothing:
         # A volume still detaching from the ended instance goes at the next sweep.
-        assert time.monotonic() < until, standing(ec2, "s")
+        assert time.monotonic() < until, standing(ec2, "snaponly")
         cli("reap", "--yes")
         time.sleep(0.2)
     assert cli.json("show", abandoned["id"])["state"] == "failed"
