@@ -88,14 +88,18 @@ def test_a_run_whose_sources_no_longer_fit_grows_the_volume_up_to_auto_grow_max_
         "init", "--profile", "a", "--az", "us-east-1a", "--size", "1", "--source", str(source)
     ).stdout.strip()
     config = tmp_path / "config.toml"
-    # --sparse: the holes of the big file stay holes on the volume (and in its image file).
     config.write_text(
         config.read_text().replace(
             "[profiles.a]\n", '[profiles.a]\nauto_grow_max_gib = 3\nrsync_args = ["--sparse"]\n'
         )
     )
-    with (source / "big.bin").open("wb") as f:  # 1 GiB: more than a 1 GiB volume holds
-        f.seek(GIB)
+    # 1 GiB of data (zeros written, not holes: a file's holes take no room on the volume, so
+    # the space check counts only its data): more than a 1 GiB volume holds. --sparse turns
+    # the zeros into holes on the volume, so its image stays small.
+    chunk = b"\0" * (64 * 2**20)
+    with (source / "big.bin").open("wb") as f:
+        for _ in range(GIB // len(chunk)):
+            f.write(chunk)
         f.write(b"the end\n")
 
     run_id = cli("run", "--profile", "a").stdout.strip()
