@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,13 +210,7 @@ class VolumeVerdict:
     action: str = ""
 
     def row(self) -> dict[str, object]:
-        return {
-            "volume_id": self.volume_id,
-            "run_id": self.run_id,
-            "orphan": self.orphan,
-            "reason": self.reason,
-            "action": self.action,
-        }
+        return asdict(self)
 
 
 def reap_restore_volumes(store: Store, ec2: Ec2, *, act: bool) -> list[VolumeVerdict]:
@@ -350,14 +344,7 @@ class RuleVerdict:
     action: str = ""
 
     def row(self) -> dict[str, object]:
-        return {
-            "rule_id": self.rule_id,
-            "group_id": self.group_id,
-            "run_id": self.run_id,
-            "orphan": self.orphan,
-            "reason": self.reason,
-            "action": self.action,
-        }
+        return asdict(self)
 
 
 def reap_ssh_rules(
