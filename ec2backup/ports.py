@@ -170,7 +170,10 @@ class Ec2(Protocol):
         self, tags: Mapping[str, str], states: Sequence[str] = LIVE_INSTANCE_STATES
     ) -> list[Instance]: ...
     def terminate_instance(self, instance_id: str) -> str | None: ...
-    def get_console_output(self, instance_id: str) -> str: ...
+    def console_host_keys(self, instance_id: str) -> list[HostKey]:
+        """The host keys cloud-init printed on the instance's console (its last complete
+        block), each checked to decode as the type it claims; [] while none are printed."""
+        ...
 
     def get_volume(self, volume_id: str) -> Volume | None: ...
     def find_volumes(self, tags: Mapping[str, str]) -> list[Volume]: ...
@@ -318,6 +321,9 @@ class Account(Protocol):
     def region_status(self) -> str | None:
         """None for a region no partition knows; else its opt-in status."""
         ...
+
+
+HostKey = tuple[str, str]  # (key type, base64 of the public key blob)
 
 
 @dataclass(frozen=True)
@@ -485,6 +491,12 @@ class InstanceHost(Protocol):
 
 
 class InstanceConnector(Protocol):
+    def pin_host_keys(self, target: SshTarget, keys: Sequence[HostKey]) -> None:
+        """Make ``keys`` the only host keys accepted for ``target`` (its known_hosts file,
+        replaced atomically, mode 0600). An empty list is refused: pinning nothing is not a
+        pin."""
+        ...
+
     def connect(self, target: SshTarget, deadline: float) -> InstanceHost:
         """Connect, retrying refused/reset connections and not-yet-installed keys until
         ``deadline`` (a ``time.monotonic()`` value). The host must present a key pinned in

@@ -23,6 +23,7 @@ from ec2backup.ports import (
     BlockCount,
     DeviceContents,
     Difference,
+    HostKey,
     IngressRule,
     Instance,
     LaunchSpec,
@@ -40,17 +41,13 @@ from ec2backup.ports import (
 _ids = itertools.count(1)
 
 
-def console_with_host_key(key: str | None = None) -> str:
-    """A console as cloud-init prints it at the end of boot; another key than the instance's
-    unless ``key`` is given."""
-    if key is None:
-        import asyncssh
+def another_host_key() -> HostKey:
+    """A host key that is not the one any run gave its instance."""
+    import asyncssh
 
-        key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
-    return (
-        "[   5.1] cloud-init[812]: boot\n-----BEGIN SSH HOST KEY KEYS-----\n"
-        f"{' '.join(key.split()[:2])} root@ip-10-0-0-1\n-----END SSH HOST KEY KEYS-----\n"
-    )
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    keytype, blob = key.split()[:2]
+    return keytype, blob
 
 
 def host_key_in(user_data: str) -> str | None:
@@ -75,8 +72,8 @@ class FakeEc2:
     tokens: dict[str, str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     terminate_answer: str = "shutting-down"  # the state TerminateInstances answers with
-    # What GetConsoleOutput shows; None: cloud-init's key block with the instance's own key.
-    console: str | None = None
+    # The host keys the console shows; None: the instance's own (from its user data).
+    console: list[HostKey] | None = None
     user_data: dict[str, str] = field(default_factory=dict)  # by instance id
     groups: dict[str, dict[str, str]] = field(default_factory=dict)  # security group -> tags
     rules: dict[str, IngressRule] = field(default_factory=dict)  # inbound rules by id
@@ -176,11 +173,11 @@ class FakeEc2:
         for instance_id in instance_ids:
             self.terminate_instance(instance_id)
 
-    def get_console_output(self, instance_id: str) -> str:
+    def console_host_keys(self, instance_id: str) -> list[HostKey]:
         if self.console is not None:
-            return self.console
-        key = host_key_in(self.user_data.get(instance_id, ""))
-        return console_with_host_key(key) if key else ""
+            return list(self.console)
+        key = host_key_in(self.user_data.get(instance_id, ""))  # what cloud-init installed
+        return [(key.split()[0], key.split()[1])] if key else []
 
     def get_volume(self, volume_id: str) -> Volume | None:
         return self.volumes.get(volume_id)
@@ -535,9 +532,16 @@ class FakeInstanceHost:
 class FakeConnector:
     host: FakeInstanceHost = field(default_factory=FakeInstanceHost)
     connects: int = 0
+    pinned: dict[Path, list[HostKey]] = field(default_factory=dict)  # by known_hosts file
+
+    def pin_host_keys(self, target: SshTarget, keys: Sequence[HostKey]) -> None:
+        assert keys, "pinning nothing"
+        self.pinned[target.known_hosts_path] = list(keys)
 
     def connect(self, target: SshTarget, deadline: float) -> FakeInstanceHost:
-        assert target.known_hosts_path.read_text().strip(), "connect without a pinned key"
+        path = target.known_hosts_path
+        # A run of an earlier version pinned by writing the file itself.
+        assert self.pinned.get(path) or path.exists(), "connect without a pinned key"
         self.connects += 1
         self.host.closed = False
         return self.host

@@ -23,11 +23,8 @@ MAY_USE: dict[str, set[str]] = {
     "sandbox": {"ground"},
     "entry": {"cli"},
 }
-# Imports that cross the floors today, each with where it is going.
-KNOWN: set[tuple[str, str]] = {
-    # Host keys move behind the instance connector with the host keys handed to the instance.
-    ("ec2backup.run.steps.session", "ec2backup.adapters.hostkeys"),
-}
+# Imports that cross the floors today, each with where it is going (none now).
+KNOWN: set[tuple[str, str]] = set()
 
 
 def floor(module: str) -> str:

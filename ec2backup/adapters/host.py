@@ -25,7 +25,8 @@ from ..errors import (
     InvalidResourceStateError,
     RemoteCommandError,
 )
-from ..ports import DeviceContents, SshTarget, SyncSpace, TreeFacts, Unmounted
+from ..ports import DeviceContents, HostKey, SshTarget, SyncSpace, TreeFacts, Unmounted
+from .hostkeys import write_known_hosts
 from .ssh import AsyncsshConnector, AsyncsshShell, CommandResult
 
 NITRO_DEVICE = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume}"
@@ -381,6 +382,9 @@ class SshInstanceConnector:
 
     def __init__(self, ssh: AsyncsshConnector | None = None) -> None:
         self._ssh = ssh or AsyncsshConnector()
+
+    def pin_host_keys(self, target: SshTarget, keys: Sequence[HostKey]) -> None:
+        write_known_hosts(target.known_hosts_path, target.host, target.port, keys)
 
     def connect(self, target: SshTarget, deadline: float) -> SshInstanceHost:
         return SshInstanceHost(self._ssh.connect(target, deadline))

@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncssh
 
 from ..paths import write_atomically
+from ..ports import HostKey
 
 BEGIN_MARKER = "-----BEGIN SSH HOST KEY KEYS-----"
 END_MARKER = "-----END SSH HOST KEY KEYS-----"
@@ -35,8 +36,6 @@ KNOWN_KEY_TYPES = (
 _KEY_RE = re.compile(
     r"(?<![\w-])([a-z0-9-]+(?:@[a-z0-9.-]+)?)\s+(AAAA[A-Za-z0-9+/]+={0,2})(?=\s|$)"
 )
-
-HostKey = tuple[str, str]  # (key type, base64 of the public key blob)
 
 
 def _validate(keytype: str, blob: str) -> bool:

@@ -17,7 +17,12 @@ import pytest
 
 from ec2backup.adapters.host import SshInstanceConnector, SshInstanceHost, privileged_command
 from ec2backup.adapters.keys import generate_run_key
-from ec2backup.errors import DeviceNotFoundError, InvalidResourceStateError, RemoteCommandError
+from ec2backup.errors import (
+    DeviceNotFoundError,
+    HostKeyError,
+    InvalidResourceStateError,
+    RemoteCommandError,
+)
 from ec2backup.ports import DeviceContents, SshTarget, Unmounted
 
 # tests/ is on sys.path without a package, or the repository root with one.
@@ -57,10 +62,30 @@ def instance(run_key: tuple[Path, str]) -> Iterator[SshServer]:
 
 
 def connect(server: SshServer, run_key: tuple[Path, str], user: str) -> SshInstanceHost:
-    known_hosts = run_key[0].parent / "known_hosts"
-    known_hosts.write_text(server.known_hosts_line())
-    target = SshTarget(server.host, user, run_key[0], known_hosts, server.port)
-    return SshInstanceConnector().connect(target, time.monotonic() + 20)
+    target = SshTarget(
+        server.host, user, run_key[0], run_key[0].parent / "known_hosts", server.port
+    )
+    connector = SshInstanceConnector()
+    connector.pin_host_keys(target, [server.host_key])
+    return connector.connect(target, time.monotonic() + 20)
+
+
+def test_only_the_pinned_host_key_is_accepted(
+    instance: SshServer, run_key: tuple[Path, str]
+) -> None:
+    from tests.fakes import another_host_key
+
+    target = SshTarget(instance.host, "ubuntu", run_key[0], run_key[0].parent / "kh", instance.port)
+    connector = SshInstanceConnector()
+    with pytest.raises(ValueError, match="no host keys to pin"):
+        connector.pin_host_keys(target, [])
+    connector.pin_host_keys(target, [another_host_key()])
+    assert (target.known_hosts_path.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(HostKeyError):
+        connector.connect(target, time.monotonic() + 5)
+    connector.pin_host_keys(target, [instance.host_key])  # replaces the other key
+    with connector.connect(target, time.monotonic() + 20) as host:
+        assert host.is_directory("/")
 
 
 @pytest.fixture

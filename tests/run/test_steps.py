@@ -303,8 +303,8 @@ def test_mount_sync_unmount_are_idempotent(ctx: StepContext) -> None:
     assert connector.host.mounts == {}
     assert connector.connects == 1  # one SSH session for the whole run
     assert ctx.run.host_key_source == "user-data"
-    pinned = (ctx.run_dir / "known_hosts").read_text().split()
-    assert pinned == [ctx.run.ssh_address, *ctx.host_key.public.split()[:2]]  # type: ignore[union-attr]
+    keytype, blob = ctx.host_key.public.split()[:2]  # type: ignore[union-attr]
+    assert connector.pinned == {ctx.known_hosts: [(keytype, blob)]}
     assert ctx.run.config["console_checked"] == ctx.run.instance_id
     assert connector.host.idle_armed == [20 * 60]  # armed once, by the new session
 
@@ -495,11 +495,11 @@ def test_a_console_showing_another_host_key_stops_the_run_before_any_connection(
     ctx: StepContext,
 ) -> None:
     from ec2backup.errors import HostKeyError
-    from tests.fakes import console_with_host_key
+    from tests.fakes import another_host_key
 
     connector = _connector(ctx)
     _attached_and_visible(ctx, connector)
-    fake(ctx).console = console_with_host_key()  # an instance that did not take our key
+    fake(ctx).console = [another_host_key()]  # an instance that did not take our key
     with pytest.raises(HostKeyError, match="do not match the key this run gave it") as info:
         ensure_mounted(ctx)
     assert not info.value.resumable
@@ -512,7 +512,7 @@ def test_no_keys_on_the_console_yet_connects_with_the_pinned_key_and_checks_late
     connector = _connector(ctx)
     device = _attached_and_visible(ctx, connector)
     connector.host.contents[device] = DeviceContents(filesystem="ext4")
-    fake(ctx).console = ""  # cloud-init prints the keys only at the end of boot
+    fake(ctx).console = []  # cloud-init prints the keys only at the end of boot
     ensure_mounted(ctx)
     assert connector.connects == 1 and "console_checked" not in ctx.run.config
     fake(ctx).console = None  # printed now: the instance's own key

@@ -31,8 +31,9 @@ from ...errors import (
     ResourceNotFoundError,
     TransientCloudError,
 )
-from ...ports import IngressRule, Instance, LaunchSpec, Snapshot, Volume
-from . import groups, launch
+from ...ports import HostKey, IngressRule, Instance, LaunchSpec, Snapshot, Volume
+from ..hostkeys import parse_console_host_keys
+from . import console, groups, launch
 from .convert import (
     _batches,
     _describe_volumes,
@@ -289,24 +290,10 @@ class Boto3Ec2(VolumeResizing, SnapshotTierCalls):
         return None
 
     def get_console_output(self, instance_id: str) -> str:
-        """The console text, decoded ('' if none yet). ``Latest`` gives the live serial console
-        on Nitro; other instance types reject it and get the buffered output."""
-        resources = {"instance": instance_id}
-        with self._errors("ec2:GetConsoleOutput", resources):
-            try:
-                response = self._client.get_console_output(InstanceId=instance_id, Latest=True)
-            except ClientError as exc:
-                if _error_code(exc) not in (
-                    "UnsupportedOperation",
-                    "Unsupported",
-                    "InvalidParameter",
-                    "InvalidParameterValue",
-                    "InvalidParameterCombination",
-                ):
-                    raise
-                response = self._client.get_console_output(InstanceId=instance_id)
-        # botocore already base64-decodes Output (handlers.decode_console_output).
-        return response.get("Output") or ""
+        return console.console_output(self, instance_id)
+
+    def console_host_keys(self, instance_id: str) -> list[HostKey]:
+        return parse_console_host_keys(console.console_output(self, instance_id))
 
     # ---- volumes -----------------------------------------------------------------------
 

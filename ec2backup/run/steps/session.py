@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ...adapters.hostkeys import parse_console_host_keys, write_known_hosts
 from ...errors import Ec2BackupError, HostKeyError
 from ...ports import InstanceHost
 from ..context import StepContext
@@ -92,7 +91,7 @@ def pin_host_key(ctx: StepContext) -> None:
             resources=ctx.resources(),
             hint=f"end it with `ec2backup resume {run.id} --clean`",
         )
-    write_known_hosts(ctx.known_hosts, run.ssh_address, 22, [_pinned_key(ctx)])
+    ctx.connector.pin_host_keys(ctx.ssh_target(), [_pinned_key(ctx)])
 
 
 def check_console_keys(ctx: StepContext) -> None:
@@ -102,7 +101,7 @@ def check_console_keys(ctx: StepContext) -> None:
         return
     if run.config.get("console_checked") == run.instance_id:
         return
-    keys = parse_console_host_keys(ctx.ec2.get_console_output(run.instance_id))
+    keys = ctx.ec2.console_host_keys(run.instance_id)
     if not keys:
         return  # not printed yet (cloud-init prints them at the end of boot), or never
     if _pinned_key(ctx) not in keys:
