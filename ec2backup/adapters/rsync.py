@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..errors import SyncError, ToolMissingError
 from ..fastpaths import PROGRESS_BATCHES, enabled
@@ -387,15 +387,13 @@ class RsyncSyncer:
             Path(source).mkdir(parents=True, exist_ok=True)
         else:
             _require_directory(source)
-        argv = build_rsync_command(
+        argv = self._command(
             source,
             target,
             remote_dir,
             excludes=excludes,
             extra_args=applicable_args(extra_args, pull=pull),
             remote_sudo=remote_sudo,
-            rsync_program=self.rsync_program,
-            ssh_program=self.ssh_program,
             pull=pull,
         )
         return self._run(argv, target.host, on_progress=on_progress)
@@ -426,15 +424,13 @@ class RsyncSyncer:
                 listing = Path(scratch) / "paths"
                 listing.write_bytes(b"".join(os.fsencode(p) + b"\0" for p in only))
                 flags += ["--from0", f"--files-from={listing}"]
-            argv = build_rsync_command(
+            argv = self._command(
                 source,
                 target,
                 remote_dir,
                 excludes=excludes,
                 extra_args=[*flags, *applicable_args(extra_args, compare=True)],
                 remote_sudo=remote_sudo,
-                rsync_program=self.rsync_program,
-                ssh_program=self.ssh_program,
                 delete=only is None,
                 in_place=False,
                 progress=False,
@@ -461,15 +457,13 @@ class RsyncSyncer:
         remote_sudo: bool = False,
     ) -> int:
         _require_directory(source)
-        argv = build_rsync_command(
+        argv = self._command(
             source,
             target,
             remote_dir,
             excludes=excludes,
             extra_args=["--dry-run", *extra_args],
             remote_sudo=remote_sudo,
-            rsync_program=self.rsync_program,
-            ssh_program=self.ssh_program,
             progress=False,
         )
         deleted = [0]
@@ -481,6 +475,19 @@ class RsyncSyncer:
 
         self._run(argv, target.host, on_line=count)
         return deleted[0]
+
+    def _command(
+        self, source: Path, target: SshTarget, remote_dir: str, **options: Any
+    ) -> list[str]:
+        """``build_rsync_command`` with this syncer's rsync and ssh."""
+        return build_rsync_command(
+            source,
+            target,
+            remote_dir,
+            rsync_program=self.rsync_program,
+            ssh_program=self.ssh_program,
+            **options,
+        )
 
     def _run(
         self,
