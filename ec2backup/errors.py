@@ -33,11 +33,14 @@
                                                 records it as Interrupted
 
 Errors carry the run id and the ids of the resources involved, so a message can say which run
-and which resource, and the CLI can offer ``ec2backup resume RUN_ID``.
+and which resource. Whatever stopped a run (one of these or any other exception) carries an
+``Aftermath``: what the run left in the cloud, from which the CLI words the command that
+continues or ends it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 
@@ -60,8 +63,6 @@ class Ec2BackupError(Exception):
         self.run_id = run_id
         self.resources = dict(resources or {})
         self.hint = hint
-        # After a run failed: what of it still runs in the cloud ([] nothing; None unknown).
-        self.still_running: list[str] | None = None
 
     def one_line(self) -> str:
         """The message, the resources it concerns and the fix, on one line."""
@@ -232,14 +233,36 @@ class AbandonedRunError(Ec2BackupError):
 EXIT_INTERRUPTED = 130
 
 
-def set_aftermath(exc: BaseException, text: str) -> None:
-    """Attach to an error that stopped a run what the run left in the cloud and the command
-    that continues or ends it (said after the error's own line)."""
-    exc.ec2backup_aftermath = text  # type: ignore[attr-defined]
+@dataclass(frozen=True)
+class Aftermath:
+    """What a run that failed or was interrupted left in the cloud, and what can be done with
+    it: said after the error's own line (``cli/main.py``, ``aftermath_text``)."""
+
+    run_id: str
+    # What is still there and billed ("instance i-1 with volume vol-2 attached"); () nothing;
+    # None: unknown (neither EC2 nor the run's record could be read).
+    left: tuple[str, ...] | None
+    # True: as EC2 showed it once the run released what it could; False: as the run's record
+    # says (EC2 could not be asked).
+    observed: bool
+    # The run is done or aborted: nothing continues it.
+    ended: bool
+    # ``ec2backup resume RUN_ID`` continues it; False: only ``--clean`` ends it.
+    resumable: bool
 
 
-def aftermath(exc: BaseException) -> str:
-    return str(getattr(exc, "ec2backup_aftermath", "") or "")
+_AFTERMATH = "ec2backup_aftermath"
+
+
+def set_aftermath(exc: BaseException, value: Aftermath) -> None:
+    """Attach to the exception that stopped a run what the run left. Any exception can stop a
+    run (a bug, a driver's own error), so the value rides on it whatever its class."""
+    setattr(exc, _AFTERMATH, value)
+
+
+def aftermath_of(exc: BaseException) -> Aftermath | None:
+    value = getattr(exc, _AFTERMATH, None)
+    return value if isinstance(value, Aftermath) else None
 
 
 # rsync exit codes that mean the connection broke, not that the data or the command is wrong.
@@ -265,7 +288,6 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by {signal_name}")
         self.signal_name = signal_name
         self.run_id = run_id
-        self.still_running: list[str] | None = None
 
 
 class Terminated(KeyboardInterrupt):

@@ -13,8 +13,14 @@ from contextlib import suppress
 
 import typer
 
-from ..errors import EXIT_INTERRUPTED, Ec2BackupError, Interrupted
-from ..errors import aftermath as recorded_aftermath
+from ..errors import (
+    EXIT_INTERRUPTED,
+    Aftermath,
+    Ec2BackupError,
+    Interrupted,
+    Terminated,
+    aftermath_of,
+)
 from ..fastpaths import FAST_EXIT, GC_PAUSE, enabled
 from .app import app
 
@@ -43,12 +49,7 @@ def run_cli() -> int:
             return EXIT_INTERRUPTED
         if debug:
             traceback.print_exc()
-        typer.echo(
-            f"ec2backup: unexpected error: {type(exc).__name__}: {exc}"
-            + ("" if debug else " (--debug shows where)")
-            + aftermath_note(exc),
-            err=True,
-        )
+        typer.echo(f"ec2backup: {unexpected_line(exc, debug=debug)}", err=True)
         return 1
     return 0
 
@@ -56,45 +57,57 @@ def run_cli() -> int:
 def error_line(exc: Ec2BackupError) -> str:
     """The one line of an error: the message, its resources and fix, and for a run that
     failed, what it left in the cloud and the command that continues or ends it."""
-    line = exc.one_line()
-    if exc.run_id and exc.still_running is not None:  # the engine looked after releasing
-        return line + aftermath(exc.run_id, exc.still_running, resumable=exc.resumable)
-    note = aftermath_note(exc)
-    if note:
-        return line + note
-    if exc.run_id and exc.resumable:
-        line += f" [run {exc.run_id}: `ec2backup resume {exc.run_id}` to continue]"
-    return line
+    return exc.one_line() + aftermath_text(aftermath_of(exc))
 
 
 def interrupted_line(exc: BaseException) -> str:
-    if isinstance(exc, Interrupted) and exc.run_id:
-        line = f"run {exc.run_id} {exc}; its state is recorded"
-        if exc.still_running is not None:
-            return line + aftermath(exc.run_id, exc.still_running, resumable=True)
-        return line + (aftermath_note(exc) or f"; `ec2backup resume {exc.run_id}` to continue")
-    return "interrupted"
+    """``run ID interrupted by Ctrl-C; its state is recorded [run ID: ...]``."""
+    left = aftermath_of(exc)
+    run_id = left.run_id if left else exc.run_id if isinstance(exc, Interrupted) else None
+    if run_id is None:
+        return "interrupted"
+    if isinstance(exc, Interrupted):
+        signal_name = exc.signal_name
+    else:  # a KeyboardInterrupt that reached the run outside the engine
+        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+    return f"run {run_id} interrupted by {signal_name}; its state is recorded" + aftermath_text(
+        left
+    )
 
 
-def aftermath(run_id: str, still_running: list[str] | None, *, resumable: bool) -> str:
-    """What a failed run left running, as EC2 showed it once the run released what it could,
-    and the one command that ends it (or, with nothing left, the one that continues it)."""
-    if still_running:
-        return (
-            f" [run {run_id}: still running: {', '.join(still_running)}; "
-            f"`ec2backup resume {run_id} --clean` ends it]"
+def unexpected_line(exc: BaseException, *, debug: bool) -> str:
+    return (
+        f"unexpected error: {type(exc).__name__}: {exc}"
+        + ("" if debug else " (--debug shows where)")
+        + aftermath_text(aftermath_of(exc))
+    )
+
+
+def aftermath_text(left: Aftermath | None) -> str:
+    """What a stopped run left in the cloud and the one command that continues or ends it,
+    as said after the error's line: `` [run ID: still running: ...; `...` ends it]``; empty
+    where no run was stopped."""
+    if left is None:
+        return ""
+    run = left.run_id
+    if left.left is None:
+        what = "what it left in the cloud is unknown (neither EC2 nor its record could be read)"
+    elif left.left:
+        what = ("still running: " if left.observed else "left in the cloud, by its record: ") + (
+            ", ".join(left.left)
         )
-    if not resumable:
-        return f" [run {run_id}: nothing of it is left in the cloud]" if still_running == [] else ""
-    left = "nothing of it is left running; " if still_running == [] else ""
-    return f" [run {run_id}: {left}`ec2backup resume {run_id}` to continue]"
-
-
-def aftermath_note(exc: BaseException) -> str:
-    """What a failed run left behind, read from its record by the runner (where the engine
-    did not look itself)."""
-    text = recorded_aftermath(exc)
-    return f"; {text}" if text else ""
+    else:
+        what = "nothing of it is left " + (
+            "running" if left.observed and not left.ended else "in the cloud"
+        )
+        what += "" if left.observed else ", by its record"
+    if left.ended:
+        command = "`ec2backup reap --yes` ends it" if left.left != () else ""
+    elif left.resumable and left.left == ():
+        command = f"`ec2backup resume {run}` to continue"
+    else:
+        command = f"`ec2backup resume {run} --clean` ends it"
+    return f" [run {run}: {what}" + (f"; {command}]" if command else "]")
 
 
 # How long a command runs before the cyclic garbage collector comes back on (see main).

@@ -12,10 +12,10 @@ import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Profile
-from ..core.leftovers import leftovers
+from ..core.leftovers import Leftovers, aftermath, leftovers
 from ..core.states import (
     BACKUP_KINDS,
     FINAL_STATES,
@@ -28,8 +28,11 @@ from ..core.times import utcnow
 from ..db import leases
 from ..db.models import Event, Run
 from ..db.recorder import RunRecorder
-from ..errors import Ec2BackupError, RunStateError, set_aftermath
+from ..errors import Aftermath, Ec2BackupError, RunStateError, set_aftermath
 from .app import App
+
+if TYPE_CHECKING:
+    from ..run.context import StepContext
 
 log = logging.getLogger(__name__)
 
@@ -116,78 +119,94 @@ def resume(app: App, run_id: str, *, clean: bool = False, snapshot: bool = False
 def _drive(
     app: App, run_id: str, *, resuming: bool = False, clean: bool = False, snapshot: bool = False
 ) -> Run:
-    """Drive a run whose leases this process holds."""
-    from ..adapters.keys import generate_host_key, generate_run_key, remove_run_dir
+    """Drive a run whose leases this process holds. Whatever stops it carries what it left in
+    the cloud (``errors.aftermath_of``), set here and nowhere else."""
+    from ..adapters.keys import generate_host_key, generate_run_key
     from ..run import engine
     from ..run.context import StepContext
     from ..run.userdata import HostKeyPair
 
     with app.store.session() as session:
         run = app.store.get_run(session, run_id)
-        profile = Profile.model_validate(run.config["profile"])
-        run_dir = app.run_dir(run.id)
-        key_path, public_key = generate_run_key(run_dir)
-        host_key = HostKeyPair(*generate_host_key(run_dir))
-        recorder = RunRecorder(session, run)
-        ctx = StepContext(
-            run=run,
-            recorder=recorder,
-            profile=profile,
-            ec2=app.adapters.ec2(profile.region, run.id),
-            connector=app.adapters.connector(),
-            syncer=app.adapters.syncer(),
-            run_dir=run_dir,
-            key_path=key_path,
-            public_key=public_key,
-            host_key=host_key,
-            progress=app.progress,
-            on_state=app.on_state,
-            on_transfer=app.on_transfer,
-            keep_instance=app.keep_instance,
-            client_cidr=client_cidr(profile),
-        )
-        engine.bind(run, ctx)
-        failure: BaseException | None = None
+        ctx: StepContext | None = None
+        try:
+            profile = Profile.model_validate(run.config["profile"])
+            run_dir = app.run_dir(run.id)
+            key_path, public_key = generate_run_key(run_dir)
+            host_key = HostKeyPair(*generate_host_key(run_dir))
+            ctx = StepContext(
+                run=run,
+                recorder=RunRecorder(session, run),
+                profile=profile,
+                ec2=app.adapters.ec2(profile.region, run.id),
+                connector=app.adapters.connector(),
+                syncer=app.adapters.syncer(),
+                run_dir=run_dir,
+                key_path=key_path,
+                public_key=public_key,
+                host_key=host_key,
+                progress=app.progress,
+                on_state=app.on_state,
+                on_transfer=app.on_transfer,
+                keep_instance=app.keep_instance,
+                client_cidr=client_cidr(profile),
+            )
+            engine.bind(run, ctx)
+            _drive_bound(app, ctx, resuming=resuming, clean=clean, snapshot=snapshot)
+        except BaseException as exc:
+            set_aftermath(exc, left_by(run_id, run, exc, None if ctx is None else ctx.left_seen))
+            raise
+        return run
+
+
+def _drive_bound(
+    app: App, ctx: StepContext, *, resuming: bool, clean: bool, snapshot: bool
+) -> None:
+    """The engine's part of ``_drive``, then what a finished run does; the profile's hook
+    and metrics whatever the outcome."""
+    from ..adapters.keys import remove_run_dir
+    from ..run import engine
+
+    run, profile = ctx.run, ctx.profile
+    failure: BaseException | None = None
+    try:
         prefetch = None
         if run.kind in BACKUP_KINDS and not clean:
             from .growth import Prefetch
 
             prefetch = Prefetch(app, profile, exclude=run.id)
-        try:
-            if clean:
-                engine.clean(ctx, snapshot=snapshot)
-            else:
-                if resuming and run.state == RunState.FAILED:
-                    run.error = None
-                    run.error_type = None
-                    fire(run, "resume", detail=f"resumed from {run.failed_from}")
-                engine.drive(ctx)
-            # An init with a volume writes its profile as a step (run/steps/profile.py); one
-            # in snapshots-only storage has no volume to name: its profile once it is done.
-            if run.kind == RunKind.SNAPSHOT_INIT and run.state == RunState.DONE:
-                _write_initialised_profile(run, profile)
-            if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
-                session.commit()
-                if prefetch is not None:
-                    # Recorded before retention prunes: it may delete a snapshot compared with.
-                    prefetch.finish(app)
-                if profile.retention:
-                    from .snapshots import apply_profile_retention
+        if clean:
+            engine.clean(ctx, snapshot=snapshot)
+        else:
+            if resuming and run.state == RunState.FAILED:
+                run.error = None
+                run.error_type = None
+                fire(run, "resume", detail=f"resumed from {run.failed_from}")
+            engine.drive(ctx)
+        # An init with a volume writes its profile as a step (run/steps/profile.py); one
+        # in snapshots-only storage has no volume to name: its profile once it is done.
+        if run.kind == RunKind.SNAPSHOT_INIT and run.state == RunState.DONE:
+            _write_initialised_profile(run, profile)
+        if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
+            ctx.recorder.session.commit()
+            if prefetch is not None:
+                # Recorded before retention prunes: it may delete a snapshot compared with.
+                prefetch.finish(app)
+            if profile.retention:
+                from .snapshots import apply_profile_retention
 
-                    apply_profile_retention(app, profile)
-        except BaseException as exc:
-            failure = exc
-            set_aftermath(exc, aftermath(run, exc))
-            raise
-        finally:
-            # The run's key is needed only while the run can still be resumed.
-            if run.state in FINAL_STATES:
-                remove_run_dir(run_dir)
-            _after_run(app, ctx, profile, failure)
-        return run
+                apply_profile_retention(app, profile)
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        # The run's key is needed only while the run can still be resumed.
+        if run.state in FINAL_STATES:
+            remove_run_dir(ctx.run_dir)
+        _after_run(app, ctx, profile, failure)
 
 
-def _after_run(app: App, ctx: Any, profile: Profile, failure: BaseException | None) -> None:
+def _after_run(app: App, ctx: StepContext, profile: Profile, failure: BaseException | None) -> None:
     """The profile's hook and metrics for the run just driven; what they warn of is kept on
     the run. Never raises: the run's own outcome stands."""
     from .hooks import Outcome, after_run
@@ -205,9 +224,25 @@ def _after_run(app: App, ctx: Any, profile: Profile, failure: BaseException | No
         log.warning("run %s: after the run: %s", run.id, exc)
 
 
-def aftermath(run: Run, exc: BaseException) -> str:
-    """What the stopped run left in the cloud, from its record, and the one command that
-    continues it or ends it."""
+def left_by(run_id: str, run: Run, exc: BaseException, seen: tuple[str, ...] | None) -> Aftermath:
+    """What the stopped run left in the cloud: what EC2 showed once the engine released what
+    it could (``seen``); else what the run's record says. The record speaks only where EC2
+    could not be asked: the failure came before the engine was bound (a key file, the
+    profile), after the run was done (its retention), or EC2 itself did not answer."""
+    resumable = not isinstance(exc, Ec2BackupError) or exc.resumable
+    try:
+        state, failed_from = str(run.state), run.failed_from
+        left = seen if seen is not None else recorded_leftovers(run).items()
+    except Exception as read_error:  # the database is what failed: its record cannot say
+        log.warning("run %s: cannot read its record: %s", run_id, read_error)
+        return Aftermath(run_id, seen, observed=seen is not None, ended=False, resumable=resumable)
+    return aftermath(
+        run_id, state, failed_from, left, observed=seen is not None, error_resumable=resumable
+    )
+
+
+def recorded_leftovers(run: Run) -> Leftovers:
+    """What the run left, by the states it entered (core/leftovers.py)."""
     from sqlalchemy import select
     from sqlalchemy.orm import object_session
 
@@ -220,7 +255,7 @@ def aftermath(run: Run, exc: BaseException) -> str:
         if session is not None
         else [event.to_state for event in run.events]
     )
-    left = leftovers(
+    return leftovers(
         run.kind,
         states,
         instance_id=run.instance_id,
@@ -228,20 +263,6 @@ def aftermath(run: Run, exc: BaseException) -> str:
         temporary_volume=run.kind in TEMPORARY_VOLUME_KINDS
         and not (run.kind == RunKind.RESTORE and run.config.get("live")),
     )
-    if run.state in FINAL_STATES:
-        if left.empty:
-            return "nothing of it is left in the cloud"
-        return f"left in the cloud: {left.describe()}"
-    resumable = not isinstance(exc, Ec2BackupError) or exc.resumable
-    cleaning = RunState.CLEANING in (run.state, run.failed_from)
-    resume = f"`ec2backup resume {run.id}` to continue"
-    clean = f"`ec2backup resume {run.id} --clean` to end it"
-    if left.empty:
-        return f"nothing of run {run.id} is left in the cloud; " + (
-            resume if resumable and not cleaning else clean
-        )
-    commands = f"{resume}, {clean}" if resumable and not cleaning else clean
-    return f"left in the cloud: {left.describe()}; {commands}"
 
 
 def _write_initialised_profile(run: Run, profile: Profile) -> None:

@@ -1,6 +1,7 @@
 """What a run that stopped has left in the cloud, read from its record alone: the states it
-entered (its event log), its resource ids and its kind. No I/O: the message after a failure is
-written from this, so it says what the record says, whoever released what since.
+entered (its event log), its resource ids and its kind. No I/O. The message after a failure
+says what EC2 showed once the run released what it could; this is what it says instead where
+EC2 could not be asked.
 
 A state entered means its step may have acted: ``launching`` may have started an instance (the
 run names it once RunInstances returned), ``attaching`` may have attached the volume, and
@@ -14,9 +15,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .states import TEMPORARY_VOLUME_KINDS, RunState
+from ..errors import Aftermath
+from .states import FINAL_STATES, TEMPORARY_VOLUME_KINDS, RunState
 
 _OVER = frozenset({RunState.ABORTED, RunState.DONE})
+
+
+def instance_item(instance_id: str, attached_volume_id: str | None, *, temporary: bool) -> str:
+    """``instance i-1 with volume vol-2 attached``: one thing a run left, worded alike whether
+    EC2 showed it or the record says so."""
+    if not attached_volume_id:
+        return f"instance {instance_id}"
+    what = "temporary volume" if temporary else "volume"
+    return f"instance {instance_id} with {what} {attached_volume_id} attached"
+
+
+def temporary_volume_item(volume_id: str) -> str:
+    return f"temporary volume {volume_id} (billed until deleted)"
 
 
 @dataclass(frozen=True)
@@ -29,19 +44,37 @@ class Leftovers:
     def empty(self) -> bool:
         return not (self.instance_id or self.attached_volume_id or self.temporary_volume_id)
 
-    def describe(self) -> str:
-        """``instance i-1 (running, billed) with volume vol-2 attached``, or ``nothing``."""
+    def items(self) -> tuple[str, ...]:
+        """``("instance i-1 with volume vol-2 attached",)``, or ``()`` for nothing."""
         temporary = self.temporary_volume_id
-        parts = []
+        found = []
         if self.instance_id:
-            text = f"instance {self.instance_id} (running, billed)"
-            if self.attached_volume_id:
-                what = "temporary volume" if self.attached_volume_id == temporary else "volume"
-                text += f" with {what} {self.attached_volume_id} attached"
-            parts.append(text)
+            attached = self.attached_volume_id
+            found.append(instance_item(self.instance_id, attached, temporary=attached == temporary))
         if temporary and temporary != self.attached_volume_id:
-            parts.append(f"temporary volume {temporary} (billed until deleted)")
-        return " and ".join(parts) or "nothing"
+            found.append(temporary_volume_item(temporary))
+        return tuple(found)
+
+
+def aftermath(
+    run_id: str,
+    state: str,
+    failed_from: str | None,
+    left: tuple[str, ...] | None,
+    *,
+    observed: bool,
+    error_resumable: bool,
+) -> Aftermath:
+    """What a stopped run left (``left``, from EC2 or from the record) with what its state
+    allows: a run over is not continued, and a failed force-clean is ended, not resumed."""
+    cleaning = RunState.CLEANING in (state, failed_from)
+    return Aftermath(
+        run_id=run_id,
+        left=left,
+        observed=observed,
+        ended=state in FINAL_STATES,
+        resumable=error_resumable and not cleaning and state not in FINAL_STATES,
+    )
 
 
 def leftovers(

@@ -49,6 +49,9 @@ class StepContext:
     keep_instance: bool = False
     # Where SSH comes from (a CIDR: allow_ssh_from, or this host's address; None: unknown).
     client_cidr: Callable[[], str | None] = lambda: None
+    # What EC2 showed of the run once a failure released what it could (engine.after_failure);
+    # None: not looked, or EC2 could not be asked.
+    left_seen: tuple[str, ...] | None = None
 
     @property
     def known_hosts(self) -> Path:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from transitions import EventData
 
+from ..core.leftovers import instance_item, temporary_volume_item
 from ..core.states import (
     BACKUP_KINDS,
     ENDED,
@@ -47,7 +48,7 @@ from .steps.filesystem import try_unmount
 from .steps.instance import ensure_terminated, instance_alive
 from .steps.profile import undo_init
 from .steps.snapshot import ensure_snapshot
-from .steps.volume import adopt_unrecorded_volume, ensure_volume_deleted
+from .steps.volume import adopt_unrecorded_volume, ensure_volume_deleted, is_temporary_volume_of
 
 # Force-clean bounds: how long to try SSH for the unmount, and to wait before forcing a detach.
 CLEAN_SSH_SECONDS = 30.0
@@ -101,12 +102,12 @@ def drive(ctx: StepContext) -> Run:
     except Interrupted as exc:
         exc.run_id = run.id
         record_failure(ctx, exc)
-        exc.still_running = after_failure(ctx, exc)
+        after_failure(ctx)
         raise
     except KeyboardInterrupt as exc:
         interrupted = Interrupted("SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C", run.id)
         record_failure(ctx, interrupted)
-        interrupted.still_running = after_failure(ctx, interrupted)
+        after_failure(ctx)
         raise interrupted from exc
     except Exception as exc:
         record_failure(ctx, exc)
@@ -118,19 +119,9 @@ def drive(ctx: StepContext) -> Run:
             exc.hint = (exc.hint + "; " if exc.hint else "") + (
                 f"the run was cleaned up and aborted (`ec2backup show {run.id}`)"
             )
-            exc.still_running = leftovers(ctx)
+            ctx.left_seen = observe_leftovers(ctx)
         else:
-            left = after_failure(ctx, exc)
-            if isinstance(exc, (Ec2BackupError, Interrupted)):
-                exc.still_running = left
-            else:  # an unexpected error has no place for it: say it here
-                log.warning(
-                    "run %s: %s",
-                    run.id,
-                    f"still running: {', '.join(left)}; `ec2backup resume {run.id} --clean` ends it"
-                    if left
-                    else "nothing of it is left running",
-                )
+            after_failure(ctx)
         raise
     finally:
         ctx.close_host()
@@ -190,27 +181,29 @@ def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
         return run
     except (Exception, KeyboardInterrupt) as exc:
         record_failure(ctx, exc)
+        ctx.left_seen = observe_leftovers(ctx)  # what the force-clean did not get to
         raise
     finally:
         ctx.close_host()
 
 
-def after_failure(ctx: StepContext, exc: BaseException) -> list[str]:
-    """What a failed run leaves running: nothing, once released (the default); the instance,
-    with ``--keep-instance``. The run stays ``failed`` with its progress either way."""
+def after_failure(ctx: StepContext) -> None:
+    """Release a failed run's instance (the default) or keep it (``--keep-instance``), then
+    look at what EC2 still shows of the run (``ctx.left_seen``). The run stays ``failed``
+    with its progress either way."""
     run = ctx.run
     ctx.close_host()  # and stop keeping the instance alive: a kept one ends after its idle bound
     if ctx.keep_instance:
-        left = leftovers(ctx)
-        if left:
+        ctx.left_seen = observe_leftovers(ctx)
+        if ctx.left_seen:
             log.warning(
                 "run %s: kept for debugging (--keep-instance): %s; it powers itself off after "
                 "%d idle minutes",
                 run.id,
-                ", ".join(left),
+                ", ".join(ctx.left_seen),
                 ctx.profile.instance_idle_minutes,
             )
-        return left
+        return
     try:
         notes = release(ctx)
     except (Exception, KeyboardInterrupt, Interrupted) as release_error:
@@ -222,7 +215,7 @@ def after_failure(ctx: StepContext, exc: BaseException) -> list[str]:
         run.warnings = [*run.warnings, "after the failure: " + "; ".join(notes)]
         ctx.recorder.save()
     _quietly(ctx, release_ssh_access)
-    return leftovers(ctx)
+    ctx.left_seen = observe_leftovers(ctx)
 
 
 def _reaches_the_instance(kind: RunKind, state: RunState) -> bool:
@@ -256,20 +249,28 @@ def release(ctx: StepContext) -> list[str]:
     return notes
 
 
-def leftovers(ctx: StepContext) -> list[str]:
-    """What of the run still runs in the cloud, as EC2 says (read-only calls)."""
+def observe_leftovers(ctx: StepContext) -> tuple[str, ...] | None:
+    """What of the run is still in the cloud, as EC2 says (read-only calls): its instances
+    that still run, with the volume if it is attached, and a volume it made for itself. None
+    when that cannot be seen: the message then says what the run's record says."""
     run = ctx.run
     try:
         instances = ctx.ec2.find_instances({TAG_RUN_ID: run.id}, STILL_RUNNING)
         volume = ctx.ec2.get_volume(run.volume_id) if run.volume_id else None
-    except Ec2BackupError as exc:
-        return [f"unknown (could not look: {exc.message})"]
-    left = []
+    except Exception as exc:  # EC2 did not answer (or the database behind the run's fields)
+        log.warning("cannot see what the stopped run left: %s", exc)
+        return None
+    if volume is not None and volume.state in ("deleting", "deleted"):
+        volume = None
+    temporary = volume is not None and is_temporary_volume_of(volume, run.id)
+    left, named = [], False
     for instance in instances:
-        attached = volume is not None and volume.attachment_to(instance.id) is not None
-        with_volume = f" with volume {run.volume_id} attached" if attached else ""
-        left.append(f"instance {instance.id}{with_volume}")
-    return left
+        attached = volume.id if volume and volume.attachment_to(instance.id) else None
+        named = named or attached is not None
+        left.append(instance_item(instance.id, attached, temporary=temporary))
+    if volume is not None and temporary and not named:
+        left.append(temporary_volume_item(volume.id))
+    return tuple(left)
 
 
 def record_failure(ctx: StepContext, exc: BaseException) -> None:

@@ -209,25 +209,3 @@ def test_a_corrupt_database_is_one_line(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
     assert "not a valid ec2backup database" in result.stderr
     assert (tmp_path / "db.sqlite").read_bytes() == b"\x00garbage" * 512  # left as it was
-
-
-def test_the_message_after_a_failure_says_what_still_runs_and_the_command_that_ends_it() -> None:
-    from ec2backup.cli.main import aftermath
-
-    run = "20261128T000000Z-aaaaaa"
-    assert aftermath(run, [], resumable=True) == (
-        f" [run {run}: nothing of it is left running; `ec2backup resume {run}` to continue]"
-    )
-    kept = aftermath(run, ["instance i-0abc with volume vol-0def attached"], resumable=True)
-    assert kept == (
-        f" [run {run}: still running: instance i-0abc with volume vol-0def attached; "
-        f"`ec2backup resume {run} --clean` ends it]"
-    )
-    # Cleaned up and aborted: nothing to do, and nothing billed.
-    assert (
-        aftermath(run, [], resumable=False) == f" [run {run}: nothing of it is left in the cloud]"
-    )
-    assert (
-        aftermath(run, None, resumable=True)
-        == f" [run {run}: `ec2backup resume {run}` to continue]"
-    )

@@ -15,7 +15,15 @@ from ec2backup.commands.runner import resume
 from ec2backup.core.states import RunKind, path
 from ec2backup.core.times import utcnow
 from ec2backup.db.store import open_store
-from ec2backup.errors import CloudError, Interrupted, RemoteCommandError, RemoteError, RunStateError
+from ec2backup.errors import (
+    Aftermath,
+    CloudError,
+    Interrupted,
+    RemoteCommandError,
+    RemoteError,
+    RunStateError,
+    aftermath_of,
+)
 from tests.fakes import FakeConnector, FakeEc2, FakeSyncer
 
 
@@ -430,6 +438,13 @@ def test_show_reports_instance_time_and_its_cost(world: World) -> None:
     assert cost["usd"] == pytest.approx(60 / 3600 * 0.0104, abs=1e-6)  # rounded to 6 places
 
 
+def seen(exc: BaseException) -> tuple[str, ...] | None:
+    """What the error says the run left, as EC2 showed it after the release."""
+    left = aftermath_of(exc)
+    assert left is not None and left.observed, left
+    return left.left
+
+
 def failing_sync(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     from ec2backup.errors import SyncError
 
@@ -449,8 +464,11 @@ def test_a_failed_step_releases_the_cloud_and_resume_relaunches(
     failing_sync(world, monkeypatch)
     with pytest.raises(SyncError) as info:
         start_backup(world.app, "p")
-    assert info.value.still_running == []  # what the message says: nothing is left running
     run_id = info.value.run_id or ""
+    # What the message says: nothing is left running, and resume continues.
+    assert aftermath_of(info.value) == Aftermath(
+        run_id, (), observed=True, ended=False, resumable=True
+    )
     shown = show_run(world.app, run_id)
     assert (shown["state"], shown["failed_from"]) == ("failed", "syncing")  # progress kept
     assert {i.state for i in world.ec2.instances.values()} == {"terminated"}
@@ -462,9 +480,8 @@ def test_a_failed_step_releases_the_cloud_and_resume_relaunches(
     assert run.state == "done" and run.launch_attempt == 2  # relaunched
 
 
-def test_keep_instance_keeps_it_and_the_error_says_what_still_runs(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def kept_after_a_failed_sync(world: World, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A backup whose sync failed under ``--keep-instance``: its run id."""
     from ec2backup.errors import SyncError
 
     failing_sync(world, monkeypatch)
@@ -474,11 +491,15 @@ def test_keep_instance_keeps_it_and_the_error_says_what_still_runs(
     (instance,) = world.ec2.instances.values()
     assert instance.state == "running"
     assert world.ec2.volumes[world.volume_id].attachment_to(instance.id) is not None
-    assert info.value.still_running == [
-        f"instance {instance.id} with volume {world.volume_id} attached"
-    ]
+    assert seen(info.value) == (f"instance {instance.id} with volume {world.volume_id} attached",)
+    return info.value.run_id or ""
+
+
+def test_keep_instance_keeps_it_and_the_error_says_what_still_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = kept_after_a_failed_sync(world, monkeypatch)
     # The one command that ends it.
-    run_id = info.value.run_id or ""
     assert resume(world.app, run_id, clean=True).state == "aborted"
     assert {i.state for i in world.ec2.instances.values()} == {"terminated"}
 
@@ -493,7 +514,7 @@ def test_ctrl_c_releases_the_cloud_too(world: World) -> None:
     world.ec2.before = interrupt
     with pytest.raises(Interrupted) as info:
         start_backup(world.app, "p")
-    assert info.value.still_running == []
+    assert seen(info.value) == ()
     assert {i.state for i in world.ec2.instances.values()} == {"terminated"}
 
 
@@ -513,6 +534,6 @@ def test_a_release_that_fails_says_what_is_still_running(world: World) -> None:
     with pytest.raises(SyncError) as info:
         start_backup(world.app, "p")
     (instance,) = world.ec2.instances.values()
-    assert info.value.still_running == [f"instance {instance.id}"]  # detached, not terminated
+    assert seen(info.value) == (f"instance {instance.id}",)  # detached, not terminated
     shown = show_run(world.app, info.value.run_id or "")
     assert any("the release failed" in w for w in shown["warnings"])

@@ -157,16 +157,18 @@ def adopt_unrecorded_volume(ctx: StepContext) -> None:
         ctx.recorder.save()
 
 
+def is_temporary_volume_of(volume: Volume, run_id: str) -> bool:
+    """Whether the volume is one the run made for itself (its tags say so), to be deleted."""
+    return volume.tags.get(TAG_ROLE) in TEMPORARY_ROLES and volume.tags.get(TAG_RUN_ID) == run_id
+
+
 def ensure_volume_deleted(ctx: StepContext) -> str:
     run = ctx.run
     if run.config.get("live"):
         return "no temporary volume"
     volume = _get_run_volume(ctx)
     if volume is not None and volume.state not in ("deleting", "deleted"):
-        if (
-            volume.tags.get(TAG_ROLE) not in TEMPORARY_ROLES
-            or volume.tags.get(TAG_RUN_ID) != run.id
-        ):
+        if not is_temporary_volume_of(volume, run.id):
             raise InvalidResourceStateError(
                 f"volume {volume.id} is not this run's temporary volume; not deleting it",
                 run_id=run.id,
