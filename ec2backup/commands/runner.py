@@ -11,7 +11,6 @@ import secrets
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ..config import Profile
@@ -162,10 +161,6 @@ def _drive(
                     run.error_type = None
                     fire(run, "resume", detail=f"resumed from {run.failed_from}")
                 engine.drive(ctx)
-            # An init with a volume writes its profile as a step (run/steps/profile.py); one
-            # in snapshots-only storage has no volume to name: its profile once it is done.
-            if run.kind == RunKind.SNAPSHOT_INIT and run.state == RunState.DONE:
-                _write_initialised_profile(run, profile)
             if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
                 session.commit()
                 if prefetch is not None:
@@ -242,10 +237,3 @@ def aftermath(run: Run, exc: BaseException) -> str:
         )
     commands = f"{resume}, {clean}" if resumable and not cleaning else clean
     return f"left in the cloud: {left.describe()}; {commands}"
-
-
-def _write_initialised_profile(run: Run, profile: Profile) -> None:
-    from ..config import write_profile
-
-    # Its volume is gone; the snapshot is where it starts.
-    write_profile(Path(run.config["config_path"]), profile)
