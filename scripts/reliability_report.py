@@ -14,6 +14,7 @@ RECOVERIES = {
     "init": ("resume", "clean", "next"),
     "restore": ("resume", "clean", "next"),
     "verify": ("resume", "clean", "next"),
+    "snapshot_init": ("resume", "clean", "next"),
     # A backup killed after mounting, then its resume killed at the point: resumed again.
     "resume killed": ("resume",),
 }
@@ -54,7 +55,10 @@ BOUNDS = [
     "- **init never leaks.** Its volume is on the run from the moment CreateVolume returns",
     "  (found by the run's tags if killed before that was recorded) and in the profile one step",
     "  later; `resume --clean` of an init deletes it; `reap` deletes an init's volume that no",
-    "  profile names and no live run owns (a dry run unless `--yes`).",
+    "  profile names and no live run owns (a dry run unless `--yes`). A snapshots-only init",
+    "  writes its profile one step after its first snapshot exists (never after `done`), so a",
+    "  profile always has a snapshot to start from; its `resume --clean` deletes its work",
+    "  volume, the profile entry it wrote and that (empty) snapshot.",
     "",
     "On the local cloud a minute of the instances' timers lasts `minute_seconds` real seconds",
     "(60 by default; 15 in tests/e2e/test_heal.py, whose one-minute idle bound is then 15 s",
@@ -97,8 +101,9 @@ def main(results: Path, out: Path) -> int:
         "backup, at most one snapshot carries the run's id (exactly one after `resume`) and",
         "after `resume` the files on the volume (its image mounted read-only) are identical to",
         "the source; for an init, a finished one left its volume named by its profile and an",
-        "ended one left no volume and no profile entry; for a restore, no temporary volume is",
-        "left and a finished one restored the files exactly.",
+        "ended one left no volume and no profile entry; for a snapshots-only init, no volume is",
+        "left, a finished one left its profile and one snapshot and an ended one neither; for a",
+        "restore, no temporary volume is left and a finished one restored the files exactly.",
         "",
         "`before:X` / `after:X`: just before / after the side effect of step X (after the active",
         "state is committed / before the result state is). `called:X`: after cloud call X",
@@ -110,8 +115,9 @@ def main(results: Path, out: Path) -> int:
         "",
         f"**{passed} of {ran} cells run pass**"
         + (
-            f" ({total - ran} of {total} not run: `make test` runs each point of init, restore"
-            " and verify with one recovery, taking turns; `make crash-matrix` runs them all)."
+            f" ({total - ran} of {total} not run: `make test` runs each point of init, restore,"
+            " verify and snapshots-only init with one recovery, taking turns; `make crash-matrix`"
+            " runs them all)."
             if ran < total
             else f" (all {total})."
         ),

@@ -7,7 +7,9 @@ Which, for a run found abandoned:
 
 * an ``init``: resumed by ``run``, ``verify`` and ``restore`` (they need its volume formatted
   and the profile written); force-cleaned by a new ``init`` of the same profile, which starts
-  over (the old init's volume is deleted: it holds nothing yet);
+  over (the old init's volume is deleted: it holds nothing yet). The same for a snapshots-only
+  init (its profile is in the file only once its first snapshot exists: then only deleting its
+  work volume is left; a new init deletes that empty snapshot);
 * a ``backup`` whose copy had finished (a ``synced`` event) and that needs no new instance to
   end (its instance is still there, or it is past unmounting): resumed, so that it ends with
   its snapshot; any other backup: force-cleaned (its copy is incomplete: the new run copies
@@ -36,6 +38,8 @@ from ..errors import Ec2BackupError, LeaseHeldError
 from .app import App
 
 log = logging.getLogger(__name__)
+
+INIT_KINDS = (RunKind.INIT, RunKind.SNAPSHOT_INIT)
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,10 @@ def decide(app: App, run: Run, *, starting_over: bool = False) -> Decision:
 
     if state == RunState.CLEANING:
         return decision(True, "it was being force-cleaned")
-    if kind == RunKind.INIT:
+    if kind in INIT_KINDS:
         if starting_over:
-            return decision(True, "a new init of the profile starts over (its volume is empty)")
-        return decision(False, "the profile's volume must be made ready first")
+            return decision(True, "a new init of the profile starts over (what it made is empty)")
+        return decision(False, "the profile's init must finish first")
     if kind in (RunKind.RESTORE, RunKind.VERIFY):
         return decision(True, f"nobody waits for that {run.kind} any more")
     synced = any(e.to_state == RunState.SYNCED for e in _events(app, run.id))
@@ -131,7 +135,7 @@ def heal(
     live = leases.live_leases(app.store)
     for run in unfinished_runs(app, profile, kinds):
         if run.id in live:
-            if run.kind == RunKind.INIT:
+            if run.kind in INIT_KINDS:
                 raise LeaseHeldError(
                     f"profile {profile!r} is being initialised by "
                     f"{leases.describe(live[run.id], utcnow())}",

@@ -18,8 +18,10 @@ their runs ``failed`` with ``AbandonedRunError`` so that ``resume`` (which relau
 ``role=work`` of a backup in snapshots-only storage) of runs that are over, abandoned or
 unknown are deleted; so is a volume an ``init`` made that no profile names and no live run
 owns (its init known here, unfinished, abandoned, the volume used by no other run). A backup
-volume that may hold backups never is. SSH rules that runs added to a security group are
-removed once their run holds no live lease. Dry run unless asked.
+volume that may hold backups never is, nor any snapshot (the first snapshot of a snapshots-only
+init that did not finish is deleted by that init's force-clean: run/steps/profile.py). SSH
+rules that runs added to a security group are removed once their run holds no live lease. Dry
+run unless asked.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import secrets
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Profile
@@ -183,10 +182,6 @@ def _drive_bound(
                 run.error_type = None
                 fire(run, "resume", detail=f"resumed from {run.failed_from}")
             engine.drive(ctx)
-        # An init with a volume writes its profile as a step (run/steps/profile.py); one
-        # in snapshots-only storage has no volume to name: its profile once it is done.
-        if run.kind == RunKind.SNAPSHOT_INIT and run.state == RunState.DONE:
-            _write_initialised_profile(run, profile)
         if run.kind in BACKUP_KINDS and run.state == RunState.DONE:
             ctx.recorder.session.commit()
             if prefetch is not None:
@@ -263,10 +258,3 @@ def recorded_leftovers(run: Run) -> Leftovers:
         temporary_volume=run.kind in TEMPORARY_VOLUME_KINDS
         and not (run.kind == RunKind.RESTORE and run.config.get("live")),
     )
-
-
-def _write_initialised_profile(run: Run, profile: Profile) -> None:
-    from ..config import write_profile
-
-    # Its volume is gone; the snapshot is where it starts.
-    write_profile(Path(run.config["config_path"]), profile)

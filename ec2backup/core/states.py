@@ -21,7 +21,8 @@ Snapshot backup: created -> creating_volume (from the latest snapshot) -> launch
          -> syncing -> ... -> terminated -> snapshotting -> snapshotted -> deleting_volume
          -> done
 Snapshot init: created -> creating_volume (empty) -> ... -> formatted -> ... -> terminated
-         -> snapshotting -> snapshotted -> deleting_volume -> done
+         -> snapshotting -> snapshotted -> writing_profile -> profile_written -> deleting_volume
+         -> done (the profile is written once its first snapshot exists)
 
 Any non-final state may ``fail`` (-> failed, the state it failed in is kept as
 ``failed_from``). ``resume`` takes a failed run back to ``failed_from``. ``clean`` takes any
@@ -134,7 +135,8 @@ CREATE_VOLUME = Step(
 RESTORE_VOLUME = Step(
     "restore_volume", RunState.CREATING_VOLUME, RunState.VOLUME_CREATED, calls=("create_volume",)
 )
-# init: the profile entry naming the new volume, written into the config file (idempotent).
+# init: the profile entry naming the new volume, written into the config file (idempotent);
+# snapshots-only init: the profile entry (no volume), once its first snapshot exists.
 WRITE_PROFILE = Step("write_profile", RunState.WRITING_PROFILE, RunState.PROFILE_WRITTEN)
 LAUNCH = Step(
     "launch",
@@ -193,7 +195,10 @@ STEPS: dict[RunKind, tuple[Step, ...]] = {
         SNAPSHOT_WORK,
         DELETE_VOLUME,
     ),
-    # The first snapshot of a snapshots-only profile: an empty filesystem to start from.
+    # The first snapshot of a snapshots-only profile: an empty filesystem to start from. Its
+    # profile is written as soon as that snapshot exists, not before: a profile in the file
+    # always has a snapshot for its next `run` to start from (one written earlier would name
+    # nothing, and its `run` could only refuse). `resume --clean` undoes what was made by then.
     RunKind.SNAPSHOT_INIT: (
         WORK_VOLUME,
         LAUNCH,
@@ -202,6 +207,7 @@ STEPS: dict[RunKind, tuple[Step, ...]] = {
         DETACH,
         TERMINATE,
         SNAPSHOT_WORK,
+        WRITE_PROFILE,
         DELETE_VOLUME,
     ),
 }

@@ -46,7 +46,7 @@ from .steps.access import ensure_ssh_access, release_ssh_access
 from .steps.attachment import ensure_detached
 from .steps.filesystem import try_unmount
 from .steps.instance import ensure_terminated, instance_alive
-from .steps.profile import undo_init
+from .steps.profile import undo_init, undo_snapshot_init
 from .steps.snapshot import ensure_snapshot
 from .steps.volume import adopt_unrecorded_volume, ensure_volume_deleted, is_temporary_volume_of
 
@@ -148,7 +148,8 @@ def run_step(ctx: StepContext, step: Step) -> str:
 def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
     """Force-clean: take the run down the cleanup path from wherever it stands and end it
     ``aborted``. A snapshot is made only if this run's sync had finished, or if asked. An
-    init leaves nothing: its volume and its profile entry are removed."""
+    init leaves nothing: its volume and its profile entry are removed (a snapshots-only init:
+    its work volume, its profile entry and its first snapshot)."""
     run = ctx.run
     try:
         if run.state != RunState.CLEANING:
@@ -166,6 +167,8 @@ def clean(ctx: StepContext, *, snapshot: bool = False) -> Run:
         notes.append(ensure_terminated(ctx))
         if run.kind == RunKind.INIT:
             notes += undo_init(ctx)
+        elif run.kind == RunKind.SNAPSHOT_INIT:
+            notes += undo_snapshot_init(ctx)
         synced = any(e.to_state == RunState.SYNCED for e in run.events)
         if run.kind in BACKUP_KINDS and volume_there and (synced or snapshot):
             # Before a temporary volume is deleted: its snapshot is the backup.

@@ -898,6 +898,48 @@ def test_database_locked(world: World, tmp_path: Path) -> None:
     _document("database-locked", "run --profile p", 4, result.stderr.strip(), tmp_path)
 
 
+def test_a_snapshots_only_init_refuses_a_profile_entry_it_did_not_write(
+    world: World, tmp_path: Path
+) -> None:
+    """Killed before its profile step; meanwhile the file got an entry of that name that is
+    not the one this init writes. `resume` refuses in one line and leaves it as it is."""
+    cli = Cli(env={**world.sandbox.env, **_paths(tmp_path)}, cwd=tmp_path)
+    killed = Cli(env={**cli.env, "EC2BACKUP_CRASH_AT": "before:write_profile"}, cwd=tmp_path)
+    init = (
+        *("init", "--profile", "spinit-differs", "--az", "us-east-1a", "--size", "1"),
+        *("--source", str(world.source), "--storage", "snapshots"),
+    )
+    assert killed(*init, check=False).returncode == -signal.SIGKILL
+    ((run_id,),) = _query(tmp_path, "SELECT id FROM runs WHERE state = 'writing_profile'")
+    config = tmp_path / "config.toml"
+    theirs = (
+        '[profiles.spinit-differs]\nregion = "us-east-1"\navailability_zone = "us-east-1a"\n'
+        'storage = "snapshots"\nexcludes = ["*.tmp"]\n'
+    )
+    config.write_text(theirs)
+    before = _cloud(world.ec2)
+    result = cli("resume", run_id, check=False)
+    lines = _error_lines(result.stderr)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert f"config {config}, profile 'spinit-differs': differs from the profile this" in lines[0]
+    assert f"end this init with `ec2backup resume {run_id} --clean`" in lines[0]
+    _document(
+        "snapshot-init-profile-differs",
+        "resume RUN_ID",
+        2,
+        lines[0].replace(run_id, "RUN_ID"),
+        tmp_path,
+    )
+    assert config.read_text() == theirs
+    after = _cloud(world.ec2)
+    assert after[0] <= before[0] and after[1] <= before[1] and after[2] == before[2]
+    # Ended as the line says: the entry it did not write stays, with the snapshot it may use.
+    cli("resume", run_id, "--clean")
+    assert config.read_text() == theirs
+    assert cli.json("show", run_id)["state"] == "aborted"
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     disk = tmp_path / "disk"

@@ -37,8 +37,8 @@ from tests.e2e.helpers import Cli, ec2_client, mounted_read_only, tree_digest
 pytestmark = pytest.mark.e2e
 
 # `make crash-matrix` runs every cell; `make test` (CI) runs every crash point of every kind
-# once, with fewer instants in rsync and, for init, restore and verify, one recovery per point
-# (taking turns), so that it stays a few minutes long.
+# once, with fewer instants in rsync and, for init, restore, verify and snapshots-only init,
+# one recovery per point (taking turns), so that it stays a few minutes long.
 FULL = os.environ.get("CRASH_MATRIX_FULL") == "1"
 RSYNC_INSTANTS = 10 if FULL else 3
 
@@ -246,9 +246,10 @@ def test_crash_then_recover(bench: Bench, point: str, recovery: str) -> None:
         _record(point, recovery, crashed_in, outcome, seconds or time.monotonic() - started)
 
 
-# --- init, restore and verify; a kill of resume itself ---------------------------------------
+# --- init, restore, verify, snapshots-only init; a kill of resume itself --------------------
 
-OTHER_KINDS = (RunKind.INIT, RunKind.RESTORE, RunKind.VERIFY)
+OTHER_KINDS = (RunKind.INIT, RunKind.RESTORE, RunKind.VERIFY, RunKind.SNAPSHOT_INIT)
+INIT_KINDS = (RunKind.INIT, RunKind.SNAPSHOT_INIT)
 OTHER_RECOVERIES = ("resume", "clean", "next")  # next: the same command again, which heals
 OTHER_POINTS = [(kind, point) for kind in OTHER_KINDS for point in crash_points(kind)]
 OTHER_CELLS = [
@@ -298,10 +299,11 @@ def _latest_of(root: Path, kind: str) -> tuple[str, str] | None:
 
 
 def _command(kinds: Kinds, kind: RunKind, cell: str) -> list[str]:
-    if kind == RunKind.INIT:
+    if kind in INIT_KINDS:
         return [
             *("init", "--profile", cell, "--az", "us-east-1a", "--size", "1"),
             *("--source", str(kinds.source)),
+            *(("--storage", "snapshots") if kind == RunKind.SNAPSHOT_INIT else ()),
         ]
     if kind == RunKind.RESTORE:
         to = kinds.root / "restored" / cell
@@ -314,11 +316,16 @@ def _run_volumes(ec2: Any, run_id: str) -> list[dict[str, Any]]:
     return [v for v in found["Volumes"] if v["State"] not in ("deleting", "deleted")]
 
 
-def _profile_volume(kinds: Kinds, profile: str) -> str | None:
+def _profile_entry(kinds: Kinds, profile: str) -> dict[str, Any] | None:
     import tomllib
 
     config = tomllib.loads((kinds.root / "config.toml").read_text())
     entry = config.get("profiles", {}).get(profile)
+    return dict(entry) if entry is not None else None
+
+
+def _profile_volume(kinds: Kinds, profile: str) -> str | None:
+    entry = _profile_entry(kinds, profile)
     return entry.get("volume_id") if entry else None
 
 
@@ -357,7 +364,7 @@ def test_crash_other_kinds_then_recover(
     try:
         if recovery == "next":
             again = kinds.cli(*args, check=False)
-            if kind == RunKind.INIT and crashed_in == "done":
+            if kind in INIT_KINDS and crashed_in == "done":
                 # The profile exists: a second init of it is refused, touching nothing.
                 assert again.returncode == 2 and "already exists" in again.stderr, again.stderr
             else:
@@ -388,6 +395,15 @@ def test_crash_other_kinds_then_recover(
                 assert volumes == []
                 new = _profile_volume(kinds, cell)
                 assert (new is not None) == (recovery == "next")
+        elif kind == RunKind.SNAPSHOT_INIT:
+            assert volumes == []  # its work volume deleted, whatever the recovery
+            entry = _profile_entry(kinds, cell)
+            if state == "done":  # the profile written, with the first snapshot to start from
+                assert entry is not None and entry["storage"] == "snapshots"
+                assert len(_snapshots_of(kinds.ec2, run_id)) == 1
+            else:  # nothing left: no profile entry, no snapshot (a next init made its own)
+                assert _snapshots_of(kinds.ec2, run_id) == []
+                assert (entry is not None) == (recovery == "next")
         else:
             assert [v for v in volumes if v["VolumeId"] != kinds.volume_id] == []  # no temporary
         if kind == RunKind.RESTORE and state == "done":
