@@ -15,7 +15,7 @@ from ..config import (
     parse_profile,
     require_backup_ready,
 )
-from ..core.states import RunKind
+from ..core.states import INIT_KINDS, RunKind
 from ..core.tags import TAG_MANAGED, TAG_PROFILE
 from ..db import leases
 from ..db.models import Run
@@ -171,7 +171,7 @@ def start_init(
         app,
         profile_name,
         profile.region,
-        kinds=[RunKind.INIT, RunKind.SNAPSHOT_INIT],
+        kinds=sorted(INIT_KINDS),
         starting_over=True,
     )
     if app.config_path.exists():

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from ..core.states import FINAL_STATES, RunKind, RunState, needs_instance
+from ..core.states import FINAL_STATES, INIT_KINDS, RunKind, RunState, needs_instance
 from ..core.times import utcnow
 from ..db import leases
 from ..db.models import Event, Run
@@ -38,8 +38,6 @@ from ..errors import Ec2BackupError, LeaseHeldError
 from .app import App
 
 log = logging.getLogger(__name__)
-
-INIT_KINDS = (RunKind.INIT, RunKind.SNAPSHOT_INIT)
 
 
 @dataclass(frozen=True)

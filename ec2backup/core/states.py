@@ -92,6 +92,8 @@ class RunState(StrEnum):
 
 # The kinds that back up (and make a snapshot of what they copied).
 BACKUP_KINDS = frozenset({RunKind.BACKUP, RunKind.SNAPSHOT_BACKUP})
+# The kinds that make a profile ready (its volume, or its first snapshot) and write it.
+INIT_KINDS = frozenset({RunKind.INIT, RunKind.SNAPSHOT_INIT})
 # The kinds whose volume is their own, made for the run and deleted at its end.
 TEMPORARY_VOLUME_KINDS = frozenset(
     {RunKind.RESTORE, RunKind.SNAPSHOT_BACKUP, RunKind.SNAPSHOT_INIT}
