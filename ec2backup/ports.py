@@ -156,8 +156,8 @@ class Ec2(Protocol):
         """The architectures each type supports; types EC2 does not know are left out."""
         ...
 
-    def offered_instance_types(self, availability_zone: str) -> set[str]:
-        """Every instance type offered in the zone (DescribeInstanceTypeOfferings)."""
+    def offered_instance_types(self, availability_zone: str, only: Sequence[str] = ()) -> set[str]:
+        """The types offered in the zone, of ``only`` if given, else all of them."""
         ...
 
     def check_launch(self, spec: LaunchSpec) -> None:

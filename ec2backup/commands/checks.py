@@ -207,10 +207,11 @@ def plan_launch(
                 **where,
             )
     zone = profile.availability_zone
-    offered = ec2.offered_instance_types(zone)
+    offered = ec2.offered_instance_types(zone, types)
     missing = [t for t in types if t not in offered]
     if missing:
-        can = [t for t in types if t in offered] or _suggestions(offered)
+        # Only now every type of the zone, for the suggestions.
+        can = [t for t in types if t in offered] or _suggestions(ec2.offered_instance_types(zone))
         raise ConfigError(
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not offered in {zone}"
             + (f"; offered there: {', '.join(can)}" if can else ""),

@@ -6,7 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from ec2backup.commands.checks import check_volume
+from collections.abc import Sequence
+
+from ec2backup.commands.checks import check_volume, plan_launch
 from ec2backup.config import Profile
 from ec2backup.errors import ConfigError, UserInputError
 from ec2backup.ports import Attachment
@@ -60,3 +62,41 @@ def test_the_rule_lets_the_runs_own_instance_hold_the_volume() -> None:
     problem = volume_problem(volume, "us-east-1a", None)
     assert problem is not None and problem.other_instance == "i-ours"
     assert volume_problem(replace(volume, state="error"), "us-east-1a", "i-ours") is not None
+
+
+VOLUME = "vol-0123456789abcdef0"
+
+
+class OfferingsEc2(FakeEc2):
+    """Records what each DescribeInstanceTypeOfferings was asked for."""
+
+    def __init__(self, offered: set[str]) -> None:
+        super().__init__()
+        self.offered, self.asked = offered, list[tuple[str, ...]]()
+
+    def offered_instance_types(self, availability_zone: str, only: Sequence[str] = ()) -> set[str]:
+        self.asked.append(tuple(only))
+        return self.offered & set(only) if only else set(self.offered)
+
+
+def test_the_launch_check_asks_only_for_the_profiles_types() -> None:
+    ec2 = OfferingsEc2({"t3.micro", "t3.small", "m5.large"})
+    run_profile = Profile(
+        name="p",
+        region="us-east-1",
+        availability_zone="us-east-1a",
+        volume_id=VOLUME,
+        fallback_instance_types=["t3.small"],
+    )
+    plan = plan_launch(run_profile, ec2, "c.toml")
+    assert plan.instance_types == ("t3.micro", "t3.small")
+    assert ec2.asked == [("t3.micro", "t3.small")]  # one filtered call, not the whole zone
+
+
+def test_a_type_not_offered_lists_the_zones_types_as_suggestions() -> None:
+    ec2 = OfferingsEc2({"t2.nano", "m5.large"})
+    with pytest.raises(
+        ConfigError, match="t3.micro is not offered in us-east-1a; offered there: t2.nano"
+    ):
+        plan_launch(profile(VOLUME), ec2, "c.toml")
+    assert ec2.asked == [("t3.micro",), ()]  # the whole zone only for the suggestions

@@ -189,8 +189,8 @@ class Boto3Ec2(VolumeResizing, SnapshotTierCalls):
     ) -> dict[str, tuple[str, ...]]:
         return launch.instance_type_architectures(self, instance_types)
 
-    def offered_instance_types(self, availability_zone: str) -> set[str]:
-        return launch.offered_instance_types(self, availability_zone)
+    def offered_instance_types(self, availability_zone: str, only: Sequence[str] = ()) -> set[str]:
+        return launch.offered_instance_types(self, availability_zone, only)
 
     def check_launch(self, spec: LaunchSpec) -> None:
         """A dry run of ``run_instance(spec)``: raises what the launch would for IAM."""

@@ -99,9 +99,14 @@ def instance_type_architectures(
     return found
 
 
-def offered_instance_types(ec2: Ec2Clients, availability_zone: str) -> set[str]:
-    """Every instance type offered in the zone."""
+def offered_instance_types(
+    ec2: Ec2Clients, availability_zone: str, only: Sequence[str] = ()
+) -> set[str]:
+    """The instance types offered in the zone: of ``only`` if given (a filter, so the answer
+    is a few rows, not the zone's hundreds), else all of them."""
     filters: list[FilterTypeDef] = [{"Name": "location", "Values": [availability_zone]}]
+    if only:
+        filters.append({"Name": "instance-type", "Values": list(only)})
     with ec2.errors("ec2:DescribeInstanceTypeOfferings", {"availability_zone": availability_zone}):
         pages = ec2.client.get_paginator("describe_instance_type_offerings").paginate(
             LocationType="availability-zone", Filters=filters

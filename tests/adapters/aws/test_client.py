@@ -155,6 +155,17 @@ def test_resolve_image_ssm_parameter_pointing_at_missing_ami(ec2: Boto3Ec2) -> N
     assert err.value.resources["image"] == "ami-12345678"
 
 
+# ---- launch checks -------------------------------------------------------------------
+
+
+def test_offered_instance_types_of_only_the_types_asked(ec2: Boto3Ec2) -> None:
+    zone = f"{REGION}a"
+    everything = ec2.offered_instance_types(zone)
+    assert {"t3.micro", "t3.small"} <= everything and len(everything) > 50
+    asked = ec2.offered_instance_types(zone, ["t3.micro", "t3.small", "x9.nonesuch"])
+    assert asked == {"t3.micro", "t3.small"}
+
+
 # ---- instances -----------------------------------------------------------------------
 
 
