@@ -86,7 +86,7 @@ def test_the_launch_check_asks_only_for_the_profiles_types() -> None:
         region="us-east-1",
         availability_zone="us-east-1a",
         volume_id=VOLUME,
-        fallback_instance_types=["t3.small"],
+        fallback_instance_types=("t3.small",),
     )
     plan = plan_launch(run_profile, ec2, "c.toml")
     assert plan.instance_types == ("t3.micro", "t3.small")
