@@ -115,19 +115,16 @@ def subnet_routes_to_internet(ec2: Ec2Clients, subnet_id: str) -> bool:
             "subnet not found", run_id=ec2.run_id, resources=resources, hint="check subnet_id"
         )
     vpc_id = subnets[0]["VpcId"]
+    # One call for the VPC's tables: the subnet's own if it has one, else the VPC's main one.
     with ec2.errors("ec2:DescribeRouteTables", resources):
-        own = ec2.client.describe_route_tables(
-            Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}]
-        )["RouteTables"]
-        tables = (
-            own
-            or ec2.client.describe_route_tables(
-                Filters=[
-                    {"Name": "vpc-id", "Values": [vpc_id]},
-                    {"Name": "association.main", "Values": ["true"]},
-                ]
-            )["RouteTables"]
+        pages = ec2.client.get_paginator("describe_route_tables").paginate(
+            Filters=[{"Name": "vpc-id", "Values": [vpc_id]}]
         )
+        in_vpc = [table for page in pages for table in page["RouteTables"]]
+    associations = [(table, a) for table in in_vpc for a in table.get("Associations", ())]
+    tables = [t for t, a in associations if a.get("SubnetId") == subnet_id] or [
+        t for t, a in associations if a.get("Main")
+    ]
     return any(
         route.get("DestinationCidrBlock") == "0.0.0.0/0"
         and str(route.get("GatewayId", "")).startswith("igw-")

@@ -166,6 +166,30 @@ def test_offered_instance_types_of_only_the_types_asked(ec2: Boto3Ec2) -> None:
     assert asked == {"t3.micro", "t3.small"}
 
 
+def test_subnet_route_check_reads_its_own_table_else_the_main_one(ec2: Boto3Ec2) -> None:
+    raw = boto3.client("ec2", region_name=REGION)
+    vpc = raw.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    igw = raw.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    raw.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    (main,) = raw.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])[
+        "RouteTables"
+    ]
+    raw.create_route(
+        RouteTableId=main["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", GatewayId=igw
+    )
+
+    def subnet(cidr: str) -> str:
+        return str(raw.create_subnet(VpcId=vpc, CidrBlock=cidr)["Subnet"]["SubnetId"])
+
+    on_main, on_own = subnet("10.9.1.0/24"), subnet("10.9.2.0/24")
+    own = raw.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    raw.associate_route_table(RouteTableId=own, SubnetId=on_own)
+    assert ec2.subnet_routes_to_internet(on_main)  # no table of its own: the main one's route
+    assert not ec2.subnet_routes_to_internet(on_own)  # its own table has no such route
+    raw.create_route(RouteTableId=own, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    assert ec2.subnet_routes_to_internet(on_own)
+
+
 # ---- instances -----------------------------------------------------------------------
 
 
