@@ -25,12 +25,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+# secrets, subprocess, datetime and typing are imported where they are used (or not at all):
+# every call of a stand-in is a process of its own, and re-arming the idle timer runs two.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import datetime
 
 NO_BUS = "Failed to connect to bus: No such file or directory"
 # logind keeps one scheduled shutdown; a new `shutdown` replaces it, `shutdown -c` cancels it.
@@ -172,8 +175,13 @@ def systemd_run(manager: Manager, args: list[str]) -> int:
     command = args[i:]
     if not command:
         raise Refused("Command line to execute required.")
+    if unit is None:
+        import secrets
+
     name = unit or f"run-r{secrets.token_hex(16)}"
     if on_active is None:
+        import subprocess
+
         # A transient service: started now, in the background, as systemd would.
         subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL)
         if not quiet:
@@ -238,6 +246,8 @@ def shutdown(manager: Manager, args: list[str], now: datetime | None = None) -> 
     if when == "now":
         manager.request_poweroff()
         return 0
+    from datetime import UTC, datetime, timedelta
+
     current = now or datetime.now(UTC)
     if re.fullmatch(r"\+?\d+", when):
         seconds = float(when.lstrip("+")) * 60
