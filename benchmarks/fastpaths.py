@@ -44,6 +44,7 @@ from ec2backup.fastpaths import (
     NAMES,
     PROGRESS_BATCHES,
     SQLITE_RUNS,
+    SSH_MULTIPLEX,
 )
 
 from .common import Figure, Section, cli_env, make_tree
@@ -466,6 +467,10 @@ def _measure_on_the_cloud(
     got = cloud.run_pairs(FAST_EXIT, pairs)
     res.add(FAST_EXIT, f"{WHOLE_RUN}: CPU", got["cpu"], decides=True)
     res.add(FAST_EXIT, f"{WHOLE_RUN}: wall", got["wall"])
+    _log(f"{SSH_MULTIPLEX}: {pairs} pairs of `ec2backup run`")
+    got = cloud.run_pairs(SSH_MULTIPLEX, pairs)
+    res.add(SSH_MULTIPLEX, f"{WHOLE_RUN}: wall", got["wall"], decides=True)
+    res.add(SSH_MULTIPLEX, f"{WHOLE_RUN}: CPU", got["cpu"])
     _log(f"{GC_PAUSE}: {pairs} pairs of `ec2backup run`, collections counted")
     got = cloud.gc_pairs(pairs)
     res.add(GC_PAUSE, f"{WHOLE_RUN}: CPU in the garbage collector", got["gc"], decides=True)

@@ -23,6 +23,7 @@ SQLITE_RUNS = "sqlite-runs"  # db/sqlite_runs.py
 FAST_EXIT = "fast-exit"  # cli/main.py
 GC_PAUSE = "gc-pause"  # cli/main.py
 PROGRESS_BATCHES = "progress-batches"  # adapters/rsync.py
+SSH_MULTIPLEX = "ssh-multiplex"  # adapters/sshmux.py
 
 NAMES = frozenset(
     {
@@ -31,6 +32,7 @@ NAMES = frozenset(
         FAST_EXIT,
         GC_PAUSE,
         PROGRESS_BATCHES,
+        SSH_MULTIPLEX,
     }
 )
 

@@ -117,7 +117,15 @@ class FakeEc2:
         }
 
     def offered_instance_types(self, availability_zone: str, only: Sequence[str] = ()) -> set[str]:
-        offered = {"t3.micro", "t3.small", "t3.nano", "t2.nano", "t2.micro", "t4g.micro", "t4g.small"}
+        offered = {
+            "t3.micro",
+            "t3.small",
+            "t3.nano",
+            "t2.nano",
+            "t2.micro",
+            "t4g.micro",
+            "t4g.small",
+        }
         return offered & set(only) if only else offered
 
     def check_launch(self, spec: LaunchSpec) -> None:

@@ -132,12 +132,23 @@ def _progress_batches(tmp_path: Path, on: bool, monkeypatch: pytest.MonkeyPatch)
     assert sorted(pauses) == [0.0, rsync.PROGRESS_READ_PAUSE if on else 0.0]
 
 
+def _ssh_multiplex(tmp_path: Path, on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ec2backup.adapters import rsync
+    from ec2backup.ports import SshTarget
+
+    key = Path("/tmp/r1/id_ed25519")
+    target = SshTarget("127.0.0.9", "ubuntu", key, key.parent / "known_hosts", 22)
+    argv = rsync.RsyncSyncer()._command(Path("/src"), target, "/dst")
+    assert ("ControlMaster=auto" in argv[argv.index("-e") + 1]) == on
+
+
 CHECKS: dict[str, Callable[[Path, bool, pytest.MonkeyPatch], None]] = {
     fastpaths.BOTOCORE_MODELS: _botocore_models,
     fastpaths.SQLITE_RUNS: _sqlite_runs,
     fastpaths.FAST_EXIT: _fast_exit,
     fastpaths.GC_PAUSE: _gc_pause,
     fastpaths.PROGRESS_BATCHES: _progress_batches,
+    fastpaths.SSH_MULTIPLEX: _ssh_multiplex,
 }
 
 

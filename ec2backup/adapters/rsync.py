@@ -35,6 +35,7 @@ from .rsync_output import (
     itemized_difference,
     parse_stats_line,
 )
+from .sshmux import PERSIST_SECONDS, control_path
 
 # Exit codes rsync documents; 24 means files vanished while being sent (a warning, kept), 23
 # that some files or attributes were not copied (an unreadable file: a failure).
@@ -85,8 +86,16 @@ def ssh_option_path(path: Path) -> str:
     return text
 
 
-def ssh_command(target: SshTarget, ssh_program: str = "ssh") -> list[str]:
-    """The ssh command rsync runs (``-e``), as a list of arguments."""
+def ssh_command(
+    target: SshTarget, ssh_program: str = "ssh", control: Path | None = None
+) -> list[str]:
+    """The ssh command rsync runs (``-e``), as a list of arguments; with ``control``, the
+    passes share one connection through that socket (``sshmux``)."""
+    shared = [
+        "-o", "ControlMaster=auto",
+        "-o", f"ControlPath={ssh_option_path(control)}",
+        "-o", f"ControlPersist={PERSIST_SECONDS}",
+    ] if control is not None else []  # fmt: skip
     return [
         ssh_program,
         "-o", "IdentitiesOnly=yes",
@@ -99,6 +108,7 @@ def ssh_command(target: SshTarget, ssh_program: str = "ssh") -> list[str]:
         "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}",
         "-o", f"ServerAliveInterval={SSH_SERVER_ALIVE_INTERVAL}",
         "-o", f"ServerAliveCountMax={SSH_SERVER_ALIVE_COUNT_MAX}",
+        *shared,
         "-p", str(target.port),
     ]  # fmt: skip
 
@@ -155,6 +165,7 @@ def build_rsync_command(
     remote_sudo: bool = False,
     rsync_program: str = "rsync",
     ssh_program: str = "ssh",
+    control: Path | None = None,
     pull: bool = False,
     delete: bool = True,
     in_place: bool = True,
@@ -190,7 +201,7 @@ def build_rsync_command(
     if remote_sudo:
         # -n: fail at once instead of waiting for a password prompt nobody can answer.
         argv.append("--rsync-path=sudo -n rsync")
-    argv += ["-e", shlex.join(ssh_command(target, ssh_program))]
+    argv += ["-e", shlex.join(ssh_command(target, ssh_program, control))]
     remote = _remote_spec(target, remote_dir)
     argv += [remote, src] if pull else [src, remote]
     return argv
@@ -479,13 +490,15 @@ class RsyncSyncer:
     def _command(
         self, source: Path, target: SshTarget, remote_dir: str, **options: Any
     ) -> list[str]:
-        """``build_rsync_command`` with this syncer's rsync and ssh."""
+        """``build_rsync_command`` with this syncer's rsync and ssh, its passes to one host
+        sharing one connection."""
         return build_rsync_command(
             source,
             target,
             remote_dir,
             rsync_program=self.rsync_program,
             ssh_program=self.ssh_program,
+            control=control_path(target),
             **options,
         )
 

@@ -6,12 +6,14 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncssh
 import pytest
 
 from ec2backup.adapters import rsync as sync
+from ec2backup.adapters import sshmux
 from ec2backup.adapters.hostkeys import known_hosts_lines
 from ec2backup.adapters.keys import generate_run_key
 from ec2backup.adapters.rsync import (
@@ -674,3 +676,72 @@ def test_compare_of_some_paths_only(target: SshTarget, tmp_path: Path) -> None:
         ("top.bin", "size differs"),  # by size and time: the quick check
     ]
     assert RsyncSyncer().compare(src, target, str(remote), only=[]) == []
+
+
+# --- one connection for a run's passes (adapters/sshmux.py) ---------------------------------
+
+
+def test_the_passes_to_one_host_share_a_socket_named_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EC2BACKUP_NO_FASTPATHS", raising=False)
+    key = Path("/tmp/r1/id_ed25519")
+    one = SshTarget("127.0.0.9", "ubuntu", key, key.parent / "known_hosts", 22)
+    path = sshmux.control_path(one)
+    assert path is not None and path.parent == key.parent  # the run's own directory
+    assert sshmux.control_path(one) == path
+    assert sshmux.control_path(replace(one, port=2222)) != path  # another instance
+    assert sshmux.control_path(replace(one, host="127.0.0.10")) != path
+    argv = build_rsync_command(Path("/src"), one, "/dst", control=path)
+    ssh_e = argv[argv.index("-e") + 1]
+    assert f"-o ControlMaster=auto -o ControlPath={path} -o ControlPersist=" in ssh_e
+    # Too long for a Unix socket: no sharing, rather than an ssh that cannot make it.
+    deep = replace(one, key_path=tmp_path / ("d" * 100) / "id_ed25519")
+    assert sshmux.control_path(deep) is None
+    monkeypatch.setenv("EC2BACKUP_NO_FASTPATHS", "ssh-multiplex")
+    assert sshmux.control_path(one) is None
+
+
+def _logins(server: SshServer) -> int:
+    return server.log().count("Accepted publickey")
+
+
+@needs_sshd
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "switched-off"])
+def test_a_syncs_passes_log_in_once_and_the_connection_ends_by_itself(
+    server: SshServer,
+    run_key: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+    shared: bool,
+) -> None:
+    import tempfile
+    import time
+
+    if shared:
+        monkeypatch.delenv("EC2BACKUP_NO_FASTPATHS", raising=False)
+    else:
+        monkeypatch.setenv("EC2BACKUP_NO_FASTPATHS", "ssh-multiplex")
+    monkeypatch.setattr(sync, "PERSIST_SECONDS", 1)
+    short = Path(tempfile.mkdtemp(prefix="mux-", dir="/tmp"))  # pytest's paths are too long
+    try:
+        key = short / "id_ed25519"
+        shutil.copy2(run_key[0], key)
+        (short / "known_hosts").write_text(server.known_hosts_line())
+        target = SshTarget(server.host, "root", key, short / "known_hosts", server.port)
+        src, dst = short / "src", str(short / "dst")
+        make_tree(src)
+        before = _logins(server)
+        syncer = RsyncSyncer()
+        assert syncer.count_deletions(src, target, dst) == 0
+        syncer.sync(src, target, dst)
+        assert syncer.compare(src, target, dst) == []
+        assert _logins(server) - before == (1 if shared else 3)
+        control = sshmux.control_path(target)
+        assert (control is not None) == shared
+        if control is not None:
+            deadline = time.monotonic() + 30  # the master ends once idle, with no help
+            while control.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not control.exists(), "the shared connection outlived ControlPersist"
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
