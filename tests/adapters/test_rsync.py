@@ -681,8 +681,18 @@ def test_compare_of_some_paths_only(target: SshTarget, tmp_path: Path) -> None:
 # --- one connection for a run's passes (adapters/sshmux.py) ---------------------------------
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A directory with a short path (pytest's are too long for a socket's name)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="mux-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_the_passes_to_one_host_share_a_socket_named_after_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("EC2BACKUP_NO_FASTPATHS", raising=False)
     key = Path("/tmp/r1/id_ed25519")
@@ -695,8 +705,18 @@ def test_the_passes_to_one_host_share_a_socket_named_after_it(
     argv = build_rsync_command(Path("/src"), one, "/dst", control=path)
     ssh_e = argv[argv.index("-e") + 1]
     assert f"-o ControlMaster=auto -o ControlPath={path} -o ControlPersist=" in ssh_e
-    # Too long for a Unix socket: no sharing, rather than an ssh that cannot make it.
+    # Too long for a Unix socket: this user's private directory under $TMPDIR instead.
+    monkeypatch.setattr(sshmux.tempfile, "gettempdir", lambda: str(short_tmp))
     deep = replace(one, key_path=tmp_path / ("d" * 100) / "id_ed25519")
+    elsewhere = sshmux.control_path(deep)
+    private = short_tmp / f"ec2backup-ssh-{os.geteuid()}"
+    assert elsewhere is not None and elsewhere.parent == private
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert elsewhere != sshmux.control_path(replace(deep, key_path=tmp_path / ("e" * 100) / "k"))
+    private.chmod(0o755)  # open to others (or another user's): not used
+    assert sshmux.control_path(deep) is None
+    private.rmdir()
+    private.symlink_to(short_tmp)
     assert sshmux.control_path(deep) is None
     monkeypatch.setenv("EC2BACKUP_NO_FASTPATHS", "ssh-multiplex")
     assert sshmux.control_path(one) is None
@@ -711,10 +731,10 @@ def _logins(server: SshServer) -> int:
 def test_a_syncs_passes_log_in_once_and_the_connection_ends_by_itself(
     server: SshServer,
     run_key: tuple[Path, str],
+    short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
     shared: bool,
 ) -> None:
-    import tempfile
     import time
 
     if shared:
@@ -722,26 +742,24 @@ def test_a_syncs_passes_log_in_once_and_the_connection_ends_by_itself(
     else:
         monkeypatch.setenv("EC2BACKUP_NO_FASTPATHS", "ssh-multiplex")
     monkeypatch.setattr(sync, "PERSIST_SECONDS", 1)
-    short = Path(tempfile.mkdtemp(prefix="mux-", dir="/tmp"))  # pytest's paths are too long
-    try:
-        key = short / "id_ed25519"
-        shutil.copy2(run_key[0], key)
-        (short / "known_hosts").write_text(server.known_hosts_line())
-        target = SshTarget(server.host, "root", key, short / "known_hosts", server.port)
-        src, dst = short / "src", str(short / "dst")
-        make_tree(src)
-        before = _logins(server)
-        syncer = RsyncSyncer()
-        assert syncer.count_deletions(src, target, dst) == 0
-        syncer.sync(src, target, dst)
-        assert syncer.compare(src, target, dst) == []
-        assert _logins(server) - before == (1 if shared else 3)
-        control = sshmux.control_path(target)
-        assert (control is not None) == shared
-        if control is not None:
-            deadline = time.monotonic() + 30  # the master ends once idle, with no help
-            while control.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert not control.exists(), "the shared connection outlived ControlPersist"
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
+    short = short_tmp / "run"
+    short.mkdir(mode=0o700)
+    key = short / "id_ed25519"
+    shutil.copy2(run_key[0], key)
+    (short / "known_hosts").write_text(server.known_hosts_line())
+    target = SshTarget(server.host, "root", key, short / "known_hosts", server.port)
+    src, dst = short / "src", str(short / "dst")
+    make_tree(src)
+    before = _logins(server)
+    syncer = RsyncSyncer()
+    assert syncer.count_deletions(src, target, dst) == 0
+    syncer.sync(src, target, dst)
+    assert syncer.compare(src, target, dst) == []
+    assert _logins(server) - before == (1 if shared else 3)
+    control = sshmux.control_path(target)
+    assert (control is not None) == shared
+    if control is not None:
+        deadline = time.monotonic() + 30  # the master ends once idle, with no help
+        while control.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not control.exists(), "the shared connection outlived ControlPersist"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
-
-from collections.abc import Sequence
 
 from ec2backup.commands.checks import check_volume, plan_launch
 from ec2backup.config import Profile
@@ -96,7 +95,7 @@ def test_the_launch_check_asks_only_for_the_profiles_types() -> None:
 def test_a_type_not_offered_lists_the_zones_types_as_suggestions() -> None:
     ec2 = OfferingsEc2({"t2.nano", "m5.large"})
     with pytest.raises(
-        ConfigError, match="t3.micro is not offered in us-east-1a; offered there: t2.nano"
+        ConfigError, match=r"t3\.micro is not offered in us-east-1a; offered there: t2\.nano"
     ):
         plan_launch(profile(VOLUME), ec2, "c.toml")
     assert ec2.asked == [("t3.micro",), ()]  # the whole zone only for the suggestions
